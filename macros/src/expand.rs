@@ -1,0 +1,163 @@
+//! Emits the function's companion items: a value that stands for the function, its
+//! `ProcessFn` impl, `spawn` with the real parameter list, and the registration.
+//!
+//! For `fn square(x: u64) -> u64` in `mod m`, roughly:
+//!
+//! ```text
+//! pub struct __process_fn_square { .. }           // hidden, zero-sized
+//! pub const square: __process_fn_square = ..;     // the user's docs; `square(3)` derefs to the fn
+//! const _: () = {
+//!     fn square(x: u64) -> u64 { body }           // the user's fn, as written
+//!     impl Deref for __process_fn_square { type Target = fn(u64) -> u64; .. }
+//!     impl ProcessFn for __process_fn_square { type Args = (u64,); type Output = u64;
+//!         const NAME = "crate::m::square"; fn call((x,): (u64,)) -> u64 { square(x) } }
+//!     impl __process_fn_square { pub fn spawn(&self, x: u64) -> Result<Process<u64>> }
+//!     static REGISTRATION: Registration = Registration::of::<__process_fn_square>(); // linkme
+//! };
+//! ```
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Attribute, ItemFn, Path};
+
+use crate::attr::Args;
+use crate::signature::{self, Errors, Spec};
+
+/// The attribute's whole expansion. On errors, the function is still emitted as written, so
+/// that the rest of the crate type-checks and only the real mistakes are reported.
+pub(crate) fn process_fn(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = match syn::parse2::<Args>(args) {
+        Ok(a) => a,
+        Err(e) => {
+            errors.add(e);
+            Args::default()
+        }
+    };
+    let item: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            let e = syn::Error::new(e.span(), "`#[process_fn]` goes on a free function such as `fn square(x: u64) -> u64 { .. }`");
+            return with_error(item, e);
+        }
+    };
+    let spec = match signature::check(&item.sig) {
+        Ok(spec) => Some(spec),
+        Err(e) => {
+            errors.add(e);
+            None
+        }
+    };
+    match (errors.finish(), spec) {
+        (Ok(()), Some(spec)) => emit(&args, &item, &spec),
+        (Err(e), _) => with_error(quote!(#item), e),
+        (Ok(()), None) => unreachable!("a failed check reports an error"),
+    }
+}
+
+fn with_error(mut tokens: TokenStream, error: syn::Error) -> TokenStream {
+    tokens.extend(error.into_compile_error());
+    tokens
+}
+
+fn is(attr: &Attribute, name: &str) -> bool {
+    attr.path().is_ident(name)
+}
+
+fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
+    let krate: Path = args.krate.clone().unwrap_or_else(|| syn::parse_quote!(::multiproc));
+    let private = quote!(#krate::__private);
+    let vis = &item.vis;
+    let ident = &item.sig.ident;
+    let marker = format_ident!("__process_fn_{}", ident);
+
+    // Docs and deprecation describe the value users name; `cfg` gates every item; the rest
+    // (inline, allow, must_use, ...) stays on the function.
+    let cfgs: Vec<&Attribute> = item.attrs.iter().filter(|a| is(a, "cfg")).collect();
+    let outer: Vec<&Attribute> = item.attrs.iter().filter(|a| is(a, "doc") || is(a, "deprecated")).collect();
+    let inner: Vec<&Attribute> = item.attrs.iter().filter(|a| !is(a, "doc") && !is(a, "deprecated") && !is(a, "cfg")).collect();
+    let sig = &item.sig;
+    let block = &item.block;
+
+    let names: Vec<_> = spec.params.iter().map(|p| &p.name).collect();
+    let tys: Vec<_> = spec.params.iter().map(|p| &p.ty).collect();
+    let output = &spec.output;
+    let name = match &args.name {
+        Some(lit) => quote!(#lit),
+        None => {
+            let s = ident.to_string();
+            quote!(::core::concat!(::core::module_path!(), "::", #s))
+        }
+    };
+    // Each type is checked where the user wrote it, so a missing Serialize points there.
+    let checks = tys.iter().copied().chain([output]).map(|ty| {
+        quote_spanned! {ty.span()=>
+            const _: () = #private::assert_serializable::<#ty>();
+        }
+    });
+    let spawn_doc = format!(
+        "Starts `{ident}` in a new child process and returns its handle; \
+         [`join`]({private_path}::Process::join) it for the result.",
+        private_path = quote!(#private).to_string().replace(' ', ""),
+    );
+    let value_doc = format!(
+        "\n\n*A process function:* call `{ident}(..)` to run it here, or `{ident}.spawn(..)` to run it in a child process."
+    );
+
+    quote! {
+        #(#cfgs)*
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug)]
+        #vis struct #marker {
+            __private: (),
+        }
+
+        #(#cfgs)*
+        #(#outer)*
+        #[doc = #value_doc]
+        #[allow(non_upper_case_globals)]
+        #vis const #ident: #marker = #marker { __private: () };
+
+        #(#cfgs)*
+        const _: () = {
+            #(#inner)*
+            #sig #block
+
+            #(#checks)*
+
+            #[automatically_derived]
+            impl ::core::ops::Deref for #marker {
+                type Target = fn(#(#tys),*) -> #output;
+                fn deref(&self) -> &Self::Target {
+                    const FUNCTION: fn(#(#tys),*) -> #output = #ident;
+                    &FUNCTION
+                }
+            }
+
+            #[automatically_derived]
+            impl #private::ProcessFn for #marker {
+                type Args = (#(#tys,)*);
+                type Output = #output;
+                const NAME: &'static str = #name;
+                fn call((#(#names,)*): Self::Args) -> Self::Output {
+                    #ident(#(#names),*)
+                }
+            }
+
+            impl #marker {
+                #[doc = #spawn_doc]
+                pub fn spawn(&self, #(#names: #tys),*)
+                    -> ::core::result::Result<#private::Process<#output>, #private::Error>
+                {
+                    #private::spawn(*self, (#(#names,)*))
+                }
+            }
+
+            #[#private::linkme::distributed_slice(#private::REGISTRY)]
+            #[linkme(crate = #private::linkme)]
+            static REGISTRATION: #private::Registration = #private::Registration::of::<#marker>();
+        };
+    }
+}

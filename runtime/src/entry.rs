@@ -1,0 +1,56 @@
+//! Start-up: a child carries a marker in its environment; the hook sees it before `main` and
+//! turns the process into a worker. Also the guards that make a fork bomb impossible.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use crate::error::Error;
+
+/// Marks a process started as a worker. Removed by the hook before anything else runs.
+pub(crate) const WORKER_ENV: &str = "__MULTIPROC_WORKER";
+/// How deeply this process is nested under the first multiproc parent.
+pub(crate) const DEPTH_ENV: &str = "__MULTIPROC_DEPTH";
+/// Overrides [`DEFAULT_MAX_DEPTH`].
+pub(crate) const MAX_DEPTH_ENV: &str = "MULTIPROC_MAX_DEPTH";
+/// How deeply children may nest by default.
+pub(crate) const DEFAULT_MAX_DEPTH: u32 = 8;
+
+static HOOK_RAN: AtomicBool = AtomicBool::new(false);
+static DEPTH: AtomicU32 = AtomicU32::new(0);
+
+#[cfg(feature = "auto-init")]
+#[ctor::ctor(unsafe, anonymous)]
+fn auto_init() {
+    init();
+}
+
+/// Turns this process into a worker if it was started as one; otherwise returns at once.
+///
+/// With the default `auto-init` feature this runs by itself before `main`, in binaries,
+/// examples, tests and doctests, and calling it again does nothing. Without the feature, call
+/// it as the first line of `main`: in a child, the code before it runs again.
+pub fn init() {
+    if HOOK_RAN.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let depth = std::env::var(DEPTH_ENV).ok().and_then(|d| d.parse().ok()).unwrap_or(0);
+    DEPTH.store(depth, Ordering::SeqCst);
+    if std::env::var_os(WORKER_ENV).is_some() {
+        // Before `main` nothing else runs yet; with `init()` in `main`, nothing has started
+        // threads that read the environment (the documented rule for calling it first).
+        std::env::remove_var(WORKER_ENV);
+        crate::worker::run_child();
+    }
+}
+
+/// The nesting depth a new child of this process gets, if starting one is allowed.
+pub(crate) fn child_depth() -> Result<u32, Error> {
+    if !HOOK_RAN.load(Ordering::SeqCst) {
+        return Err(Error::HookMissing);
+    }
+    let max = std::env::var(MAX_DEPTH_ENV).ok().and_then(|m| m.parse().ok()).unwrap_or(DEFAULT_MAX_DEPTH);
+    let depth = DEPTH.load(Ordering::SeqCst) + 1;
+    if depth > max {
+        return Err(Error::NestingTooDeep { depth, max });
+    }
+    Ok(depth)
+}

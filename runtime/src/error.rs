@@ -1,0 +1,213 @@
+//! The one error type: every failure a user can meet has a variant.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The result type of every fallible multiproc operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when running a function in another process.
+///
+/// Failures in the child come back as data: a panic carries its message and location, a crash
+/// names its signal, an early exit its code. Messages are meant to be shown to a person as they
+/// are: they say what happened and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The function panicked in the child.
+    #[error("the child process {pid} panicked at {}: {message}", location.as_deref().unwrap_or("an unknown location"))]
+    Panicked {
+        /// The child's process id.
+        pid: u32,
+        /// The panic message (the payload, if it was a string).
+        message: String,
+        /// `file:line:column` of the panic, when known.
+        location: Option<String>,
+        /// The child's backtrace, captured when `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`) was set.
+        backtrace: Option<String>,
+    },
+
+    /// The child exited (for example with `std::process::exit`) before it returned a result.
+    #[error("the child process {pid} exited with code {code} before returning a result; its stderr may say why")]
+    Exited {
+        /// The child's process id.
+        pid: u32,
+        /// The exit code it gave.
+        code: i32,
+    },
+
+    /// The child was ended by a signal it did not get from this handle: a crash (`SIGSEGV`,
+    /// `SIGABRT`), the OOM killer, or a `kill` from outside.
+    #[error("the child process {pid} was killed by signal {signal} ({name}) before returning a result: a crash, an abort, the OOM killer or a kill from outside")]
+    Signaled {
+        /// The child's process id.
+        pid: u32,
+        /// The signal number.
+        signal: i32,
+        /// The signal's name, such as `SIGSEGV`.
+        name: &'static str,
+    },
+
+    /// The child was stopped by [`Process::kill`](crate::Process::kill) or
+    /// [`Process::terminate`](crate::Process::terminate) before it returned a result.
+    #[error("the child process {pid} was stopped with {name} by its handle before returning a result")]
+    Killed {
+        /// The child's process id.
+        pid: u32,
+        /// The signal the handle sent.
+        signal: i32,
+        /// The signal's name, `SIGKILL` or `SIGTERM`.
+        name: &'static str,
+    },
+
+    /// A wait with a deadline ran out. The child is still running and the handle still usable.
+    #[error("the child process {pid} did not finish within {timeout:?}; it is still running: join it again, or kill it")]
+    TimedOut {
+        /// The child's process id.
+        pid: u32,
+        /// How long the wait lasted.
+        timeout: Duration,
+    },
+
+    /// A value could not be serialized. For arguments, this happens in the caller before any
+    /// process starts.
+    #[error("could not serialize the {what} (`{type_name}`): {message}")]
+    Encode {
+        /// What was being encoded: `arguments`, `result`.
+        what: &'static str,
+        /// The Rust type that failed.
+        type_name: String,
+        /// The serializer's message.
+        message: String,
+    },
+
+    /// Bytes from the other side could not be turned back into the expected type.
+    #[error("could not deserialize the {what} as `{type_name}`: {message}; both sides must run the same build")]
+    Decode {
+        /// What was being decoded: `arguments`, `result`, `message`.
+        what: &'static str,
+        /// The Rust type that was expected.
+        type_name: String,
+        /// The deserializer's message.
+        message: String,
+    },
+
+    /// A frame longer than the hard maximum was about to be sent or was announced by the peer.
+    #[error("a frame of {len} bytes exceeds the maximum of {max} bytes; pass large data in smaller pieces")]
+    FrameTooLarge {
+        /// The length that was sent or announced.
+        len: u64,
+        /// The maximum frame length.
+        max: u64,
+    },
+
+    /// The peer sent bytes that are not a valid multiproc frame.
+    #[error("received a malformed frame ({reason}); the peer is not speaking multiproc's protocol")]
+    BadFrame {
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// The child executable is a different build from the parent.
+    #[error("the child executable {} is a different build (build id {found}, expected {expected}); spawn the same binary or rebuild both", executable.display())]
+    BuildMismatch {
+        /// The executable that was started.
+        executable: PathBuf,
+        /// The parent's build id.
+        expected: String,
+        /// The child's build id.
+        found: String,
+    },
+
+    /// The child does not know the requested function.
+    #[error("no #[process_fn] named `{name}` is registered in the child (known: {}); spawn the same binary", known.join(", "))]
+    UnknownFunction {
+        /// The requested name.
+        name: String,
+        /// The names the child knows.
+        known: Vec<String>,
+    },
+
+    /// Two `#[process_fn]` functions were registered under one name.
+    #[error("two #[process_fn] functions are registered as `{name}`; give one of them another name with #[process_fn(name = \"...\")]")]
+    DuplicateFunction {
+        /// The name registered twice.
+        name: String,
+    },
+
+    /// The child process could not be started at all.
+    #[error("could not start the child process {}: {source}", program.display())]
+    Spawn {
+        /// The executable that was started.
+        program: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The child ended before it answered the handshake: it is probably not a multiproc binary.
+    #[error("the child process {pid} ({}) ended without answering the handshake; is it a binary built with multiproc?", executable.display())]
+    NoHandshake {
+        /// The child's process id.
+        pid: u32,
+        /// The executable that was started.
+        executable: PathBuf,
+    },
+
+    /// An operating-system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What multiproc was doing.
+        context: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The start-up hook did not run, so a child could not find its way to the worker.
+    #[error("multiproc's start-up hook did not run in this binary, so a child would run `main` again; call `multiproc::init()` as the first line of `main`, or enable the `auto-init` feature")]
+    HookMissing,
+
+    /// Children nest deeper than the limit: a function that spawns itself without end.
+    #[error("refusing to start a child at nesting depth {depth} (the limit is {max}): a #[process_fn] that spawns itself without end would be a fork bomb; set MULTIPROC_MAX_DEPTH to allow more")]
+    NestingTooDeep {
+        /// The depth the new child would have.
+        depth: u32,
+        /// The limit.
+        max: u32,
+    },
+
+    /// The handle's result was already taken by an earlier join.
+    #[error("this process was already joined and its result taken")]
+    AlreadyJoined,
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str, source: io::Error) -> Self {
+        Error::Io { context, source }
+    }
+
+    /// Returns `true` for [`Error::TimedOut`]: the wait ran out, the child still runs.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::TimedOut { .. })
+    }
+
+    /// Returns `true` for [`Error::Panicked`].
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Error::Panicked { .. })
+    }
+
+    /// The child's process id, for the errors that concern one child.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Error::Panicked { pid, .. }
+            | Error::Exited { pid, .. }
+            | Error::Signaled { pid, .. }
+            | Error::Killed { pid, .. }
+            | Error::TimedOut { pid, .. }
+            | Error::NoHandshake { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+}

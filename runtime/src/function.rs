@@ -1,0 +1,42 @@
+//! The trait every `#[process_fn]` implements.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A function that can run in another process.
+///
+/// `#[process_fn]` implements this for the value that stands for the function (`square` in
+/// `square.spawn(7)`); write generic code over it, but do not implement it by hand: the
+/// attribute also registers the function, so that a child can find it by [`NAME`](Self::NAME).
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{process_fn, ProcessFn};
+///
+/// #[process_fn]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// /// Runs any process function here, in this process, and says which one it was.
+/// fn run_here<F: ProcessFn>(_: F, args: F::Args) -> (&'static str, F::Output) {
+///     (F::NAME, F::call(args))
+/// }
+///
+/// # fn main() {
+/// let (name, out) = run_here(square, (4,));
+/// assert!(name.ends_with("::square"));
+/// assert_eq!(out, 16);
+/// # }
+/// ```
+pub trait ProcessFn: Copy + Send + Sync + 'static {
+    /// The parameters, as a tuple: `(u64,)` for `fn square(x: u64)`.
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+    /// The return type.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The stable name the child looks the function up by: `module::path::function`.
+    const NAME: &'static str;
+    /// Runs the function here, in this process.
+    fn call(args: Self::Args) -> Self::Output;
+}

@@ -1,0 +1,31 @@
+//! The runtime of [multiproc](https://docs.rs/multiproc): everything that runs. Use it through
+//! the `multiproc` crate, which re-exports this API and the `#[process_fn]` attribute.
+
+#![deny(missing_docs)]
+
+mod entry;
+mod error;
+mod function;
+mod output;
+mod panic;
+mod process;
+mod registry;
+mod sys;
+mod wire;
+mod worker;
+
+#[doc(hidden)]
+pub mod private;
+
+pub use entry::init;
+pub use error::{Error, Result};
+pub use function::ProcessFn;
+pub use output::Output;
+pub use process::{Process, ProcessBuilder};
+pub use wire::frame::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
+
+/// Not public API: what `#[process_fn]` expands to names only this.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::private::*;
+}

@@ -1,0 +1,228 @@
+//! Linux system calls: socketpairs, pidfds, polling with deadlines, signals, the ELF build id.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+/// A connected pair of stream sockets, both close-on-exec.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// A pidfd for a child this process has not reaped yet (so the pid cannot have been reused).
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// The signals a handle sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sig {
+    Term,
+    Kill,
+}
+
+impl Sig {
+    pub(crate) fn number(self) -> i32 {
+        match self {
+            Sig::Term => libc::SIGTERM,
+            Sig::Kill => libc::SIGKILL,
+        }
+    }
+}
+
+/// Sends a signal through a pidfd; a child that already exited is not an error.
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: Sig) -> io::Result<()> {
+    let sig = match sig {
+        Sig::Term => Signal::TERM,
+        Sig::Kill => Signal::KILL,
+    };
+    match rustix::process::pidfd_send_signal(pidfd, sig) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits until `fd` is readable (or hung up). Returns `false` when the deadline passed first.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
+    loop {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                Some(Timespec {
+                    tv_sec: left.as_secs() as _,
+                    tv_nsec: left.subsec_nanos() as _,
+                })
+            }
+        };
+        let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(0) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(false);
+                }
+            }
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Blocks until the peer of `sock` hangs up (closes its end or dies).
+pub(crate) fn wait_hangup(sock: BorrowedFd<'_>) {
+    loop {
+        let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::RDHUP)];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) => {
+                let ev = fds[0].revents();
+                if ev.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) {
+                    return;
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Makes writes to a closed pipe return `EPIPE` instead of killing the process. std does this
+/// before `main`, but a worker never reaches `main`.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Takes the control socket a worker was given as its stdin, and puts `/dev/null` in its place.
+/// Fails when fd 0 is not a socket: the process was not started by multiproc.
+pub(crate) fn take_control_socket() -> io::Result<OwnedFd> {
+    // SAFETY: fd 0 is only borrowed for the duration of these calls; it is open (std would have
+    // reopened it otherwise, and a worker's parent always passes one).
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    let stat = rustix::fs::fstat(stdin)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "stdin is not a socket"));
+    }
+    let sock = rustix::io::fcntl_dupfd_cloexec(stdin, 3)?;
+    let null = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty())?;
+    // SAFETY: we own fd 0 from here on: the socket moved to `sock`, and dup2 replaces fd 0
+    // atomically. `std::mem::forget` keeps the OwnedFd from closing fd 0 afterwards.
+    let mut zero = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(0) };
+    let dup = rustix::io::dup2(&null, &mut zero);
+    std::mem::forget(zero);
+    dup?;
+    Ok(sock)
+}
+
+/// Sets the calling thread's name, which `ps` shows for a single-threaded child.
+pub(crate) fn set_thread_name(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
+    bytes.push(0);
+    if let Ok(c) = CStr::from_bytes_with_nul(&bytes) {
+        let _ = rustix::thread::set_name(c);
+    }
+}
+
+/// Ends the process at once, without running destructors or exit handlers.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` has no preconditions and does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// The conventional name of a signal number.
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => "an unnamed signal",
+    }
+}
+
+/// The GNU build id of the main executable, read from its program headers in memory (no file
+/// access). `None` when the linker wrote none.
+pub(crate) fn gnu_build_id() -> Option<Vec<u8>> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    struct Found(Option<Vec<u8>>);
+
+    unsafe extern "C" fn callback(info: *mut libc::dl_phdr_info, _size: libc::size_t, data: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid `info` for the duration of the call, and `data`
+        // is the `&mut Found` given below. The first object reported is the main program.
+        let (info, found) = unsafe { (&*info, &mut *(data as *mut Found)) };
+        let base = info.dlpi_addr as usize;
+        for i in 0..info.dlpi_phnum as usize {
+            // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers.
+            let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            if ph.p_type != libc::PT_NOTE {
+                continue;
+            }
+            let start = base + ph.p_vaddr as usize;
+            // SAFETY: a PT_NOTE segment of a loaded object is mapped readable for its
+            // whole `p_memsz`.
+            let notes = unsafe { std::slice::from_raw_parts(start as *const u8, ph.p_memsz as usize) };
+            let mut at = 0;
+            while at + 12 <= notes.len() {
+                let word = |o: usize| u32::from_ne_bytes([notes[o], notes[o + 1], notes[o + 2], notes[o + 3]]);
+                let (namesz, descsz, kind) = (word(at) as usize, word(at + 4) as usize, word(at + 8));
+                let name_at = at + 12;
+                let desc_at = name_at + namesz.next_multiple_of(4);
+                let next = desc_at + descsz.next_multiple_of(4);
+                if desc_at + descsz > notes.len() {
+                    break;
+                }
+                if kind == NT_GNU_BUILD_ID && &notes[name_at..name_at + namesz] == b"GNU\0" {
+                    found.0 = Some(notes[desc_at..desc_at + descsz].to_vec());
+                    return 1;
+                }
+                at = next;
+            }
+        }
+        1 // only the main program matters: stop after the first object
+    }
+
+    let mut found = Found(None);
+    // SAFETY: the callback only reads the headers it is given and writes to `found`, which
+    // outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(callback), &mut found as *mut Found as *mut libc::c_void);
+    }
+    found.0
+}
+
+/// Identity of the running executable file, used as a build id when the ELF has none.
+pub(crate) fn exe_identity() -> io::Result<Vec<u8>> {
+    let stat = rustix::fs::stat("/proc/self/exe")?;
+    let mut id = Vec::with_capacity(32);
+    for v in [stat.st_dev, stat.st_ino, stat.st_size as u64, stat.st_mtime as u64, stat.st_mtime_nsec as u64] {
+        id.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(id)
+}

@@ -1,0 +1,6 @@
+//! Raw operating-system calls. Every `unsafe` block of the runtime that is not shared memory
+//! lives here, each with a `// SAFETY:` line.
+
+mod linux;
+
+pub(crate) use linux::*;

@@ -1,0 +1,435 @@
+//! Length-prefixed frames over a stream socket, with file descriptors alongside.
+//!
+//! A frame is an 8-byte header, `len: u32 LE | kind: u8 | nfds: u8 | magic: u16 LE`, then
+//! `len` payload bytes. `nfds` file descriptors travel with the header as `SCM_RIGHTS`; the
+//! reader queues every descriptor it receives and hands each frame the ones it announced. A
+//! length over [`MAX_FRAME_LEN`] is refused on both sides, and a reader never allocates for a
+//! length before the bytes arrive.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+use crate::error::Error;
+use crate::sys;
+
+/// The largest payload a frame may carry: 1 GiB.
+pub const MAX_FRAME_LEN: usize = 1 << 30;
+/// The most file descriptors one frame may carry.
+pub const MAX_FDS_PER_FRAME: usize = 16;
+
+const HEADER_LEN: usize = 8;
+const MAGIC: u16 = 0x504d; // "MP"
+const READ_CHUNK: usize = 64 * 1024;
+/// Growth step when a large payload arrives: memory follows the bytes actually received.
+const GROW_STEP: usize = 16 << 20;
+
+/// What a frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// Parent to child, first: build id and options.
+    Hello = 1,
+    /// Parent to child: run a function.
+    Call = 2,
+    /// Child to parent: the function returned.
+    Return = 3,
+    /// Child to parent: the function panicked.
+    Panic = 4,
+    /// Child to parent: the call could not be made (unknown name, bad arguments, ...).
+    Fail = 5,
+    /// Child to parent: the handshake passed, the child is a worker of the same build.
+    Ready = 6,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Hello,
+            2 => Kind::Call,
+            3 => Kind::Return,
+            4 => Kind::Panic,
+            5 => Kind::Fail,
+            6 => Kind::Ready,
+            _ => return None,
+        })
+    }
+}
+
+/// A frame being built: the header is reserved up front so the payload is encoded in place and
+/// the whole frame goes out in one write.
+#[derive(Debug)]
+pub(crate) struct OutFrame {
+    buf: Vec<u8>,
+    kind: Kind,
+}
+
+impl OutFrame {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Self::with_capacity(kind, 64)
+    }
+
+    pub(crate) fn with_capacity(kind: Kind, payload: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_LEN + payload);
+        buf.resize(HEADER_LEN, 0);
+        OutFrame { buf, kind }
+    }
+
+    /// The payload buffer, to append to.
+    pub(crate) fn payload(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Writes the frame, with `fds` attached, blocking until all of it is sent.
+    pub(crate) fn send(mut self, sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let len = self.buf.len() - HEADER_LEN;
+        if len > MAX_FRAME_LEN {
+            return Err(Error::FrameTooLarge { len: len as u64, max: MAX_FRAME_LEN as u64 });
+        }
+        if fds.len() > MAX_FDS_PER_FRAME {
+            return Err(Error::BadFrame { reason: format!("{} file descriptors in one frame (at most {MAX_FDS_PER_FRAME})", fds.len()) });
+        }
+        self.buf[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        self.buf[4] = self.kind as u8;
+        self.buf[5] = fds.len() as u8;
+        self.buf[6..8].copy_from_slice(&MAGIC.to_le_bytes());
+        send_all(sock, &self.buf, fds).map_err(|e| Error::io("could not send a frame to the other process", e))
+    }
+}
+
+fn send_all(sock: BorrowedFd<'_>, mut bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if !fds.is_empty() {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(fds));
+        let n = loop {
+            match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+                Ok(n) => break n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        bytes = &bytes[n..];
+    }
+    while !bytes.is_empty() {
+        match rustix::net::send(sock, bytes, SendFlags::NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A frame that arrived.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) kind: Kind,
+    pub(crate) payload: Vec<u8>,
+    /// Read by the handles that cross as arguments (queues, pipes, shared memory), which
+    /// arrive as descriptors; nothing sends them yet outside the tests.
+    #[allow(dead_code)]
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Why no frame could be read.
+#[derive(Debug)]
+pub(crate) enum RecvError {
+    /// The peer closed the connection cleanly between two frames.
+    Closed,
+    /// The deadline passed; whatever was read so far is kept for the next call.
+    TimedOut,
+    /// The peer broke the protocol or the connection failed.
+    Failed(Error),
+}
+
+/// Reads frames from a stream socket, buffering small reads and queueing received descriptors.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    sock: OwnedFd,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+    /// A large payload being received directly (header already consumed).
+    partial: Option<Partial>,
+}
+
+#[derive(Debug)]
+struct Partial {
+    kind: Kind,
+    nfds: usize,
+    len: usize,
+    payload: Vec<u8>,
+}
+
+impl FrameReader {
+    pub(crate) fn new(sock: OwnedFd) -> Self {
+        FrameReader { sock, buf: vec![0; READ_CHUNK], start: 0, end: 0, fds: VecDeque::new(), partial: None }
+    }
+
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Reads the next frame, waiting at most until `deadline`.
+    pub(crate) fn read(&mut self, deadline: Option<Instant>) -> Result<Frame, RecvError> {
+        loop {
+            if let Some(frame) = self.try_take()? {
+                return Ok(frame);
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    /// Takes a complete frame from what is buffered, if there is one.
+    fn try_take(&mut self) -> Result<Option<Frame>, RecvError> {
+        if let Some(p) = &mut self.partial {
+            let want = p.len - p.payload.len();
+            let take = want.min(self.end - self.start);
+            p.payload.extend_from_slice(&self.buf[self.start..self.start + take]);
+            self.start += take;
+            if p.payload.len() < p.len {
+                return Ok(None);
+            }
+            let p = self.partial.take().expect("checked above");
+            return self.finish(p.kind, p.nfds, p.payload).map(Some);
+        }
+        if self.end - self.start < HEADER_LEN {
+            return Ok(None);
+        }
+        let h = &self.buf[self.start..self.start + HEADER_LEN];
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let (kind, nfds, magic) = (h[4], h[5] as usize, u16::from_le_bytes([h[6], h[7]]));
+        if magic != MAGIC {
+            return Err(bad(format!("bad magic {magic:#06x}")));
+        }
+        let kind = Kind::from_u8(kind).ok_or_else(|| bad(format!("unknown frame kind {kind}")))?;
+        if len > MAX_FRAME_LEN {
+            return Err(RecvError::Failed(Error::FrameTooLarge { len: len as u64, max: MAX_FRAME_LEN as u64 }));
+        }
+        if nfds > MAX_FDS_PER_FRAME {
+            return Err(bad(format!("{nfds} file descriptors announced (at most {MAX_FDS_PER_FRAME})")));
+        }
+        let body = self.start + HEADER_LEN;
+        if self.end - body >= len {
+            let payload = self.buf[body..body + len].to_vec();
+            self.start = body + len;
+            return self.finish(kind, nfds, payload).map(Some);
+        }
+        // Not all here: keep the header consumed and collect the payload as it arrives.
+        self.start = body;
+        self.partial = Some(Partial { kind, nfds, len, payload: Vec::with_capacity(len.min(GROW_STEP)) });
+        self.try_take()
+    }
+
+    fn finish(&mut self, kind: Kind, nfds: usize, payload: Vec<u8>) -> Result<Frame, RecvError> {
+        if self.fds.len() < nfds {
+            return Err(bad(format!("{nfds} file descriptors announced, {} received", self.fds.len())));
+        }
+        let fds = self.fds.drain(..nfds).collect();
+        Ok(Frame { kind, payload, fds })
+    }
+
+    /// Reads more bytes from the socket: into the payload directly when a large one is pending,
+    /// else into the buffer.
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<(), RecvError> {
+        if deadline.is_some() {
+            match sys::wait_readable(self.sock.as_fd(), deadline) {
+                Ok(true) => {}
+                Ok(false) => return Err(RecvError::TimedOut),
+                Err(e) => return Err(RecvError::Failed(Error::io("could not wait for the other process", e))),
+            }
+        }
+        let direct = self.partial.as_ref().is_some_and(|p| p.len - p.payload.len() >= READ_CHUNK);
+        let n = if direct {
+            let p = self.partial.as_mut().expect("checked above");
+            let want = p.len - p.payload.len();
+            if p.payload.capacity() == p.payload.len() {
+                p.payload.reserve(want.min(GROW_STEP.max(p.payload.len())));
+            }
+            let spare = p.payload.spare_capacity_mut();
+            let limit = spare.len().min(want);
+            let n = recv_with_fds(self.sock.as_fd(), &mut spare[..limit], &mut self.fds)?;
+            // SAFETY: `recv_with_fds` initialised the first `n` bytes of the spare capacity.
+            unsafe { p.payload.set_len(p.payload.len() + n) };
+            n
+        } else {
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            } else if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let spare = as_uninit(&mut self.buf[self.end..]);
+            let n = recv_with_fds(self.sock.as_fd(), spare, &mut self.fds)?;
+            self.end += n;
+            n
+        };
+        if n == 0 {
+            return Err(if self.partial.is_none() && self.start == self.end {
+                RecvError::Closed
+            } else {
+                bad("the connection closed in the middle of a frame".into())
+            });
+        }
+        Ok(())
+    }
+}
+
+fn bad(reason: String) -> RecvError {
+    RecvError::Failed(Error::BadFrame { reason })
+}
+
+fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and initialised bytes are valid
+    // `MaybeUninit`s; the callee only writes initialised bytes into it.
+    unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) }
+}
+
+/// One `recvmsg`, queueing any descriptors that came with the bytes. Returns 0 at end of stream.
+fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>], fds: &mut VecDeque<OwnedFd>) -> Result<usize, RecvError> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    // SAFETY: the kernel only writes into the buffer; the bytes it reports are initialised.
+    let iov_buf = unsafe { &mut *(buf as *mut [MaybeUninit<u8>] as *mut [u8]) };
+    let mut iov = [IoSliceMut::new(iov_buf)];
+    loop {
+        match rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(msg) => {
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(received) = m {
+                        fds.extend(received);
+                    }
+                }
+                if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+                    return Err(bad("too many file descriptors arrived at once".into()));
+                }
+                return Ok(msg.bytes);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(RecvError::Failed(Error::io("could not read from the other process", e.into()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+    use std::time::Duration;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        sys::socketpair().unwrap()
+    }
+
+    #[test]
+    fn small_and_large_frames_round_trip() {
+        let (a, b) = pair();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+        let expected = big.clone();
+        let writer = thread::spawn(move || {
+            let mut f = OutFrame::new(Kind::Call);
+            f.payload().extend_from_slice(b"hello");
+            f.send(a.as_fd(), &[]).unwrap();
+            let mut f = OutFrame::new(Kind::Return);
+            f.payload().extend_from_slice(&big);
+            f.send(a.as_fd(), &[]).unwrap();
+            a
+        });
+        let mut r = FrameReader::new(b);
+        let f = r.read(None).unwrap();
+        assert_eq!((f.kind, &f.payload[..]), (Kind::Call, &b"hello"[..]));
+        let f = r.read(None).unwrap();
+        assert_eq!(f.kind, Kind::Return);
+        assert!(f.payload == expected);
+        drop(writer.join().unwrap());
+        assert!(matches!(r.read(None), Err(RecvError::Closed)));
+    }
+
+    #[test]
+    fn a_huge_announced_length_is_refused_without_allocating() {
+        let (a, b) = pair();
+        let mut header = Vec::new();
+        header.extend_from_slice(&u32::MAX.to_le_bytes());
+        header.extend_from_slice(&[Kind::Return as u8, 0]);
+        header.extend_from_slice(&MAGIC.to_le_bytes());
+        send_all(a.as_fd(), &header, &[]).unwrap();
+        let mut r = FrameReader::new(b);
+        match r.read(None) {
+            Err(RecvError::Failed(Error::FrameTooLarge { len, max })) => {
+                assert_eq!((len, max), (u32::MAX as u64, MAX_FRAME_LEN as u64));
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_bad_frame() {
+        let (a, b) = pair();
+        send_all(a.as_fd(), b"GET / HTTP/1.1\r\n", &[]).unwrap();
+        let mut r = FrameReader::new(b);
+        assert!(matches!(r.read(None), Err(RecvError::Failed(Error::BadFrame { .. }))));
+    }
+
+    #[test]
+    fn a_truncated_frame_is_a_bad_frame_not_a_clean_close() {
+        let (a, b) = pair();
+        let mut f = OutFrame::new(Kind::Return);
+        f.payload().extend_from_slice(&[7; 100]);
+        let mut bytes = f.buf.clone();
+        bytes[0..4].copy_from_slice(&100u32.to_le_bytes());
+        bytes[4] = Kind::Return as u8;
+        bytes[6..8].copy_from_slice(&MAGIC.to_le_bytes());
+        send_all(a.as_fd(), &bytes[..50], &[]).unwrap();
+        drop(a);
+        let mut r = FrameReader::new(b);
+        assert!(matches!(r.read(None), Err(RecvError::Failed(Error::BadFrame { .. }))));
+    }
+
+    #[test]
+    fn an_oversize_frame_is_refused_before_sending() {
+        let (a, _b) = pair();
+        let mut f = OutFrame::new(Kind::Call);
+        f.payload().resize(HEADER_LEN + MAX_FRAME_LEN + 1, 0);
+        assert!(matches!(f.send(a.as_fd(), &[]), Err(Error::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn reading_times_out_and_resumes() {
+        let (a, b) = pair();
+        let mut r = FrameReader::new(b);
+        let deadline = Instant::now() + Duration::from_millis(20);
+        assert!(matches!(r.read(Some(deadline)), Err(RecvError::TimedOut)));
+        let mut f = OutFrame::new(Kind::Hello);
+        f.payload().push(1);
+        f.send(a.as_fd(), &[]).unwrap();
+        let f = r.read(Some(Instant::now() + Duration::from_secs(5))).unwrap();
+        assert_eq!(f.payload, vec![1]);
+    }
+
+    #[test]
+    fn file_descriptors_travel_with_their_frame() {
+        let (a, b) = pair();
+        let (p_read, p_write) = rustix::pipe::pipe().unwrap();
+        let mut f = OutFrame::new(Kind::Call);
+        f.payload().push(9);
+        f.send(a.as_fd(), &[p_write.as_fd()]).unwrap();
+        drop(p_write);
+        let mut r = FrameReader::new(b);
+        let mut frame = r.read(None).unwrap();
+        assert_eq!(frame.fds.len(), 1);
+        let w = frame.fds.pop().unwrap();
+        rustix::io::write(&w, b"through the socket").unwrap();
+        drop(w);
+        let mut got = [0u8; 32];
+        let n = rustix::io::read(&p_read, &mut got).unwrap();
+        assert_eq!(&got[..n], b"through the socket");
+    }
+}

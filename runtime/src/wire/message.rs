@@ -1,0 +1,134 @@
+//! The payloads of each frame kind, and their encodings.
+//!
+//! `Call` and the replies carry a task id first, so several calls can be in flight on one
+//! connection. A `Call` then names the function (u32 length + UTF-8) and appends the encoded
+//! arguments; a `Return` appends the encoded output. `Hello`, `Panic` and `Fail` are bincode
+//! structures.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::wire::codec;
+use crate::wire::frame::{Kind, OutFrame};
+
+/// The protocol version; a child refuses a parent that speaks another one.
+pub(crate) const PROTOCOL: u32 = 1;
+
+/// The first frame on every connection, parent to child.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) protocol: u32,
+    pub(crate) build_id: Vec<u8>,
+    /// A name for the child's process (shown by `ps`).
+    pub(crate) name: Option<String>,
+    /// Whether the child exits after its first call (a `Process`) or serves many (a pool).
+    pub(crate) one_shot: bool,
+}
+
+/// Why a panic happened, as the child saw it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PanicReport {
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+    pub(crate) backtrace: Option<String>,
+}
+
+/// Why the child could not make a call.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FailReport {
+    /// The child is another build; here is its build id.
+    BuildMismatch { found: Vec<u8> },
+    /// The protocol versions differ.
+    Protocol { message: String },
+    UnknownFunction { name: String, known: Vec<String> },
+    DuplicateFunction { name: String },
+    Decode { what: String, type_name: String, message: String },
+    Encode { what: String, type_name: String, message: String },
+}
+
+impl FailReport {
+    pub(crate) fn from_error(e: Error) -> FailReport {
+        match e {
+            Error::UnknownFunction { name, known } => FailReport::UnknownFunction { name, known },
+            Error::DuplicateFunction { name } => FailReport::DuplicateFunction { name },
+            Error::Decode { what, type_name, message } => FailReport::Decode { what: what.into(), type_name, message },
+            Error::Encode { what, type_name, message } => FailReport::Encode { what: what.into(), type_name, message },
+            other => FailReport::Protocol { message: other.to_string() },
+        }
+    }
+}
+
+/// The `Hello` frame.
+pub(crate) fn hello_frame(hello: &Hello) -> Result<OutFrame, Error> {
+    let mut f = OutFrame::new(Kind::Hello);
+    codec::encode_into("message", hello, f.payload())?;
+    Ok(f)
+}
+
+/// A `Call` frame: task id, function name, then the encoded arguments.
+pub(crate) fn call_frame<A: Serialize>(id: u64, name: &str, args: &A) -> Result<OutFrame, Error> {
+    let mut f = OutFrame::new(Kind::Call);
+    let p = f.payload();
+    p.extend_from_slice(&id.to_le_bytes());
+    p.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    p.extend_from_slice(name.as_bytes());
+    codec::encode_into("arguments", args, p)?;
+    Ok(f)
+}
+
+/// Splits a `Call` payload into id, function name and argument bytes.
+pub(crate) fn parse_call(payload: &[u8]) -> Result<(u64, &str, &[u8]), Error> {
+    let bad = |reason: &str| Error::BadFrame { reason: format!("call frame: {reason}") };
+    let (id, rest) = split_id(payload).ok_or_else(|| bad("too short for a task id"))?;
+    if rest.len() < 4 {
+        return Err(bad("too short for a name length"));
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let rest = &rest[4..];
+    if rest.len() < len {
+        return Err(bad("name longer than the frame"));
+    }
+    let name = std::str::from_utf8(&rest[..len]).map_err(|_| bad("name is not UTF-8"))?;
+    Ok((id, name, &rest[len..]))
+}
+
+/// Splits the task id off a reply payload.
+pub(crate) fn split_id(payload: &[u8]) -> Option<(u64, &[u8])> {
+    let id = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    Some((id, &payload[8..]))
+}
+
+/// A reply frame of `kind` for task `id`, its body encoded from `body`.
+pub(crate) fn reply_frame<T: Serialize + ?Sized>(kind: Kind, id: u64, what: &'static str, body: &T) -> Result<OutFrame, Error> {
+    let mut f = OutFrame::new(kind);
+    f.payload().extend_from_slice(&id.to_le_bytes());
+    codec::encode_into(what, body, f.payload())?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_frame_parses_back() {
+        let f = call_frame(42, "crate::square", &(7u64,)).unwrap();
+        let payload = &f_payload(f)[..];
+        let (id, name, args) = parse_call(payload).unwrap();
+        assert_eq!((id, name), (42, "crate::square"));
+        assert_eq!(codec::decode::<(u64,)>("arguments", args).unwrap(), (7,));
+    }
+
+    #[test]
+    fn short_call_frames_are_errors() {
+        assert!(parse_call(&[1, 2, 3]).is_err());
+        let mut p = 5u64.to_le_bytes().to_vec();
+        p.extend_from_slice(&100u32.to_le_bytes());
+        p.extend_from_slice(b"abc");
+        assert!(parse_call(&p).is_err());
+    }
+
+    fn f_payload(mut f: OutFrame) -> Vec<u8> {
+        f.payload()[8..].to_vec()
+    }
+}

@@ -1,0 +1,6 @@
+//! What crosses between processes: frames, their encoding, their messages, the handshake.
+
+pub(crate) mod codec;
+pub(crate) mod frame;
+pub(crate) mod handshake;
+pub(crate) mod message;
