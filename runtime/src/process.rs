@@ -22,10 +22,6 @@ use crate::wire::frame::{Frame, FrameReader, Kind, OutFrame, RecvError};
 use crate::wire::handshake::{build_id, hex};
 use crate::wire::message::{self, FailReport, Hello, PanicReport, PROTOCOL};
 
-/// How long `join` waits for a child's output to drain after the child exited (a grandchild
-/// may keep the pipe open).
-const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(1);
-
 /// Options for starting a child process: Python's `Process(name=...)` and friends.
 ///
 /// # Examples
@@ -116,6 +112,7 @@ impl ProcessBuilder {
     pub(crate) fn spawn_call<T>(&self, call: OutFrame) -> Result<Process<T>> {
         let depth = entry::child_depth()?;
         let (ours, theirs) = sys::socketpair().map_err(|e| Error::io("could not create a socketpair for the child", e))?;
+        let (live_read, live_write) = sys::liveness_pipe().map_err(|e| Error::io("could not create the child's liveness pipe", e))?;
         let executable = self.executable.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
         let mut cmd = Command::new(&executable);
         if self.executable.is_none() {
@@ -152,7 +149,8 @@ impl ProcessBuilder {
         let hello = Hello { protocol: PROTOCOL, build_id: build_id().to_vec(), name: self.name.clone(), one_shot: true };
         let hello = message::hello_frame(&hello)?;
         // A child that died at once makes these fail; `join` then reports how it died.
-        let _ = hello.send(ours.as_fd(), &[]).and_then(|()| call.send(ours.as_fd(), &[]));
+        let _ = hello.send(ours.as_fd(), &[live_read.as_fd()]).and_then(|()| call.send(ours.as_fd(), &[]));
+        drop(live_read);
 
         Ok(Process {
             pid: child.id(),
@@ -160,6 +158,7 @@ impl ProcessBuilder {
             executable,
             child,
             pidfd,
+            _liveness: live_write,
             reader: FrameReader::new(ours),
             greeted: false,
             closed: false,
@@ -208,6 +207,8 @@ pub struct Process<T> {
     executable: PathBuf,
     child: Child,
     pidfd: OwnedFd,
+    /// The child ends when this closes: when the handle is dropped, or this process dies.
+    _liveness: OwnedFd,
     reader: FrameReader,
     /// The child answered the handshake.
     greeted: bool,
@@ -281,7 +282,7 @@ impl<T: DeserializeOwned> Process<T> {
         };
         self.joined = true;
         if let Some(forwarder) = self.forwarder.take() {
-            forwarder.finish(OUTPUT_DRAIN_LIMIT);
+            forwarder.finish();
         }
         if let Some(e) = self.broken.take() {
             return Err(e);
@@ -414,7 +415,7 @@ impl<T> Drop for Process<T> {
             self.status = self.child.wait().ok();
         }
         if let Some(forwarder) = self.forwarder.take() {
-            forwarder.finish(OUTPUT_DRAIN_LIMIT);
+            forwarder.finish();
         }
     }
 }

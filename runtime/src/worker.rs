@@ -1,8 +1,6 @@
 //! The child's side: take the control socket, check the handshake, then read a call, look the
 //! function up, decode, call (catching a panic), encode, reply.
 
-use std::os::fd::AsFd;
-
 use crate::error::Error;
 use crate::function::ProcessFn;
 use crate::panic;
@@ -61,16 +59,6 @@ pub(crate) fn run_child() -> ! {
             sys::exit_now(EXIT_NOT_A_WORKER);
         }
     };
-    // The parent's end closes when the parent dies, however it dies: end with it.
-    if let Ok(watch) = rustix::io::fcntl_dupfd_cloexec(&sock, 3) {
-        let spawned = std::thread::Builder::new().name("multiproc-watchdog".into()).spawn(move || {
-            sys::wait_hangup(watch.as_fd());
-            sys::exit_now(EXIT_PARENT_GONE);
-        });
-        if spawned.is_err() {
-            eprintln!("multiproc: could not start the worker's watchdog thread");
-        }
-    }
     panic::install_hook();
     let mut reader = FrameReader::new(sock);
     let code = serve(&mut reader);
@@ -79,9 +67,9 @@ pub(crate) fn run_child() -> ! {
 
 /// Serves calls until the parent hangs up (or after one call, for a one-shot child).
 fn serve(reader: &mut FrameReader) -> i32 {
-    let hello = match reader.read(None) {
-        Ok(f) if f.kind == Kind::Hello => match codec::decode::<Hello>("message", &f.payload) {
-            Ok(h) => h,
+    let (hello, liveness) = match reader.read(None) {
+        Ok(mut f) if f.kind == Kind::Hello => match codec::decode::<Hello>("message", &f.payload) {
+            Ok(h) => (h, f.fds.pop()),
             Err(e) => return refuse(reader, FailReport::Protocol { message: e.to_string() }, EXIT_PROTOCOL),
         },
         Ok(_) | Err(RecvError::Failed(_)) => return EXIT_PROTOCOL,
@@ -93,6 +81,12 @@ fn serve(reader: &mut FrameReader) -> i32 {
     }
     if hello.build_id != build_id() {
         return refuse(reader, FailReport::BuildMismatch { found: build_id().to_vec() }, EXIT_BUILD_MISMATCH);
+    }
+    // The parent's end of this pipe closes when the parent dies, however it dies: end with it.
+    match liveness.map(sys::die_with_writer) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => eprintln!("multiproc: this worker could not tie its life to its parent's: {e}"),
+        None => return refuse(reader, FailReport::Protocol { message: "no liveness pipe in the handshake".into() }, EXIT_PROTOCOL),
     }
     if let Some(name) = &hello.name {
         sys::set_thread_name(name);

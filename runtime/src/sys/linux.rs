@@ -80,21 +80,36 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io
     }
 }
 
-/// Blocks until the peer of `sock` hangs up (closes its end or dies).
-pub(crate) fn wait_hangup(sock: BorrowedFd<'_>) {
-    loop {
-        let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::RDHUP)];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) => {
-                let ev = fds[0].revents();
-                if ev.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) {
-                    return;
-                }
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return,
-        }
+/// A pipe whose write end the parent keeps and whose read end a child arms with
+/// [`die_with_writer`]: both close-on-exec.
+pub(crate) fn liveness_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Makes this process end when the last write end of the pipe `read_end` closes, that is when
+/// the parent dies, however it dies. No thread: the kernel sends `SIGIO` (the pipe is in async
+/// mode and owned by this process), and the default action of `SIGIO` ends the process. A
+/// parent already gone ends the process at once.
+pub(crate) fn die_with_writer(read_end: OwnedFd) -> io::Result<()> {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    let fd = read_end.as_raw_fd();
+    // SAFETY: setting SIGIO back to its default action has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_DFL);
     }
+    // SAFETY: `fd` is open (owned by `read_end`); F_SETOWN takes a pid and touches no memory.
+    if unsafe { libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = rustix::fs::fcntl_getfl(&read_end)?;
+    rustix::fs::fcntl_setfl(&read_end, flags | rustix::fs::OFlags::ASYNC | rustix::fs::OFlags::NONBLOCK)?;
+    let mut fds = [PollFd::new(&read_end, PollFlags::IN)];
+    if rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 }))? > 0 {
+        exit_now(crate::worker::EXIT_PARENT_GONE);
+    }
+    // Kept open for the life of the process: closing it would disarm the signal.
+    let _ = read_end.into_raw_fd();
+    Ok(())
 }
 
 /// Makes writes to a closed pipe return `EPIPE` instead of killing the process. std does this

@@ -130,9 +130,6 @@ fn send_all(sock: BorrowedFd<'_>, mut bytes: &[u8], fds: &[BorrowedFd<'_>]) -> i
 pub(crate) struct Frame {
     pub(crate) kind: Kind,
     pub(crate) payload: Vec<u8>,
-    /// Read by the handles that cross as arguments (queues, pipes, shared memory), which
-    /// arrive as descriptors; nothing sends them yet outside the tests.
-    #[allow(dead_code)]
     pub(crate) fds: Vec<OwnedFd>,
 }
 
