@@ -7,12 +7,12 @@
 //! pub struct __process_fn_square { .. }           // hidden, zero-sized
 //! pub const square: __process_fn_square = ..;     // the user's docs; `square(3)` derefs to the fn
 //! const _: () = {
-//!     fn square(x: u64) -> u64 { body }           // the user's fn, as written
+//!     fn __process_fn_body_square(x: u64) -> u64 { body } // the user's fn, renamed
 //!     impl Deref for __process_fn_square { type Target = fn(u64) -> u64; .. }
 //!     impl ProcessFn for __process_fn_square { type Args = (u64,); type Output = u64;
 //!         const NAME = "crate::m::square"; fn call((x,): (u64,)) -> u64 { square(x) } }
 //!     impl __process_fn_square { pub fn spawn(&self, x: u64) -> Result<Process<u64>> }
-//!     static REGISTRATION: Registration = Registration::of::<__process_fn_square>(); // linkme
+//!     static __MULTIPROC_REGISTRATION: Registration = Registration::of::<__process_fn_square>(); // linkme
 //! };
 //! ```
 
@@ -77,7 +77,11 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
     let cfgs: Vec<&Attribute> = item.attrs.iter().filter(|a| is(a, "cfg")).collect();
     let outer: Vec<&Attribute> = item.attrs.iter().filter(|a| is(a, "doc") || is(a, "deprecated")).collect();
     let inner: Vec<&Attribute> = item.attrs.iter().filter(|a| !is(a, "doc") && !is(a, "deprecated") && !is(a, "cfg")).collect();
-    let sig = &item.sig;
+    // The body goes in a function of another name, so that inside it the user's name still
+    // means the value: `recurse.spawn(..)` from within `recurse` works.
+    let body_ident = syn::Ident::new(&format!("__process_fn_body_{ident}"), ident.span());
+    let mut sig = item.sig.clone();
+    sig.ident = body_ident.clone();
     let block = &item.block;
 
     let names: Vec<_> = spec.params.iter().map(|p| &p.name).collect();
@@ -131,7 +135,7 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
             impl ::core::ops::Deref for #marker {
                 type Target = fn(#(#tys),*) -> #output;
                 fn deref(&self) -> &Self::Target {
-                    const FUNCTION: fn(#(#tys),*) -> #output = #ident;
+                    const FUNCTION: fn(#(#tys),*) -> #output = #body_ident;
                     &FUNCTION
                 }
             }
@@ -142,11 +146,16 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
                 type Output = #output;
                 const NAME: &'static str = #name;
                 fn call((#(#names,)*): Self::Args) -> Self::Output {
-                    #ident(#(#names),*)
+                    #body_ident(#(#names),*)
                 }
             }
 
             impl #marker {
+                /// The stable name the child finds this function by.
+                pub fn name(&self) -> &'static str {
+                    <Self as #private::ProcessFn>::NAME
+                }
+
                 #[doc = #spawn_doc]
                 pub fn spawn(&self, #(#names: #tys),*)
                     -> ::core::result::Result<#private::Process<#output>, #private::Error>
@@ -157,7 +166,7 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
 
             #[#private::linkme::distributed_slice(#private::REGISTRY)]
             #[linkme(crate = #private::linkme)]
-            static REGISTRATION: #private::Registration = #private::Registration::of::<#marker>();
+            static __MULTIPROC_REGISTRATION: #private::Registration = #private::Registration::of::<#marker>();
         };
     }
 }

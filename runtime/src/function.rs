@@ -12,6 +12,7 @@ use serde::Serialize;
 /// # Examples
 ///
 /// ```
+/// # extern crate multiproc_runtime as multiproc;
 /// use multiproc::{process_fn, ProcessFn};
 ///
 /// #[process_fn]
@@ -39,4 +40,9 @@ pub trait ProcessFn: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     /// Runs the function here, in this process.
     fn call(args: Self::Args) -> Self::Output;
+
+    /// The stable name, from the value: `square.name()`.
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
 }

@@ -18,6 +18,7 @@ mod worker;
 pub mod private;
 
 pub use entry::init;
+pub use multiproc_macros::process_fn;
 pub use error::{Error, Result};
 pub use function::ProcessFn;
 pub use output::Output;

@@ -27,6 +27,7 @@ use crate::wire::message::{self, FailReport, Hello, PanicReport, PROTOCOL};
 /// # Examples
 ///
 /// ```
+/// # extern crate multiproc_runtime as multiproc;
 /// use multiproc::{process_fn, Output, ProcessBuilder};
 ///
 /// #[process_fn]
@@ -186,6 +187,7 @@ impl ProcessBuilder {
 /// # Examples
 ///
 /// ```
+/// # extern crate multiproc_runtime as multiproc;
 /// use multiproc::process_fn;
 ///
 /// #[process_fn]
@@ -441,5 +443,49 @@ fn static_what(what: &str) -> &'static str {
         "arguments" => "arguments",
         "result" => "result",
         _ => "message",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[crate::process_fn(crate = crate)]
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    fn join_within<T: DeserializeOwned>(mut p: Process<T>) -> Result<T> {
+        let r = p.join_timeout(Duration::from_secs(60));
+        assert!(!matches!(r, Err(Error::TimedOut { .. })), "the child hung");
+        r
+    }
+
+    #[test]
+    fn the_macro_works_inside_the_runtime() {
+        assert_eq!(join_within(double.spawn(21).unwrap()).unwrap(), 42);
+    }
+
+    #[test]
+    fn an_unknown_function_is_an_error_listing_the_known_ones() {
+        let call = message::call_frame(0, "no::such::function", &(1u64,)).unwrap();
+        let p: Process<u64> = ProcessBuilder::new().spawn_call(call).unwrap();
+        match join_within(p) {
+            Err(Error::UnknownFunction { name, known }) => {
+                assert_eq!(name, "no::such::function");
+                assert!(known.iter().any(|k| k == "multiproc_runtime::process::tests::double"), "{known:?}");
+            }
+            other => panic!("expected an unknown function, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn arguments_of_the_wrong_type_are_a_decode_error_in_the_child() {
+        let call = message::call_frame(0, double.name(), &("not a number",)).unwrap();
+        let p: Process<u64> = ProcessBuilder::new().spawn_call(call).unwrap();
+        match join_within(p) {
+            Err(Error::Decode { what: "arguments", type_name, .. }) => assert_eq!(type_name, "(u64,)"),
+            other => panic!("expected a decode error, got {other:?}"),
+        }
     }
 }

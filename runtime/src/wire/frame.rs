@@ -311,6 +311,8 @@ fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>], fds: &mut Ve
                 return Ok(msg.bytes);
             }
             Err(rustix::io::Errno::INTR) => {}
+            // The peer died with our bytes unread in its buffer: it is gone, like at EOF.
+            Err(rustix::io::Errno::CONNRESET) => return Ok(0),
             Err(e) => return Err(RecvError::Failed(Error::io("could not read from the other process", e.into()))),
         }
     }

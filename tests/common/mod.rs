@@ -1,0 +1,90 @@
+//! Helpers shared by the integration tests: hard deadlines on every wait, and `/proc` checks.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc::Process;
+use serde::de::DeserializeOwned;
+
+/// No test waits longer than this for a child: a hang fails the test instead of CI.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Joins with a hard deadline; a child still running then fails the test (and is killed).
+pub fn join<T: DeserializeOwned>(mut p: Process<T>) -> multiproc::Result<T> {
+    match p.join_timeout(DEADLINE) {
+        Err(e) if e.is_timeout() => panic!("child {} did not finish within {DEADLINE:?}", p.pid()),
+        other => other,
+    }
+}
+
+/// The state letter of a process in `/proc` (`R`, `S`, `Z`, ...), `None` once it is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name.trim_start().chars().next()
+}
+
+/// Whether `pid` is no longer running (gone, or a zombie nobody reaped yet) within `limit`.
+pub fn ends_within(pid: u32, limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        match proc_state(pid) {
+            None | Some('Z') | Some('X') => return true,
+            Some(_) if start.elapsed() >= limit => return false,
+            Some(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// What a finished helper process printed.
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command to completion with a hard deadline (it is killed, and the test fails, if it
+/// overruns).
+pub fn run(cmd: &mut Command) -> Finished {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn helper");
+    let out = reader(child.stdout.take().unwrap());
+    let err = reader(child.stderr.take().unwrap());
+    let status = wait_deadline(&mut child);
+    Finished { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+pub fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+pub fn wait_deadline(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("helper process {} did not finish within {DEADLINE:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs one test of this same test binary in a fresh process, with `env` set (the rayon
+/// pattern: a helper test that does nothing unless its variable is set).
+pub fn run_test(name: &str, env: &[(&str, &str)], extra: &[&str]) -> Finished {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([name, "--exact", "--test-threads=1"]).args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
