@@ -94,12 +94,14 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
             quote!(::core::concat!(::core::module_path!(), "::", #s))
         }
     };
-    // Each type is checked where the user wrote it, so a missing Serialize points there.
-    let checks = tys.iter().copied().chain([output]).map(|ty| {
-        quote_spanned! {ty.span()=>
-            const _: () = #private::assert_serializable::<#ty>();
-        }
+    // One codec call per type, spanned where the user wrote the type: a type that is not
+    // serializable is reported there (and only there).
+    let encode_args = names.iter().zip(&tys).map(|(name, ty)| {
+        quote_spanned! {ty.span()=> #private::encode_arg::<#ty>(#name, __out)?; }
     });
+    let decode_args = tys.iter().map(|ty| quote_spanned! {ty.span()=> __args.next::<#ty>()?, });
+    let encode_output = quote_spanned! {output.span()=> #private::encode_output::<#output>(__output, __out) };
+    let decode_output = quote_spanned! {output.span()=> #private::decode_output::<#output>(__bytes) };
     let spawn_doc = format!(
         "Starts `{ident}` in a new child process and returns its handle; \
          [`join`]({private_path}::Process::join) it for the result.",
@@ -129,8 +131,6 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
             #(#inner)*
             #sig #block
 
-            #(#checks)*
-
             #[automatically_derived]
             impl ::core::ops::Deref for #marker {
                 type Target = fn(#(#tys),*) -> #output;
@@ -147,6 +147,29 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
                 const NAME: &'static str = #name;
                 fn call((#(#names,)*): Self::Args) -> Self::Output {
                     #body_ident(#(#names),*)
+                }
+                #[allow(unused_variables)]
+                fn encode_args(
+                    (#(#names,)*): &Self::Args,
+                    __out: &mut ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<(), #private::Error> {
+                    #(#encode_args)*
+                    ::core::result::Result::Ok(())
+                }
+                #[allow(unused_variables)]
+                fn decode_args(
+                    __args: &mut #private::ArgReader<'_>,
+                ) -> ::core::result::Result<Self::Args, #private::Error> {
+                    ::core::result::Result::Ok((#(#decode_args)*))
+                }
+                fn encode_output(
+                    __output: &Self::Output,
+                    __out: &mut ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<(), #private::Error> {
+                    #encode_output
+                }
+                fn decode_output(__bytes: &[u8]) -> ::core::result::Result<Self::Output, #private::Error> {
+                    #decode_output
                 }
             }
 

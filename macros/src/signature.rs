@@ -2,7 +2,6 @@
 //!
 //! Every problem is reported, each on the token at fault, with the fix in the message.
 
-use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, Ident, Pat, PathArguments, ReturnType, Signature, Type};
 
 /// One parameter: a plain name and a type.
@@ -23,8 +22,9 @@ pub(crate) struct Spec {
 pub(crate) struct Errors(Option<syn::Error>);
 
 impl Errors {
-    pub(crate) fn push(&mut self, span: impl Spanned, message: impl std::fmt::Display) {
-        let e = syn::Error::new(span.span(), message);
+    /// An error covering all of `tokens` (first to last token, on stable too).
+    pub(crate) fn push(&mut self, tokens: impl quote::ToTokens, message: impl std::fmt::Display) {
+        let e = syn::Error::new_spanned(tokens, message);
         match &mut self.0 {
             Some(all) => all.combine(e),
             None => self.0 = Some(e),
@@ -109,10 +109,11 @@ pub(crate) fn check(sig: &Signature) -> Result<Spec, syn::Error> {
 fn check_type(ty: &Type, role: &str, errors: &mut Errors) {
     match ty {
         Type::Reference(r) => {
+            let verb = if role == "results" { "return" } else { "take" };
             let fix = match &*r.elem {
-                Type::Path(p) if p.path.is_ident("str") => "take a `String`",
-                Type::Slice(_) => "take a `Vec<T>`",
-                _ => "take the value itself (`T`, not `&T`)",
+                Type::Path(p) if p.path.is_ident("str") => format!("{verb} a `String`"),
+                Type::Slice(_) => format!("{verb} a `Vec<T>`"),
+                _ => format!("{verb} the value itself (`T`, not `&T`)"),
             };
             errors.push(r, format!("`#[process_fn]` {role} cannot borrow: the value is copied to another process; {fix}"));
         }
@@ -138,7 +139,7 @@ fn check_type(ty: &Type, role: &str, errors: &mut Errors) {
                     for arg in &args.args {
                         match arg {
                             GenericArgument::Type(t) => check_type(t, role, errors),
-                            GenericArgument::Lifetime(l) => errors.push(
+                            GenericArgument::Lifetime(l) if l.ident != "static" => errors.push(
                                 l,
                                 format!("`#[process_fn]` {role} cannot hold borrows: the value is copied to another process; use owned types"),
                             ),

@@ -1,7 +1,7 @@
 //! The trait every `#[process_fn]` implements.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use crate::error::Error;
+use crate::wire::codec::ArgReader;
 
 /// A function that can run in another process.
 ///
@@ -33,11 +33,12 @@ use serde::Serialize;
 /// ```
 pub trait ProcessFn: Copy + Send + Sync + 'static {
     /// The parameters, as a tuple: `(u64,)` for `fn square(x: u64)`.
-    type Args: Serialize + DeserializeOwned + Send + 'static;
+    type Args;
     /// The return type.
-    type Output: Serialize + DeserializeOwned + Send + 'static;
+    type Output;
     /// The stable name the child looks the function up by: `module::path::function`.
     const NAME: &'static str;
+
     /// Runs the function here, in this process.
     fn call(args: Self::Args) -> Self::Output;
 
@@ -45,4 +46,20 @@ pub trait ProcessFn: Copy + Send + Sync + 'static {
     fn name(&self) -> &'static str {
         Self::NAME
     }
+
+    // The codec, one parameter at a time: the macro emits each call spanned at the parameter's
+    // type, so that a type that is not serializable is reported there, once.
+
+    /// Not public API: appends the encoded arguments.
+    #[doc(hidden)]
+    fn encode_args(args: &Self::Args, out: &mut Vec<u8>) -> Result<(), Error>;
+    /// Not public API: decodes the arguments.
+    #[doc(hidden)]
+    fn decode_args(args: &mut ArgReader<'_>) -> Result<Self::Args, Error>;
+    /// Not public API: appends the encoded result.
+    #[doc(hidden)]
+    fn encode_output(output: &Self::Output, out: &mut Vec<u8>) -> Result<(), Error>;
+    /// Not public API: decodes the result.
+    #[doc(hidden)]
+    fn decode_output(bytes: &[u8]) -> Result<Self::Output, Error>;
 }

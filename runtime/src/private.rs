@@ -15,6 +15,19 @@ pub fn spawn<F: ProcessFn>(f: F, args: F::Args) -> Result<Process<F::Output>> {
     ProcessBuilder::new().spawn(f, args)
 }
 
-/// Compiles only for a type that can be a `#[process_fn]` parameter or result; the macro
-/// calls it with the user's type span, so the error points at the type.
-pub const fn assert_serializable<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+pub use crate::wire::codec::ArgReader;
+
+/// Appends one encoded argument (the macro calls this once per parameter, at its type).
+pub fn encode_arg<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    crate::wire::codec::encode_into("arguments", value, out)
+}
+
+/// Appends the encoded result.
+pub fn encode_output<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    crate::wire::codec::encode_into("result", value, out)
+}
+
+/// Decodes the result.
+pub fn decode_output<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    crate::wire::codec::decode("result", bytes)
+}

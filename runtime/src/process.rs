@@ -2,14 +2,11 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-use serde::de::DeserializeOwned;
 
 use crate::entry::{self, DEPTH_ENV, WORKER_ENV};
 use crate::error::{Error, Result};
@@ -105,12 +102,12 @@ impl ProcessBuilder {
     pub fn spawn<F: ProcessFn>(&self, f: F, args: F::Args) -> Result<Process<F::Output>> {
         let _ = f;
         registry::lookup(F::NAME)?;
-        let call = message::call_frame(0, F::NAME, &args)?;
-        self.spawn_call(call)
+        let call = message::call_frame::<F>(0, &args)?;
+        self.spawn_call(call, F::decode_output)
     }
 
-    /// Starts a child and sends it `call`, whatever function it names.
-    pub(crate) fn spawn_call<T>(&self, call: OutFrame) -> Result<Process<T>> {
+    /// Starts a child and sends it `call`, whatever function it names; `decode` reads its result.
+    pub(crate) fn spawn_call<T>(&self, call: OutFrame, decode: fn(&[u8]) -> Result<T>) -> Result<Process<T>> {
         let depth = entry::child_depth()?;
         let (ours, theirs) = sys::socketpair().map_err(|e| Error::io("could not create a socketpair for the child", e))?;
         let (live_read, live_write) = sys::liveness_pipe().map_err(|e| Error::io("could not create the child's liveness pipe", e))?;
@@ -169,7 +166,7 @@ impl ProcessBuilder {
             sent: None,
             forwarder,
             joined: false,
-            _output: PhantomData,
+            decode,
         })
     }
 }
@@ -224,7 +221,7 @@ pub struct Process<T> {
     sent: Option<Sig>,
     forwarder: Option<Forwarder>,
     joined: bool,
-    _output: PhantomData<fn() -> T>,
+    decode: fn(&[u8]) -> Result<T>,
 }
 
 impl<T> fmt::Debug for Process<T> {
@@ -237,7 +234,7 @@ impl<T> fmt::Debug for Process<T> {
     }
 }
 
-impl<T: DeserializeOwned> Process<T> {
+impl<T> Process<T> {
     /// Waits for the child to finish and returns its result.
     ///
     /// # Errors
@@ -304,7 +301,7 @@ impl<T: DeserializeOwned> Process<T> {
     fn outcome(&self, frame: Frame) -> Result<T> {
         let (_, body) = message::split_id(&frame.payload).ok_or_else(|| Error::BadFrame { reason: "reply without a task id".into() })?;
         match frame.kind {
-            Kind::Return => codec::decode("result", body),
+            Kind::Return => (self.decode)(body),
             Kind::Panic => {
                 let report: PanicReport = codec::decode("message", body)?;
                 Err(Error::Panicked { pid: self.pid, message: report.message, location: report.location, backtrace: report.backtrace })
@@ -455,7 +452,7 @@ mod tests {
         x * 2
     }
 
-    fn join_within<T: DeserializeOwned>(mut p: Process<T>) -> Result<T> {
+    fn join_within<T>(mut p: Process<T>) -> Result<T> {
         let r = p.join_timeout(Duration::from_secs(60));
         assert!(!matches!(r, Err(Error::TimedOut { .. })), "the child hung");
         r
@@ -468,8 +465,8 @@ mod tests {
 
     #[test]
     fn an_unknown_function_is_an_error_listing_the_known_ones() {
-        let call = message::call_frame(0, "no::such::function", &(1u64,)).unwrap();
-        let p: Process<u64> = ProcessBuilder::new().spawn_call(call).unwrap();
+        let call = message::call_frame_with(0, "no::such::function", |out| codec::encode_into("arguments", &1u64, out)).unwrap();
+        let p: Process<u64> = ProcessBuilder::new().spawn_call(call, |b| codec::decode("result", b)).unwrap();
         match join_within(p) {
             Err(Error::UnknownFunction { name, known }) => {
                 assert_eq!(name, "no::such::function");
@@ -481,10 +478,22 @@ mod tests {
 
     #[test]
     fn arguments_of_the_wrong_type_are_a_decode_error_in_the_child() {
-        let call = message::call_frame(0, double.name(), &("not a number",)).unwrap();
-        let p: Process<u64> = ProcessBuilder::new().spawn_call(call).unwrap();
-        match join_within(p) {
-            Err(Error::Decode { what: "arguments", type_name, .. }) => assert_eq!(type_name, "(u64,)"),
+        let spawn_with = |args: &dyn Fn(&mut Vec<u8>)| {
+            let call = message::call_frame_with(0, double.name(), |out| {
+                args(out);
+                Ok(())
+            })
+            .unwrap();
+            join_within(ProcessBuilder::new().spawn_call::<u64>(call, |b| codec::decode("result", b)).unwrap())
+        };
+        // too short for the u64 parameter
+        match spawn_with(&|out| out.push(1)) {
+            Err(Error::Decode { what: "arguments", type_name, .. }) => assert_eq!(type_name, "u64"),
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+        // a u64 and then more: the left-over bytes are an error, not ignored
+        match spawn_with(&|out| out.extend_from_slice(&[0; 12])) {
+            Err(Error::Decode { what: "arguments", message, .. }) => assert!(message.contains("4 bytes left over"), "{message}"),
             other => panic!("expected a decode error, got {other:?}"),
         }
     }

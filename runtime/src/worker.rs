@@ -9,7 +9,7 @@ use crate::sys;
 use crate::wire::frame::{FrameReader, Kind, OutFrame, RecvError};
 use crate::wire::handshake::build_id;
 use crate::wire::message::{self, FailReport, Hello, PanicReport, PROTOCOL};
-use crate::wire::codec;
+use crate::wire::codec::{self, ArgReader};
 
 /// Exit code of a process that was marked as a worker but given no control socket.
 pub(crate) const EXIT_NOT_A_WORKER: i32 = 86;
@@ -33,11 +33,20 @@ pub(crate) enum CallFailure {
 
 /// The dispatch entry of `F`, generic so that the macro emits no logic.
 pub(crate) fn invoke<F: ProcessFn>(args: &[u8], out: &mut Vec<u8>) -> Result<(), CallFailure> {
-    let args: F::Args = codec::decode("arguments", args).map_err(CallFailure::Fail)?;
+    let decoded = panic::catch(|| {
+        let mut reader = ArgReader::new(args);
+        let decoded = F::decode_args(&mut reader)?;
+        reader.finish().map(|()| decoded)
+    });
+    let args = match decoded {
+        Ok(Ok(args)) => args,
+        Ok(Err(e)) => return Err(CallFailure::Fail(e)),
+        Err(report) => return Err(CallFailure::Panic(report)),
+    };
     // Encoding runs under the catch too: a `Serialize` impl may panic.
     match panic::catch(|| {
         let output = F::call(args);
-        codec::encode_into("result", &output, out)
+        F::encode_output(&output, out)
     }) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(CallFailure::Fail(e)),

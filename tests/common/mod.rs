@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: hard deadlines on every wait, and `/proc` checks.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};

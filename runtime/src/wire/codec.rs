@@ -1,8 +1,11 @@
 //! The serialization format, behind two functions: bincode 1 layout (fixed-width integers,
 //! little-endian, u64 lengths), trailing bytes rejected. Nothing else names bincode.
 
+use std::cell::Cell;
+use std::io;
+
 use bincode::Options;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Visitor};
 use serde::Serialize;
 
 use crate::error::Error;
@@ -33,6 +36,88 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
     })
 }
 
+/// Reads values one after another from an encoded sequence (the arguments of a call, encoded
+/// as a tuple is: each element in turn). Not public API.
+#[derive(Debug)]
+pub struct ArgReader<'a> {
+    rest: Cell<&'a [u8]>,
+}
+
+impl<'a> ArgReader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        ArgReader { rest: Cell::new(bytes) }
+    }
+
+    /// Decodes the next value as a `T`.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
+        let mut de = bincode::Deserializer::with_bincode_read(Tail { rest: &self.rest }, options());
+        T::deserialize(&mut de).map_err(|e| Error::Decode {
+            what: "arguments",
+            type_name: std::any::type_name::<T>().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks that every byte was used: a longer buffer is not silently a shorter value.
+    pub(crate) fn finish(self) -> Result<(), Error> {
+        match self.rest.get().len() {
+            0 => Ok(()),
+            n => Err(Error::Decode {
+                what: "arguments",
+                type_name: "the parameter list".into(),
+                message: format!("{n} bytes left over"),
+            }),
+        }
+    }
+}
+
+/// The unread part of an `ArgReader`, as bincode reads it.
+struct Tail<'r, 'a> {
+    rest: &'r Cell<&'a [u8]>,
+}
+
+impl<'a> Tail<'_, 'a> {
+    fn take(&mut self, len: usize) -> bincode::Result<&'a [u8]> {
+        let rest = self.rest.get();
+        if rest.len() < len {
+            return Err(Box::new(bincode::ErrorKind::Io(io::ErrorKind::UnexpectedEof.into())));
+        }
+        let (head, tail) = rest.split_at(len);
+        self.rest.set(tail);
+        Ok(head)
+    }
+}
+
+impl io::Read for Tail<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.rest.get().len());
+        self.read_exact(&mut buf[..n])?;
+        Ok(n)
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let bytes = self.take(buf.len()).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl<'a> bincode::BincodeRead<'a> for Tail<'_, 'a> {
+    fn forward_read_str<V: Visitor<'a>>(&mut self, length: usize, visitor: V) -> bincode::Result<V::Value> {
+        let bytes = self.take(length)?;
+        let s = std::str::from_utf8(bytes).map_err(|e| Box::new(bincode::ErrorKind::InvalidUtf8Encoding(e)))?;
+        visitor.visit_borrowed_str(s)
+    }
+
+    fn get_byte_buffer(&mut self, length: usize) -> bincode::Result<Vec<u8>> {
+        Ok(self.take(length)?.to_vec())
+    }
+
+    fn forward_read_bytes<V: Visitor<'a>>(&mut self, length: usize, visitor: V) -> bincode::Result<V::Value> {
+        visitor.visit_borrowed_bytes(self.take(length)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +142,24 @@ mod tests {
         // trailing bytes are refused too: a longer buffer is not silently a shorter value
         encode_into("result", &2u8, &mut out).unwrap();
         assert!(decode::<u8>("result", &out).is_err());
+    }
+
+    #[test]
+    fn an_arg_reader_reads_a_tuple_one_element_at_a_time() {
+        let mut out = Vec::new();
+        encode_into("arguments", &(7u64, "hi".to_string(), vec![1u8, 2]), &mut out).unwrap();
+        let mut r = ArgReader::new(&out);
+        assert_eq!(r.next::<u64>().unwrap(), 7);
+        assert_eq!(r.next::<String>().unwrap(), "hi");
+        assert_eq!(r.next::<Vec<u8>>().unwrap(), [1, 2]);
+        r.finish().unwrap();
+
+        let mut r = ArgReader::new(&out);
+        assert_eq!(r.next::<u64>().unwrap(), 7);
+        assert!(r.finish().is_err(), "left-over bytes must be an error");
+        let mut r = ArgReader::new(&out[..12]);
+        r.next::<u64>().unwrap();
+        assert!(matches!(r.next::<String>(), Err(Error::Decode { .. })), "a short buffer must be an error");
     }
 
     #[test]

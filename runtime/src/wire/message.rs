@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::function::ProcessFn;
 use crate::wire::codec;
 use crate::wire::frame::{Kind, OutFrame};
 
@@ -65,14 +66,19 @@ pub(crate) fn hello_frame(hello: &Hello) -> Result<OutFrame, Error> {
     Ok(f)
 }
 
-/// A `Call` frame: task id, function name, then the encoded arguments.
-pub(crate) fn call_frame<A: Serialize>(id: u64, name: &str, args: &A) -> Result<OutFrame, Error> {
+/// A `Call` frame of `F`: task id, function name, then the encoded arguments.
+pub(crate) fn call_frame<F: ProcessFn>(id: u64, args: &F::Args) -> Result<OutFrame, Error> {
+    call_frame_with(id, F::NAME, |out| F::encode_args(args, out))
+}
+
+/// A `Call` frame for `name`, its arguments appended by `encode`.
+pub(crate) fn call_frame_with(id: u64, name: &str, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), Error>) -> Result<OutFrame, Error> {
     let mut f = OutFrame::new(Kind::Call);
     let p = f.payload();
     p.extend_from_slice(&id.to_le_bytes());
     p.extend_from_slice(&(name.len() as u32).to_le_bytes());
     p.extend_from_slice(name.as_bytes());
-    codec::encode_into("arguments", args, p)?;
+    encode(p)?;
     Ok(f)
 }
 
@@ -112,7 +118,7 @@ mod tests {
 
     #[test]
     fn a_call_frame_parses_back() {
-        let f = call_frame(42, "crate::square", &(7u64,)).unwrap();
+        let f = call_frame_with(42, "crate::square", |out| codec::encode_into("arguments", &(7u64,), out)).unwrap();
         let payload = &f_payload(f)[..];
         let (id, name, args) = parse_call(payload).unwrap();
         assert_eq!((id, name), (42, "crate::square"));

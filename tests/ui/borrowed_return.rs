@@ -1,0 +1,8 @@
+use multiproc::process_fn;
+
+#[process_fn]
+fn name() -> &'static str {
+    "x"
+}
+
+fn main() {}

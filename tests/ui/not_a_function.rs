@@ -1,0 +1,6 @@
+use multiproc::process_fn;
+
+#[process_fn]
+struct Square(u64);
+
+fn main() {}
