@@ -1,5 +1,163 @@
-//! multiproc (docs to come)
+//! Python's `multiprocessing`, typed: mark a function with [`#[process_fn]`](process_fn), and
+//! run it in a child process with a call the compiler checks.
+//!
+//! ```
+//! use multiproc::process_fn;
+//!
+//! #[process_fn]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! assert_eq!(square(3), 9); // still an ordinary function, called here
+//!
+//! let child = square.spawn(7)?; // Process(target=square, args=(7,)).start()
+//! assert_eq!(child.join()?, 49); // join(), with the typed result
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The child is this same executable, started again: it finds `square` by name, decodes the
+//! arguments, runs it, and sends the result back. A panic, an exit, a crash or a timeout in the
+//! child comes back as an [`Error`], never as a hang.
+//!
+//! # Several processes at once
+//!
+//! ```
+//! use multiproc::process_fn;
+//!
+//! #[process_fn]
+//! fn work(id: u32) -> String {
+//!     format!("worker {id} ran in process {}", std::process::id())
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let children: Vec<_> = (0..4).map(|id| work.spawn(id)).collect::<Result<_, _>>()?;
+//! for child in children {
+//!     println!("{}", child.join()?);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What a process function can be
+//!
+//! A free function whose parameters are plain names of owned types, and whose parameters and
+//! result implement serde's `Serialize` and `Deserialize`; `()` and `Result<T, E>` results
+//! included. Generic, `async`, `unsafe`, `self`, borrowed (`&T`, `&str`), `impl Trait` and
+//! pattern parameters are refused at compile time, each with a message that names the fix, and
+//! so is a type that is not serializable, at that type. Calls are checked like any call:
+//! `square.spawn("7")` does not compile, and neither does `let s: String = square.spawn(7)?.join()?`.
+//!
+//! The attribute keeps the function as written and puts beside it a value of the same name
+//! that stands for it: `square(3)` calls it here (the value dereferences to the function
+//! pointer, so `(0..4).map(*square)` works too), `square.spawn(..)` starts it in a child, and
+//! `square` is what you pass wherever a [`ProcessFn`] is expected.
+//!
+//! Options: `#[process_fn(name = "stable::name")]` registers the function under a name of your
+//! choosing instead of `module::path::function` (two functions under one name are an error, at
+//! the first use of either); `#[process_fn(crate = path)]` says where this crate is when it is
+//! not `::multiproc`.
+//!
+//! # Start-up
+//!
+//! A child runs no `main`: with the default `auto-init` feature, a hook that runs before `main`
+//! sees that the process was started as a worker and serves the call. Nothing is needed in
+//! binaries, examples, integration tests (under `cargo test` and `cargo nextest`) or doctests.
+//! Without the feature, call [`init()`] as the first line of `main`; the code before it runs
+//! again in every child. Spawning without the hook fails with [`Error::HookMissing`], which says
+//! so, and children may nest at most 8 deep ([`Error::NestingTooDeep`]; `MULTIPROC_MAX_DEPTH`
+//! raises it), so a function that spawns itself forever is an error, not a fork bomb.
+//!
+//! # Lifetimes
+//!
+//! - [`Process::join`] waits for the child and reaps it: no zombie remains.
+//! - Dropping a [`Process`] that was not joined kills the child and reaps it.
+//! - No child outlives its parent: when the parent dies, however it dies (even `SIGKILL`), the
+//!   kernel ends its children at once; their children follow in turn.
+//! - A child's stdout and stderr appear as the parent's own ([`Output::Inherit`]: the parent
+//!   re-prints them, so libtest captures them in tests); they can also be piped or discarded.
+//!
+//! # Failure is data
+//!
+//! | in the child | [`Error`] |
+//! |---|---|
+//! | `panic!` | [`Panicked`](Error::Panicked): message, `file:line:col`, backtrace with `RUST_BACKTRACE=1` |
+//! | `std::process::exit(3)` | [`Exited`](Error::Exited) `{ code: 3 }` |
+//! | `abort()`, a segfault, `kill -9` from outside, the OOM killer | [`Signaled`](Error::Signaled): the signal and its name |
+//! | [`Process::kill`] / [`Process::terminate`] | [`Killed`](Error::Killed), told apart from the above |
+//! | still running at a [`join_timeout`](Process::join_timeout) deadline | [`TimedOut`](Error::TimedOut): the child keeps running |
+//! | an argument whose `Serialize` fails | [`Encode`](Error::Encode), before any process starts |
+//! | another build of the executable | [`BuildMismatch`](Error::BuildMismatch), from the handshake |
+//! | an executable that cannot start | [`Spawn`](Error::Spawn), with the OS error |
+//!
+//! # From Python's `multiprocessing`
+//!
+//! | Python | multiproc |
+//! |---|---|
+//! | `def f(x): ...` | `#[process_fn] fn f(x: T) -> R { ... }` |
+//! | `p = Process(target=f, args=(x,)); p.start()` | `let p = f.spawn(x)?;` |
+//! | `p.join()` | `let r: R = p.join()?;` (the result comes back; Python's is lost) |
+//! | `p.join(timeout)` | `p.join_timeout(d)` (`Err(TimedOut)`, the child still runs) |
+//! | `p.pid`, `p.is_alive()`, `p.exitcode` | `p.pid()`, `p.is_alive()`, `p.exit_status()` |
+//! | `p.terminate()`, `p.kill()` | `p.terminate()`, `p.kill()` |
+//! | `Process(name=...)` | `ProcessBuilder::new().name(..).spawn(f, (x,))` |
+//! | `set_executable(path)` | `ProcessBuilder::new().executable(path)` (must be the same build) |
+//! | `if __name__ == "__main__":` | nothing (or `multiproc::init()` without `auto-init`) |
+//!
+//! # Platforms
+//!
+//! Linux (kernel 5.3 or newer, for pidfds). The public API names nothing Linux-only.
+
+#![deny(missing_docs)]
+
+/// Marks a function that can run in a child process.
+///
+/// See the [crate docs](crate) for what it accepts and what it generates.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::process_fn;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// pub struct Job {
+///     pub id: u32,
+///     pub words: Vec<String>,
+/// }
+///
+/// /// Counts the words of a job.
+/// #[process_fn]
+/// pub fn count(job: Job) -> (u32, usize) {
+///     (job.id, job.words.len())
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let job = Job { id: 1, words: vec!["a".into(), "b".into()] };
+/// assert_eq!(count.spawn(job)?.join()?, (1, 2));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A type that cannot cross, and the error that says so:
+///
+/// ```compile_fail
+/// use multiproc::process_fn;
+///
+/// #[process_fn]
+/// fn shout(text: &str) -> String { // error: `#[process_fn]` parameters cannot borrow ...; take a `String`
+///     text.to_uppercase()
+/// }
+/// # fn main() {}
+/// ```
 pub use multiproc_macros::process_fn;
-pub use multiproc_runtime::{init, Error, Output, Process, ProcessBuilder, ProcessFn, Result, MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
+
+pub use multiproc_runtime::{
+    init, Error, Output, Process, ProcessBuilder, ProcessFn, Result, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
+};
+
+/// Not public API: what `#[process_fn]` expands to names only this.
 #[doc(hidden)]
 pub use multiproc_runtime::__private;

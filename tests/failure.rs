@@ -27,7 +27,7 @@ fn aborts() -> u32 {
 #[process_fn]
 fn segfaults() -> u32 {
     let address = 8 as *mut u8; // non-null and aligned: a real invalid write, not a debug check
-    // SAFETY: none; this writes to an unmapped page on purpose, to crash with SIGSEGV.
+                                // SAFETY: none; this writes to an unmapped page on purpose, to crash with SIGSEGV.
     unsafe { address.write_volatile(1) };
     0
 }

@@ -39,7 +39,8 @@ impl Parse for Args {
                     }
                 }
                 "crate" => {
-                    let path: Path = if input.peek(LitStr) { input.parse::<LitStr>()?.parse()? } else { input.parse()? };
+                    let path: Path =
+                        if input.peek(LitStr) { input.parse::<LitStr>()?.parse()? } else { input.parse()? };
                     if args.krate.replace(path).is_some() {
                         push(syn::Error::new(key.span(), "`crate` given twice"));
                     }

@@ -38,7 +38,10 @@ pub(crate) fn process_fn(args: TokenStream, item: TokenStream) -> TokenStream {
     let item: ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
         Err(e) => {
-            let e = syn::Error::new(e.span(), "`#[process_fn]` goes on a free function such as `fn square(x: u64) -> u64 { .. }`");
+            let e = syn::Error::new(
+                e.span(),
+                "`#[process_fn]` goes on a free function such as `fn square(x: u64) -> u64 { .. }`",
+            );
             return with_error(item, e);
         }
     };
@@ -76,7 +79,8 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
     // (inline, allow, must_use, ...) stays on the function.
     let cfgs: Vec<&Attribute> = item.attrs.iter().filter(|a| is(a, "cfg")).collect();
     let outer: Vec<&Attribute> = item.attrs.iter().filter(|a| is(a, "doc") || is(a, "deprecated")).collect();
-    let inner: Vec<&Attribute> = item.attrs.iter().filter(|a| !is(a, "doc") && !is(a, "deprecated") && !is(a, "cfg")).collect();
+    let inner: Vec<&Attribute> =
+        item.attrs.iter().filter(|a| !is(a, "doc") && !is(a, "deprecated") && !is(a, "cfg")).collect();
     // The body goes in a function of another name, so that inside it the user's name still
     // means the value: `recurse.spawn(..)` from within `recurse` works.
     let body_ident = syn::Ident::new(&format!("__process_fn_body_{ident}"), ident.span());
@@ -99,7 +103,7 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
     let encode_args = names.iter().zip(&tys).map(|(name, ty)| {
         quote_spanned! {ty.span()=> #private::encode_arg::<#ty>(#name, __out)?; }
     });
-    let decode_args = tys.iter().map(|ty| quote_spanned! {ty.span()=> __args.next::<#ty>()?, });
+    let decode_args = tys.iter().map(|ty| quote_spanned! {ty.span()=> __args.read::<#ty>()?, });
     let encode_output = quote_spanned! {output.span()=> #private::encode_output::<#output>(__output, __out) };
     let decode_output = quote_spanned! {output.span()=> #private::decode_output::<#output>(__bytes) };
     let spawn_doc = format!(

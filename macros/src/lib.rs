@@ -1,5 +1,5 @@
-//! The `#[process_fn]` attribute of [multiproc](https://docs.rs/multiproc). Use it through the
-//! `multiproc` crate: `use multiproc::process_fn;`.
+//! The `#[process_fn]` attribute of multiproc. Use it through the `multiproc` crate:
+//! `use multiproc::process_fn;`.
 
 #![deny(missing_docs)]
 
@@ -9,7 +9,8 @@ mod signature;
 
 use proc_macro::TokenStream;
 
-/// Marks a function that can run in a child process. See the `multiproc` crate docs.
+/// Marks a function that can run in a child process: `f(x)` still calls it here, `f.spawn(x)`
+/// starts it in a child. Arguments: `name = "stable::name"` and `crate = path`.
 #[proc_macro_attribute]
 pub fn process_fn(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::process_fn(args.into(), item.into()).into()

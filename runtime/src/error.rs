@@ -62,7 +62,9 @@ pub enum Error {
     },
 
     /// A wait with a deadline ran out. The child is still running and the handle still usable.
-    #[error("the child process {pid} did not finish within {timeout:?}; it is still running: join it again, or kill it")]
+    #[error(
+        "the child process {pid} did not finish within {timeout:?}; it is still running: join it again, or kill it"
+    )]
     TimedOut {
         /// The child's process id.
         pid: u32,

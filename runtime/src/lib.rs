@@ -18,9 +18,9 @@ mod worker;
 pub mod private;
 
 pub use entry::init;
-pub use multiproc_macros::process_fn;
 pub use error::{Error, Result};
 pub use function::ProcessFn;
+pub use multiproc_macros::process_fn;
 pub use output::Output;
 pub use process::{Process, ProcessBuilder};
 pub use wire::frame::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN};

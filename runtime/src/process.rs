@@ -109,8 +109,10 @@ impl ProcessBuilder {
     /// Starts a child and sends it `call`, whatever function it names; `decode` reads its result.
     pub(crate) fn spawn_call<T>(&self, call: OutFrame, decode: fn(&[u8]) -> Result<T>) -> Result<Process<T>> {
         let depth = entry::child_depth()?;
-        let (ours, theirs) = sys::socketpair().map_err(|e| Error::io("could not create a socketpair for the child", e))?;
-        let (live_read, live_write) = sys::liveness_pipe().map_err(|e| Error::io("could not create the child's liveness pipe", e))?;
+        let (ours, theirs) =
+            sys::socketpair().map_err(|e| Error::io("could not create a socketpair for the child", e))?;
+        let (live_read, live_write) =
+            sys::liveness_pipe().map_err(|e| Error::io("could not create the child's liveness pipe", e))?;
         let executable = self.executable.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
         let mut cmd = Command::new(&executable);
         if self.executable.is_none() {
@@ -144,7 +146,8 @@ impl ProcessBuilder {
         let stderr = if forward(self.stderr) { child.stderr.take() } else { None };
         let forwarder = Forwarder::start(stdout, stderr);
 
-        let hello = Hello { protocol: PROTOCOL, build_id: build_id().to_vec(), name: self.name.clone(), one_shot: true };
+        let hello =
+            Hello { protocol: PROTOCOL, build_id: build_id().to_vec(), name: self.name.clone(), one_shot: true };
         let hello = message::hello_frame(&hello)?;
         // A child that died at once makes these fail; `join` then reports how it died.
         let _ = hello.send(ours.as_fd(), &[live_read.as_fd()]).and_then(|()| call.send(ours.as_fd(), &[]));
@@ -299,12 +302,18 @@ impl<T> Process<T> {
 
     /// Turns the child's reply into the result.
     fn outcome(&self, frame: Frame) -> Result<T> {
-        let (_, body) = message::split_id(&frame.payload).ok_or_else(|| Error::BadFrame { reason: "reply without a task id".into() })?;
+        let (_, body) = message::split_id(&frame.payload)
+            .ok_or_else(|| Error::BadFrame { reason: "reply without a task id".into() })?;
         match frame.kind {
             Kind::Return => (self.decode)(body),
             Kind::Panic => {
                 let report: PanicReport = codec::decode("message", body)?;
-                Err(Error::Panicked { pid: self.pid, message: report.message, location: report.location, backtrace: report.backtrace })
+                Err(Error::Panicked {
+                    pid: self.pid,
+                    message: report.message,
+                    location: report.location,
+                    backtrace: report.backtrace,
+                })
             }
             _ => Err(self.failure(codec::decode("message", body)?)),
         }
@@ -395,7 +404,8 @@ impl<T> Process<T> {
         if let Some(status) = self.status {
             return Ok(Some(status));
         }
-        let exited = sys::wait_readable(self.pidfd.as_fd(), deadline).map_err(|e| Error::io("could not wait for the child", e))?;
+        let exited = sys::wait_readable(self.pidfd.as_fd(), deadline)
+            .map_err(|e| Error::io("could not wait for the child", e))?;
         if !exited {
             return Ok(None);
         }
@@ -422,16 +432,18 @@ impl<T> Drop for Process<T> {
 /// The error a child's failure report stands for.
 pub(crate) fn fail_error(report: FailReport, executable: &std::path::Path) -> Error {
     match report {
-        FailReport::BuildMismatch { found } => Error::BuildMismatch {
-            executable: executable.to_path_buf(),
-            expected: hex(build_id()),
-            found: hex(&found),
-        },
+        FailReport::BuildMismatch { found } => {
+            Error::BuildMismatch { executable: executable.to_path_buf(), expected: hex(build_id()), found: hex(&found) }
+        }
         FailReport::Protocol { message } => Error::BadFrame { reason: message },
         FailReport::UnknownFunction { name, known } => Error::UnknownFunction { name, known },
         FailReport::DuplicateFunction { name } => Error::DuplicateFunction { name },
-        FailReport::Decode { what, type_name, message } => Error::Decode { what: static_what(&what), type_name, message },
-        FailReport::Encode { what, type_name, message } => Error::Encode { what: static_what(&what), type_name, message },
+        FailReport::Decode { what, type_name, message } => {
+            Error::Decode { what: static_what(&what), type_name, message }
+        }
+        FailReport::Encode { what, type_name, message } => {
+            Error::Encode { what: static_what(&what), type_name, message }
+        }
     }
 }
 
@@ -465,7 +477,8 @@ mod tests {
 
     #[test]
     fn an_unknown_function_is_an_error_listing_the_known_ones() {
-        let call = message::call_frame_with(0, "no::such::function", |out| codec::encode_into("arguments", &1u64, out)).unwrap();
+        let call = message::call_frame_with(0, "no::such::function", |out| codec::encode_into("arguments", &1u64, out))
+            .unwrap();
         let p: Process<u64> = ProcessBuilder::new().spawn_call(call, |b| codec::decode("result", b)).unwrap();
         match join_within(p) {
             Err(Error::UnknownFunction { name, known }) => {
@@ -493,7 +506,9 @@ mod tests {
         }
         // a u64 and then more: the left-over bytes are an error, not ignored
         match spawn_with(&|out| out.extend_from_slice(&[0; 12])) {
-            Err(Error::Decode { what: "arguments", message, .. }) => assert!(message.contains("4 bytes left over"), "{message}"),
+            Err(Error::Decode { what: "arguments", message, .. }) => {
+                assert!(message.contains("4 bytes left over"), "{message}")
+            }
             other => panic!("expected a decode error, got {other:?}"),
         }
     }

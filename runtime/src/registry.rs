@@ -52,10 +52,9 @@ fn find(map: &'static BTreeMap<&'static str, Slot>, name: &str) -> Result<&'stat
     match map.get(name) {
         Some(Slot::One(r)) => Ok(r),
         Some(Slot::Duplicate) => Err(Error::DuplicateFunction { name: name.to_string() }),
-        None => Err(Error::UnknownFunction {
-            name: name.to_string(),
-            known: map.keys().map(|k| k.to_string()).collect(),
-        }),
+        None => {
+            Err(Error::UnknownFunction { name: name.to_string(), known: map.keys().map(|k| k.to_string()).collect() })
+        }
     }
 }
 

@@ -6,10 +6,10 @@ use crate::function::ProcessFn;
 use crate::panic;
 use crate::registry;
 use crate::sys;
+use crate::wire::codec::{self, ArgReader};
 use crate::wire::frame::{FrameReader, Kind, OutFrame, RecvError};
 use crate::wire::handshake::build_id;
 use crate::wire::message::{self, FailReport, Hello, PanicReport, PROTOCOL};
-use crate::wire::codec::{self, ArgReader};
 
 /// Exit code of a process that was marked as a worker but given no control socket.
 pub(crate) const EXIT_NOT_A_WORKER: i32 = 86;
@@ -95,7 +95,13 @@ fn serve(reader: &mut FrameReader) -> i32 {
     match liveness.map(sys::die_with_writer) {
         Some(Ok(())) => {}
         Some(Err(e)) => eprintln!("multiproc: this worker could not tie its life to its parent's: {e}"),
-        None => return refuse(reader, FailReport::Protocol { message: "no liveness pipe in the handshake".into() }, EXIT_PROTOCOL),
+        None => {
+            return refuse(
+                reader,
+                FailReport::Protocol { message: "no liveness pipe in the handshake".into() },
+                EXIT_PROTOCOL,
+            )
+        }
     }
     if let Some(name) = &hello.name {
         sys::set_thread_name(name);
@@ -140,8 +146,7 @@ fn answer(id: u64, name: &str, args: &[u8]) -> OutFrame {
 }
 
 fn fail_frame(id: u64, report: FailReport) -> OutFrame {
-    message::reply_frame(Kind::Fail, id, "message", &report)
-        .expect("a FailReport is plain strings and always encodes")
+    message::reply_frame(Kind::Fail, id, "message", &report).expect("a FailReport is plain strings and always encodes")
 }
 
 fn refuse(reader: &FrameReader, report: FailReport, code: i32) -> i32 {

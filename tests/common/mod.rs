@@ -48,7 +48,8 @@ pub struct Finished {
 /// Runs a command to completion with a hard deadline (it is killed, and the test fails, if it
 /// overruns).
 pub fn run(cmd: &mut Command) -> Finished {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn helper");
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn helper");
     let out = reader(child.stdout.take().unwrap());
     let err = reader(child.stderr.take().unwrap());
     let status = wait_deadline(&mut child);

@@ -11,12 +11,7 @@ use rustix::process::{Pid, PidfdFlags, Signal};
 
 /// A connected pair of stream sockets, both close-on-exec.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?)
+    Ok(rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?)
 }
 
 /// A pidfd for a child this process has not reaped yet (so the pid cannot have been reused).
@@ -60,10 +55,7 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io
             None => None,
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
-                Some(Timespec {
-                    tv_sec: left.as_secs() as _,
-                    tv_nsec: left.subsec_nanos() as _,
-                })
+                Some(Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ })
             }
         };
         let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
@@ -188,7 +180,11 @@ pub(crate) fn gnu_build_id() -> Option<Vec<u8>> {
     const NT_GNU_BUILD_ID: u32 = 3;
     struct Found(Option<Vec<u8>>);
 
-    unsafe extern "C" fn callback(info: *mut libc::dl_phdr_info, _size: libc::size_t, data: *mut libc::c_void) -> libc::c_int {
+    unsafe extern "C" fn callback(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
         // SAFETY: dl_iterate_phdr passes a valid `info` for the duration of the call, and `data`
         // is the `&mut Found` given below. The first object reported is the main program.
         let (info, found) = unsafe { (&*info, &mut *(data as *mut Found)) };

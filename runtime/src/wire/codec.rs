@@ -12,14 +12,15 @@ use crate::error::Error;
 use crate::wire::frame::MAX_FRAME_LEN;
 
 fn options() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_little_endian()
-        .with_limit(MAX_FRAME_LEN as u64)
+    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian().with_limit(MAX_FRAME_LEN as u64)
 }
 
 /// Appends the encoding of `value` to `out`.
-pub(crate) fn encode_into<T: Serialize + ?Sized>(what: &'static str, value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     options().serialize_into(out, value).map_err(|e| Error::Encode {
         what,
         type_name: std::any::type_name::<T>().to_string(),
@@ -49,7 +50,7 @@ impl<'a> ArgReader<'a> {
     }
 
     /// Decodes the next value as a `T`.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
+    pub fn read<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
         let mut de = bincode::Deserializer::with_bincode_read(Tail { rest: &self.rest }, options());
         T::deserialize(&mut de).map_err(|e| Error::Decode {
             what: "arguments",
@@ -149,17 +150,17 @@ mod tests {
         let mut out = Vec::new();
         encode_into("arguments", &(7u64, "hi".to_string(), vec![1u8, 2]), &mut out).unwrap();
         let mut r = ArgReader::new(&out);
-        assert_eq!(r.next::<u64>().unwrap(), 7);
-        assert_eq!(r.next::<String>().unwrap(), "hi");
-        assert_eq!(r.next::<Vec<u8>>().unwrap(), [1, 2]);
+        assert_eq!(r.read::<u64>().unwrap(), 7);
+        assert_eq!(r.read::<String>().unwrap(), "hi");
+        assert_eq!(r.read::<Vec<u8>>().unwrap(), [1, 2]);
         r.finish().unwrap();
 
         let mut r = ArgReader::new(&out);
-        assert_eq!(r.next::<u64>().unwrap(), 7);
+        assert_eq!(r.read::<u64>().unwrap(), 7);
         assert!(r.finish().is_err(), "left-over bytes must be an error");
         let mut r = ArgReader::new(&out[..12]);
-        r.next::<u64>().unwrap();
-        assert!(matches!(r.next::<String>(), Err(Error::Decode { .. })), "a short buffer must be an error");
+        r.read::<u64>().unwrap();
+        assert!(matches!(r.read::<String>(), Err(Error::Decode { .. })), "a short buffer must be an error");
     }
 
     #[test]

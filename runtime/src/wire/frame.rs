@@ -12,7 +12,9 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
 
 use crate::error::Error;
 use crate::sys;
@@ -91,7 +93,9 @@ impl OutFrame {
             return Err(Error::FrameTooLarge { len: len as u64, max: MAX_FRAME_LEN as u64 });
         }
         if fds.len() > MAX_FDS_PER_FRAME {
-            return Err(Error::BadFrame { reason: format!("{} file descriptors in one frame (at most {MAX_FDS_PER_FRAME})", fds.len()) });
+            return Err(Error::BadFrame {
+                reason: format!("{} file descriptors in one frame (at most {MAX_FDS_PER_FRAME})", fds.len()),
+            });
         }
         self.buf[0..4].copy_from_slice(&(len as u32).to_le_bytes());
         self.buf[4] = self.kind as u8;
@@ -291,7 +295,11 @@ fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
 }
 
 /// One `recvmsg`, queueing any descriptors that came with the bytes. Returns 0 at end of stream.
-fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>], fds: &mut VecDeque<OwnedFd>) -> Result<usize, RecvError> {
+fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [MaybeUninit<u8>],
+    fds: &mut VecDeque<OwnedFd>,
+) -> Result<usize, RecvError> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     // SAFETY: the kernel only writes into the buffer; the bytes it reports are initialised.

@@ -38,13 +38,30 @@ pub(crate) struct PanicReport {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FailReport {
     /// The child is another build; here is its build id.
-    BuildMismatch { found: Vec<u8> },
+    BuildMismatch {
+        found: Vec<u8>,
+    },
     /// The protocol versions differ.
-    Protocol { message: String },
-    UnknownFunction { name: String, known: Vec<String> },
-    DuplicateFunction { name: String },
-    Decode { what: String, type_name: String, message: String },
-    Encode { what: String, type_name: String, message: String },
+    Protocol {
+        message: String,
+    },
+    UnknownFunction {
+        name: String,
+        known: Vec<String>,
+    },
+    DuplicateFunction {
+        name: String,
+    },
+    Decode {
+        what: String,
+        type_name: String,
+        message: String,
+    },
+    Encode {
+        what: String,
+        type_name: String,
+        message: String,
+    },
 }
 
 impl FailReport {
@@ -72,7 +89,11 @@ pub(crate) fn call_frame<F: ProcessFn>(id: u64, args: &F::Args) -> Result<OutFra
 }
 
 /// A `Call` frame for `name`, its arguments appended by `encode`.
-pub(crate) fn call_frame_with(id: u64, name: &str, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), Error>) -> Result<OutFrame, Error> {
+pub(crate) fn call_frame_with(
+    id: u64,
+    name: &str,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), Error>,
+) -> Result<OutFrame, Error> {
     let mut f = OutFrame::new(Kind::Call);
     let p = f.payload();
     p.extend_from_slice(&id.to_le_bytes());
@@ -105,7 +126,12 @@ pub(crate) fn split_id(payload: &[u8]) -> Option<(u64, &[u8])> {
 }
 
 /// A reply frame of `kind` for task `id`, its body encoded from `body`.
-pub(crate) fn reply_frame<T: Serialize + ?Sized>(kind: Kind, id: u64, what: &'static str, body: &T) -> Result<OutFrame, Error> {
+pub(crate) fn reply_frame<T: Serialize + ?Sized>(
+    kind: Kind,
+    id: u64,
+    what: &'static str,
+    body: &T,
+) -> Result<OutFrame, Error> {
     let mut f = OutFrame::new(kind);
     f.payload().extend_from_slice(&id.to_le_bytes());
     codec::encode_into(what, body, f.payload())?;

@@ -1,0 +1,59 @@
+//! The examples are plain binaries: run them as a user would, and check what they print.
+//! (`cargo test` builds them next to this test binary.)
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example(name: &str) -> common::Finished {
+    // target/<profile>/deps/examples-<hash> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path: PathBuf = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    let out = common::run(&mut Command::new(&path));
+    assert!(out.status.success(), "{name} failed: {}\n{}", out.stdout, out.stderr);
+    out
+}
+
+#[test]
+fn process_basic_prints_the_child_pid_then_joins() {
+    let out = example("process_basic");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    let parent: u32 = lines[0].strip_prefix("parent pid: ").unwrap().parse().unwrap();
+    let child: u32 = lines[1].strip_prefix("child pid: ").unwrap().parse().unwrap();
+    assert_ne!(parent, child);
+    assert_eq!(lines[2], "child joined");
+}
+
+#[test]
+fn many_processes_joins_four_distinct_processes() {
+    let out = example("many_processes");
+    let mut pids: Vec<&str> = out.stdout.lines().map(|l| l.split(' ').nth(3).unwrap()).collect();
+    assert_eq!(out.stdout.lines().count(), 4, "{}", out.stdout);
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "{}", out.stdout);
+    assert!(out.stdout.lines().all(|l| l.ends_with("summed to 199999990000000")));
+}
+
+#[test]
+fn quickstart_shows_each_kind_of_outcome() {
+    let out = example("quickstart");
+    for expected in [
+        "square(3) here: 9",
+        "square(7) in child",
+        "three children in parallel: [11, 22, 33]",
+        "parse_port(\"8080\"): Ok(8080)",
+        "the child panicked: attempt to divide by zero",
+        "it is still running",
+        "stopped with SIGKILL",
+    ] {
+        assert!(out.stdout.contains(expected), "missing {expected:?} in:\n{}", out.stdout);
+    }
+}
