@@ -281,3 +281,29 @@ fn a_killed_child_ends_promptly() {
     assert!(ends_within(pid, Duration::from_secs(5)));
     assert!(matches!(join(p), Err(Error::Killed { .. })));
 }
+
+#[process_fn]
+fn reverse_bytes(mut data: Vec<u8>, tag: std::vec::Vec<u8>) -> Vec<u8> {
+    data.reverse();
+    data.extend_from_slice(&tag);
+    data
+}
+
+#[test]
+fn byte_buffers_cross_intact() {
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut expected = data.clone();
+    expected.reverse();
+    expected.extend_from_slice(b"!");
+    let back = join(reverse_bytes.spawn(data, b"!".to_vec()).unwrap()).unwrap();
+    assert!(back == expected, "the buffer came back changed");
+    assert_eq!(reverse_bytes(vec![1, 2], vec![]), [2, 1]);
+}
+
+#[test]
+fn a_process_handle_can_move_to_another_thread() {
+    fn assert_send<T: Send>(_: &T) {}
+    let p = square.spawn(6).unwrap();
+    assert_send(&p);
+    assert_eq!(std::thread::spawn(move || join(p).unwrap()).join().unwrap(), 36);
+}

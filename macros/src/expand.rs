@@ -64,6 +64,20 @@ fn with_error(mut tokens: TokenStream, error: syn::Error) -> TokenStream {
     tokens
 }
 
+/// `Vec<u8>`, `std::vec::Vec<u8>`, `alloc::vec::Vec<u8>`, written out (a type alias is not seen,
+/// and simply takes the general path).
+fn is_byte_vec(ty: &syn::Type) -> bool {
+    let syn::Type::Path(p) = ty else { return false };
+    let Some(last) = p.path.segments.last() else { return false };
+    let prefix_ok = p.qself.is_none()
+        && p.path.segments.iter().rev().skip(1).all(|s| s.ident == "std" || s.ident == "alloc" || s.ident == "vec");
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return false };
+    prefix_ok
+        && last.ident == "Vec"
+        && args.args.len() == 1
+        && matches!(args.args.first(), Some(syn::GenericArgument::Type(syn::Type::Path(t))) if t.path.is_ident("u8"))
+}
+
 fn is(attr: &Attribute, name: &str) -> bool {
     attr.path().is_ident(name)
 }
@@ -100,12 +114,26 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
     };
     // One codec call per type, spanned where the user wrote the type: a type that is not
     // serializable is reported there (and only there).
-    let encode_args = names.iter().zip(&tys).map(|(name, ty)| {
-        quote_spanned! {ty.span()=> #private::encode_arg::<#ty>(#name, __out)?; }
+    // A `Vec<u8>` goes through serde_bytes: the same bytes on the wire, in one block instead of
+    // element by element.
+    let encode_args = names.iter().zip(&tys).map(|(name, ty)| match is_byte_vec(ty) {
+        true => quote_spanned! {ty.span()=> #private::encode_bytes(#name, __out)?; },
+        false => quote_spanned! {ty.span()=> #private::encode_arg::<#ty>(#name, __out)?; },
     });
-    let decode_args = tys.iter().map(|ty| quote_spanned! {ty.span()=> __args.read::<#ty>()?, });
-    let encode_output = quote_spanned! {output.span()=> #private::encode_output::<#output>(__output, __out) };
-    let decode_output = quote_spanned! {output.span()=> #private::decode_output::<#output>(__bytes) };
+    let decode_args = tys.iter().map(|ty| match is_byte_vec(ty) {
+        true => quote_spanned! {ty.span()=> __args.read_bytes()?, },
+        false => quote_spanned! {ty.span()=> __args.read::<#ty>()?, },
+    });
+    let (encode_output, decode_output) = match is_byte_vec(output) {
+        true => (
+            quote_spanned! {output.span()=> #private::encode_bytes(__output, __out) },
+            quote_spanned! {output.span()=> #private::decode_bytes(__bytes) },
+        ),
+        false => (
+            quote_spanned! {output.span()=> #private::encode_output::<#output>(__output, __out) },
+            quote_spanned! {output.span()=> #private::decode_output::<#output>(__bytes) },
+        ),
+    };
     let spawn_doc = format!(
         "Starts `{ident}` in a new child process and returns its handle; \
          [`join`]({private_path}::Process::join) it for the result.",

@@ -22,6 +22,17 @@ pub fn encode_arg<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(
     crate::wire::codec::encode_into("arguments", value, out)
 }
 
+/// Appends a byte buffer as one block (`serde_bytes`): the same bytes as a `Vec<u8>` encodes
+/// to, without serde's element-by-element path.
+pub fn encode_bytes(value: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    crate::wire::codec::encode_into("arguments", serde_bytes::Bytes::new(value), out)
+}
+
+/// Decodes a byte buffer written by [`encode_bytes`] (or as a `Vec<u8>`).
+pub fn decode_bytes(bytes: &[u8]) -> Result<Vec<u8>> {
+    crate::wire::codec::decode::<serde_bytes::ByteBuf>("result", bytes).map(serde_bytes::ByteBuf::into_vec)
+}
+
 /// Appends the encoded result.
 pub fn encode_output<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     crate::wire::codec::encode_into("result", value, out)

@@ -59,6 +59,11 @@ impl<'a> ArgReader<'a> {
         })
     }
 
+    /// Decodes the next value as a byte buffer, in one block.
+    pub fn read_bytes(&mut self) -> Result<Vec<u8>, Error> {
+        self.read::<serde_bytes::ByteBuf>().map(serde_bytes::ByteBuf::into_vec)
+    }
+
     /// Checks that every byte was used: a longer buffer is not silently a shorter value.
     pub(crate) fn finish(self) -> Result<(), Error> {
         match self.rest.get().len() {
@@ -161,6 +166,16 @@ mod tests {
         let mut r = ArgReader::new(&out[..12]);
         r.read::<u64>().unwrap();
         assert!(matches!(r.read::<String>(), Err(Error::Decode { .. })), "a short buffer must be an error");
+    }
+
+    #[test]
+    fn byte_buffers_encode_exactly_as_a_vec_of_u8() {
+        let data: Vec<u8> = (0..=255).collect();
+        let (mut as_vec, mut as_bytes) = (Vec::new(), Vec::new());
+        encode_into("arguments", &data, &mut as_vec).unwrap();
+        encode_into("arguments", serde_bytes::Bytes::new(&data), &mut as_bytes).unwrap();
+        assert_eq!(as_vec, as_bytes);
+        assert_eq!(ArgReader::new(&as_vec).read_bytes().unwrap(), data);
     }
 
     #[test]

@@ -88,21 +88,28 @@ impl OutFrame {
 
     /// Writes the frame, with `fds` attached, blocking until all of it is sent.
     pub(crate) fn send(mut self, sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
-        let len = self.buf.len() - HEADER_LEN;
-        if len > MAX_FRAME_LEN {
-            return Err(Error::FrameTooLarge { len: len as u64, max: MAX_FRAME_LEN as u64 });
-        }
-        if fds.len() > MAX_FDS_PER_FRAME {
-            return Err(Error::BadFrame {
-                reason: format!("{} file descriptors in one frame (at most {MAX_FDS_PER_FRAME})", fds.len()),
-            });
-        }
-        self.buf[0..4].copy_from_slice(&(len as u32).to_le_bytes());
-        self.buf[4] = self.kind as u8;
-        self.buf[5] = fds.len() as u8;
-        self.buf[6..8].copy_from_slice(&MAGIC.to_le_bytes());
+        let header = header(self.buf.len() - HEADER_LEN, self.kind, fds.len())?;
+        self.buf[..HEADER_LEN].copy_from_slice(&header);
         send_all(sock, &self.buf, fds).map_err(|e| Error::io("could not send a frame to the other process", e))
     }
+}
+
+/// The header of a frame, or why it cannot be sent.
+fn header(len: usize, kind: Kind, nfds: usize) -> Result<[u8; HEADER_LEN], Error> {
+    if len > MAX_FRAME_LEN {
+        return Err(Error::FrameTooLarge { len: len as u64, max: MAX_FRAME_LEN as u64 });
+    }
+    if nfds > MAX_FDS_PER_FRAME {
+        return Err(Error::BadFrame {
+            reason: format!("{nfds} file descriptors in one frame (at most {MAX_FDS_PER_FRAME})"),
+        });
+    }
+    let mut h = [0; HEADER_LEN];
+    h[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+    h[4] = kind as u8;
+    h[5] = nfds as u8;
+    h[6..8].copy_from_slice(&MAGIC.to_le_bytes());
+    Ok(h)
 }
 
 fn send_all(sock: BorrowedFd<'_>, mut bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
@@ -363,11 +370,9 @@ mod tests {
     #[test]
     fn a_huge_announced_length_is_refused_without_allocating() {
         let (a, b) = pair();
-        let mut header = Vec::new();
-        header.extend_from_slice(&u32::MAX.to_le_bytes());
-        header.extend_from_slice(&[Kind::Return as u8, 0]);
-        header.extend_from_slice(&MAGIC.to_le_bytes());
-        send_all(a.as_fd(), &header, &[]).unwrap();
+        let mut lying = header(0, Kind::Return, 0).unwrap();
+        lying[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        send_all(a.as_fd(), &lying, &[]).unwrap();
         let mut r = FrameReader::new(b);
         match r.read(None) {
             Err(RecvError::Failed(Error::FrameTooLarge { len, max })) => {
@@ -388,13 +393,9 @@ mod tests {
     #[test]
     fn a_truncated_frame_is_a_bad_frame_not_a_clean_close() {
         let (a, b) = pair();
-        let mut f = OutFrame::new(Kind::Return);
-        f.payload().extend_from_slice(&[7; 100]);
-        let mut bytes = f.buf.clone();
-        bytes[0..4].copy_from_slice(&100u32.to_le_bytes());
-        bytes[4] = Kind::Return as u8;
-        bytes[6..8].copy_from_slice(&MAGIC.to_le_bytes());
-        send_all(a.as_fd(), &bytes[..50], &[]).unwrap();
+        let mut bytes = header(100, Kind::Return, 0).unwrap().to_vec();
+        bytes.extend_from_slice(&[7; 42]);
+        send_all(a.as_fd(), &bytes, &[]).unwrap();
         drop(a);
         let mut r = FrameReader::new(b);
         assert!(matches!(r.read(None), Err(RecvError::Failed(Error::BadFrame { .. }))));
@@ -402,10 +403,14 @@ mod tests {
 
     #[test]
     fn an_oversize_frame_is_refused_before_sending() {
-        let (a, _b) = pair();
-        let mut f = OutFrame::new(Kind::Call);
-        f.payload().resize(HEADER_LEN + MAX_FRAME_LEN + 1, 0);
-        assert!(matches!(f.send(a.as_fd(), &[]), Err(Error::FrameTooLarge { .. })));
+        assert!(header(MAX_FRAME_LEN, Kind::Call, 0).is_ok());
+        match header(MAX_FRAME_LEN + 1, Kind::Call, 0) {
+            Err(Error::FrameTooLarge { len, max }) => {
+                assert_eq!((len, max), (MAX_FRAME_LEN as u64 + 1, MAX_FRAME_LEN as u64))
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert!(matches!(header(1, Kind::Call, MAX_FDS_PER_FRAME + 1), Err(Error::BadFrame { .. })));
     }
 
     #[test]
