@@ -117,7 +117,7 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
     // A `Vec<u8>` goes through serde_bytes: the same bytes on the wire, in one block instead of
     // element by element.
     let encode_args = names.iter().zip(&tys).map(|(name, ty)| match is_byte_vec(ty) {
-        true => quote_spanned! {ty.span()=> #private::encode_bytes(#name, __out)?; },
+        true => quote_spanned! {ty.span()=> #private::encode_bytes("arguments", #name, __out)?; },
         false => quote_spanned! {ty.span()=> #private::encode_arg::<#ty>(#name, __out)?; },
     });
     let decode_args = tys.iter().map(|ty| match is_byte_vec(ty) {
@@ -126,12 +126,12 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
     });
     let (encode_output, decode_output) = match is_byte_vec(output) {
         true => (
-            quote_spanned! {output.span()=> #private::encode_bytes(__output, __out) },
-            quote_spanned! {output.span()=> #private::decode_bytes(__bytes) },
+            quote_spanned! {output.span()=> #private::encode_bytes("result", __output, __out) },
+            quote_spanned! {output.span()=> __results.read_bytes() },
         ),
         false => (
             quote_spanned! {output.span()=> #private::encode_output::<#output>(__output, __out) },
-            quote_spanned! {output.span()=> #private::decode_output::<#output>(__bytes) },
+            quote_spanned! {output.span()=> __results.read::<#output>() },
         ),
     };
     let spawn_doc = format!(
@@ -190,7 +190,7 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
                 }
                 #[allow(unused_variables)]
                 fn decode_args(
-                    __args: &mut #private::ArgReader<'_>,
+                    __args: &mut #private::ValueReader<'_>,
                 ) -> ::core::result::Result<Self::Args, #private::Error> {
                     ::core::result::Result::Ok((#(#decode_args)*))
                 }
@@ -200,7 +200,9 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
                 ) -> ::core::result::Result<(), #private::Error> {
                     #encode_output
                 }
-                fn decode_output(__bytes: &[u8]) -> ::core::result::Result<Self::Output, #private::Error> {
+                fn read_output(
+                    __results: &mut #private::ValueReader<'_>,
+                ) -> ::core::result::Result<Self::Output, #private::Error> {
                     #decode_output
                 }
             }

@@ -1,7 +1,7 @@
 //! The trait every `#[process_fn]` implements.
 
 use crate::error::Error;
-use crate::wire::codec::ArgReader;
+use crate::wire::codec::ValueReader;
 
 /// A function that can run in another process.
 ///
@@ -47,7 +47,7 @@ pub trait ProcessFn: Copy + Send + Sync + 'static {
         Self::NAME
     }
 
-    // The codec, one parameter at a time: the macro emits each call spanned at the parameter's
+    // The codec, one value at a time: the macro emits each call spanned at the parameter's
     // type, so that a type that is not serializable is reported there, once.
 
     /// Not public API: appends the encoded arguments.
@@ -55,11 +55,11 @@ pub trait ProcessFn: Copy + Send + Sync + 'static {
     fn encode_args(args: &Self::Args, out: &mut Vec<u8>) -> Result<(), Error>;
     /// Not public API: decodes the arguments.
     #[doc(hidden)]
-    fn decode_args(args: &mut ArgReader<'_>) -> Result<Self::Args, Error>;
+    fn decode_args(args: &mut ValueReader<'_>) -> Result<Self::Args, Error>;
     /// Not public API: appends the encoded result.
     #[doc(hidden)]
     fn encode_output(output: &Self::Output, out: &mut Vec<u8>) -> Result<(), Error>;
-    /// Not public API: decodes the result.
+    /// Not public API: decodes a result (the next one, in a batch).
     #[doc(hidden)]
-    fn decode_output(bytes: &[u8]) -> Result<Self::Output, Error>;
+    fn read_output(results: &mut ValueReader<'_>) -> Result<Self::Output, Error>;
 }

@@ -3,6 +3,7 @@
 
 #![deny(missing_docs)]
 
+mod child;
 mod entry;
 mod error;
 mod function;

@@ -2,22 +2,20 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdout, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crate::entry::{self, DEPTH_ENV, WORKER_ENV};
 use crate::error::{Error, Result};
 use crate::function::ProcessFn;
-use crate::output::{Forwarder, Output};
+use crate::child::{ChildProc, Spawn};
+use crate::output::Output;
 use crate::registry;
-use crate::sys::{self, Sig};
-use crate::wire::codec;
-use crate::wire::frame::{Frame, FrameReader, Kind, OutFrame, RecvError};
+use crate::sys::Sig;
+use crate::wire::codec::{self, ValueReader};
+use crate::wire::frame::{Frame, Kind, OutFrame, RecvError};
 use crate::wire::handshake::{build_id, hex};
-use crate::wire::message::{self, FailReport, Hello, PanicReport, PROTOCOL};
+use crate::wire::message::{self, FailReport, PanicReport};
 
 /// Options for starting a child process: Python's `Process(name=...)` and friends.
 ///
@@ -103,71 +101,31 @@ impl ProcessBuilder {
         let _ = f;
         registry::lookup(F::NAME)?;
         let call = message::call_frame::<F>(0, &args)?;
-        self.spawn_call(call, F::decode_output)
+        self.spawn_call(call, read_whole::<F>)
+    }
+
+    /// How to start a child with these options.
+    pub(crate) fn how(&self, one_shot: bool) -> Spawn<'_> {
+        Spawn {
+            name: self.name.as_deref(),
+            env: &self.env,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            executable: self.executable.as_deref(),
+            one_shot,
+        }
     }
 
     /// Starts a child and sends it `call`, whatever function it names; `decode` reads its result.
     pub(crate) fn spawn_call<T>(&self, call: OutFrame, decode: fn(&[u8]) -> Result<T>) -> Result<Process<T>> {
-        let depth = entry::child_depth()?;
-        let (ours, theirs) =
-            sys::socketpair().map_err(|e| Error::io("could not create a socketpair for the child", e))?;
-        let (live_read, live_write) =
-            sys::liveness_pipe().map_err(|e| Error::io("could not create the child's liveness pipe", e))?;
-        let executable = self.executable.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-        let mut cmd = Command::new(&executable);
-        if self.executable.is_none() {
-            if let Some(arg0) = std::env::args_os().next() {
-                cmd.arg0(arg0);
-            }
-        }
-        cmd.stdin(Stdio::from(theirs))
-            .stdout(self.stdout.stdio())
-            .stderr(self.stderr.stdio())
-            .env(WORKER_ENV, "1")
-            .env(DEPTH_ENV, depth.to_string());
-        for (key, value) in &self.env {
-            match value {
-                Some(v) => cmd.env(key, v),
-                None => cmd.env_remove(key),
-            };
-        }
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn { program: executable.clone(), source })?;
-        drop(cmd); // closes our copy of the child's end: EOF now means the child is gone
-        let pidfd = match sys::pidfd_open(child.id()) {
-            Ok(fd) => fd,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::io("could not open a pidfd for the child", e));
-            }
-        };
-        let forward = |on: Output| on == Output::Inherit;
-        let stdout = if forward(self.stdout) { child.stdout.take() } else { None };
-        let stderr = if forward(self.stderr) { child.stderr.take() } else { None };
-        let forwarder = Forwarder::start(stdout, stderr);
-
-        let hello =
-            Hello { protocol: PROTOCOL, build_id: build_id().to_vec(), name: self.name.clone(), one_shot: true };
-        let hello = message::hello_frame(&hello)?;
-        // A child that died at once makes these fail; `join` then reports how it died.
-        let _ = hello.send(ours.as_fd(), &[live_read.as_fd()]).and_then(|()| call.send(ours.as_fd(), &[]));
-        drop(live_read);
-
+        let child = ChildProc::spawn(&self.how(true), Some(call))?;
         Ok(Process {
-            pid: child.id(),
-            name: self.name.clone(),
-            executable,
             child,
-            pidfd,
-            _liveness: live_write,
-            reader: FrameReader::new(ours),
+            name: self.name.clone(),
             greeted: false,
             closed: false,
             reply: None,
             broken: None,
-            status: None,
-            sent: None,
-            forwarder,
             joined: false,
             decode,
         })
@@ -204,14 +162,8 @@ impl ProcessBuilder {
 /// ```
 #[must_use = "dropping a Process kills the child; call join() to wait for its result"]
 pub struct Process<T> {
-    pid: u32,
+    child: ChildProc,
     name: Option<String>,
-    executable: PathBuf,
-    child: Child,
-    pidfd: OwnedFd,
-    /// The child ends when this closes: when the handle is dropped, or this process dies.
-    _liveness: OwnedFd,
-    reader: FrameReader,
     /// The child answered the handshake.
     greeted: bool,
     /// The child closed its end.
@@ -219,10 +171,6 @@ pub struct Process<T> {
     reply: Option<Frame>,
     /// The child broke the protocol; it has been killed.
     broken: Option<Error>,
-    status: Option<ExitStatus>,
-    /// The last signal this handle sent.
-    sent: Option<Sig>,
-    forwarder: Option<Forwarder>,
     joined: bool,
     decode: fn(&[u8]) -> Result<T>,
 }
@@ -230,9 +178,8 @@ pub struct Process<T> {
 impl<T> fmt::Debug for Process<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Process")
-            .field("pid", &self.pid)
+            .field("pid", &self.child.pid)
             .field("name", &self.name)
-            .field("status", &self.status)
             .finish_non_exhaustive()
     }
 }
@@ -261,10 +208,10 @@ impl<T> Process<T> {
         if self.joined {
             return Err(Error::AlreadyJoined);
         }
-        let pid = self.pid;
+        let pid = self.child.pid;
         let timed_out = || Error::TimedOut { pid, timeout };
         while self.reply.is_none() && !self.closed && self.broken.is_none() {
-            match self.reader.read(deadline) {
+            match self.child.reader.read(deadline) {
                 Ok(frame) => match frame.kind {
                     Kind::Ready => self.greeted = true,
                     Kind::Return | Kind::Panic | Kind::Fail => self.reply = Some(frame),
@@ -273,30 +220,27 @@ impl<T> Process<T> {
                 Err(RecvError::Closed) => self.closed = true,
                 Err(RecvError::TimedOut) => return Err(timed_out()),
                 Err(RecvError::Failed(e)) => {
-                    let _ = sys::pidfd_signal(self.pidfd.as_fd(), Sig::Kill);
+                    let _ = self.child.signal(Sig::Kill);
                     self.broken = Some(e);
                 }
             }
         }
-        let status = match self.wait_exit(deadline)? {
+        let status = match self.child.wait_exit(deadline)? {
             Some(status) => status,
             None => return Err(timed_out()),
         };
         self.joined = true;
-        if let Some(forwarder) = self.forwarder.take() {
-            forwarder.finish();
-        }
         if let Some(e) = self.broken.take() {
             return Err(e);
         }
         match self.reply.take() {
             Some(frame) => self.outcome(frame),
-            None => Err(self.death(status)),
+            None => Err(self.child.death(status, self.greeted)),
         }
     }
 
     fn break_off(&mut self, reason: String) {
-        let _ = sys::pidfd_signal(self.pidfd.as_fd(), Sig::Kill);
+        let _ = self.child.signal(Sig::Kill);
         self.broken = Some(Error::BadFrame { reason });
     }
 
@@ -309,7 +253,7 @@ impl<T> Process<T> {
             Kind::Panic => {
                 let report: PanicReport = codec::decode("message", body)?;
                 Err(Error::Panicked {
-                    pid: self.pid,
+                    pid: self.child.pid,
                     message: report.message,
                     location: report.location,
                     backtrace: report.backtrace,
@@ -320,32 +264,15 @@ impl<T> Process<T> {
     }
 
     fn failure(&self, report: FailReport) -> Error {
-        fail_error(report, &self.executable)
+        fail_error(report, &self.child.executable)
     }
 
-    /// Why a child that gave no reply ended.
-    fn death(&self, status: ExitStatus) -> Error {
-        let pid = self.pid;
-        if let Some(signal) = status.signal() {
-            if self.sent.is_some_and(|s| s.number() == signal) {
-                return Error::Killed { pid, signal, name: sys::signal_name(signal) };
-            }
-            if !self.greeted {
-                return Error::NoHandshake { pid, executable: self.executable.clone() };
-            }
-            return Error::Signaled { pid, signal, name: sys::signal_name(signal) };
-        }
-        if !self.greeted {
-            return Error::NoHandshake { pid, executable: self.executable.clone() };
-        }
-        Error::Exited { pid, code: status.code().unwrap_or(-1) }
-    }
 }
 
 impl<T> Process<T> {
     /// The child's process id.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.child.pid
     }
 
     /// The name given with [`ProcessBuilder::name`].
@@ -355,78 +282,46 @@ impl<T> Process<T> {
 
     /// Whether the child is still running (it may have returned its result already).
     pub fn is_alive(&self) -> bool {
-        self.status.is_none() && !sys::wait_readable(self.pidfd.as_fd(), Some(Instant::now())).unwrap_or(false)
+        !self.child.has_exited()
     }
 
     /// The child's exit status, once it has ended: a code, or the signal that ended it
     /// (`ExitStatusExt::signal`). `None` while it runs. Python's `exitcode`.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
-        }
-        self.status
+        self.child.try_status()
     }
 
     /// Asks the child to stop with `SIGTERM` (Python's `terminate`). A join then gives
     /// [`Error::Killed`], unless the child had already returned its result.
     pub fn terminate(&mut self) -> Result<()> {
-        self.signal(Sig::Term)
+        self.child.signal(Sig::Term)
     }
 
     /// Stops the child with `SIGKILL` (Python's `kill`). A join then gives [`Error::Killed`],
     /// unless the child had already returned its result.
     pub fn kill(&mut self) -> Result<()> {
-        self.signal(Sig::Kill)
-    }
-
-    fn signal(&mut self, sig: Sig) -> Result<()> {
-        if self.status.is_some() {
-            return Ok(());
-        }
-        self.sent = Some(sig);
-        sys::pidfd_signal(self.pidfd.as_fd(), sig).map_err(|e| Error::io("could not signal the child", e))
+        self.child.signal(Sig::Kill)
     }
 
     /// The read end of the child's stdout, when it was started with [`Output::Piped`]; taken
     /// once.
     pub fn stdout(&mut self) -> Option<ChildStdout> {
-        self.child.stdout.take()
+        self.child.take_stdout()
     }
 
     /// The read end of the child's stderr, when it was started with [`Output::Piped`]; taken
     /// once.
     pub fn stderr(&mut self) -> Option<ChildStderr> {
-        self.child.stderr.take()
-    }
-
-    /// Waits for the child to exit and reaps it. `None` when the deadline passed first.
-    fn wait_exit(&mut self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
-        if let Some(status) = self.status {
-            return Ok(Some(status));
-        }
-        let exited = sys::wait_readable(self.pidfd.as_fd(), deadline)
-            .map_err(|e| Error::io("could not wait for the child", e))?;
-        if !exited {
-            return Ok(None);
-        }
-        let status = self.child.wait().map_err(|e| Error::io("could not reap the child", e))?;
-        self.status = Some(status);
-        Ok(Some(status))
+        self.child.take_stderr()
     }
 }
 
-impl<T> Drop for Process<T> {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            if !self.joined {
-                let _ = sys::pidfd_signal(self.pidfd.as_fd(), Sig::Kill);
-            }
-            self.status = self.child.wait().ok();
-        }
-        if let Some(forwarder) = self.forwarder.take() {
-            forwarder.finish();
-        }
-    }
+/// Decodes a whole reply as `F`'s output.
+pub(crate) fn read_whole<F: ProcessFn>(bytes: &[u8]) -> Result<F::Output> {
+    let mut reader = ValueReader::new(bytes, "result");
+    let output = F::read_output(&mut reader)?;
+    reader.finish()?;
+    Ok(output)
 }
 
 /// The error a child's failure report stands for.

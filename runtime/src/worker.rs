@@ -1,12 +1,15 @@
-//! The child's side: take the control socket, check the handshake, then read a call, look the
-//! function up, decode, call (catching a panic), encode, reply.
+//! The child's side: take the control socket, check the handshake, then serve calls: read a
+//! frame, look the function up, decode, call (catching a panic), encode, reply.
+//!
+//! A one-shot child (a `Process`) exits after its call; a pool worker serves until its parent
+//! hangs up, and ignores `SIGINT` (Ctrl-C goes to the whole process group: the parent decides).
 
 use crate::error::Error;
 use crate::function::ProcessFn;
 use crate::panic;
 use crate::registry;
 use crate::sys;
-use crate::wire::codec::{self, ArgReader};
+use crate::wire::codec::{self, ValueReader};
 use crate::wire::frame::{FrameReader, Kind, OutFrame, RecvError};
 use crate::wire::handshake::build_id;
 use crate::wire::message::{self, FailReport, Hello, PanicReport, PROTOCOL};
@@ -20,9 +23,9 @@ pub(crate) const EXIT_BUILD_MISMATCH: i32 = 88;
 /// Exit code when the parent went away.
 pub(crate) const EXIT_PARENT_GONE: i32 = 89;
 
-/// How a registered function is called on bytes: decode the arguments, run, encode the output
-/// onto the reply.
-pub(crate) type Invoke = fn(&[u8], &mut Vec<u8>) -> Result<(), CallFailure>;
+/// How a registered function is called on bytes: decode one argument tuple from the reader,
+/// run, append the encoded output.
+pub(crate) type Invoke = fn(&mut ValueReader<'_>, &mut Vec<u8>) -> Result<(), CallFailure>;
 
 /// Why a call did not return a value.
 #[derive(Debug)]
@@ -32,18 +35,13 @@ pub(crate) enum CallFailure {
 }
 
 /// The dispatch entry of `F`, generic so that the macro emits no logic.
-pub(crate) fn invoke<F: ProcessFn>(args: &[u8], out: &mut Vec<u8>) -> Result<(), CallFailure> {
-    let decoded = panic::catch(|| {
-        let mut reader = ArgReader::new(args);
-        let decoded = F::decode_args(&mut reader)?;
-        reader.finish().map(|()| decoded)
-    });
-    let args = match decoded {
+pub(crate) fn invoke<F: ProcessFn>(args: &mut ValueReader<'_>, out: &mut Vec<u8>) -> Result<(), CallFailure> {
+    // Decoding and encoding run under the catch too: serde impls may panic.
+    let args = match panic::catch(|| F::decode_args(args)) {
         Ok(Ok(args)) => args,
         Ok(Err(e)) => return Err(CallFailure::Fail(e)),
         Err(report) => return Err(CallFailure::Panic(report)),
     };
-    // Encoding runs under the catch too: a `Serialize` impl may panic.
     match panic::catch(|| {
         let output = F::call(args);
         F::encode_output(&output, out)
@@ -96,12 +94,12 @@ fn serve(reader: &mut FrameReader) -> i32 {
         Some(Ok(())) => {}
         Some(Err(e)) => eprintln!("multiproc: this worker could not tie its life to its parent's: {e}"),
         None => {
-            return refuse(
-                reader,
-                FailReport::Protocol { message: "no liveness pipe in the handshake".into() },
-                EXIT_PROTOCOL,
-            )
+            let message = "no liveness pipe in the handshake".into();
+            return refuse(reader, FailReport::Protocol { message }, EXIT_PROTOCOL);
         }
+    }
+    if !hello.one_shot {
+        sys::ignore_sigint();
     }
     if let Some(name) = &hello.name {
         sys::set_thread_name(name);
@@ -111,13 +109,20 @@ fn serve(reader: &mut FrameReader) -> i32 {
     }
     loop {
         let frame = match reader.read(None) {
-            Ok(f) if f.kind == Kind::Call => f,
-            Ok(_) | Err(RecvError::Failed(_)) => return EXIT_PROTOCOL,
+            Ok(f) => f,
             Err(RecvError::Closed) | Err(RecvError::TimedOut) => return 0,
+            Err(RecvError::Failed(_)) => return EXIT_PROTOCOL,
         };
-        let reply = match message::parse_call(&frame.payload) {
-            Ok((id, name, args)) => answer(id, name, args),
-            Err(_) => return EXIT_PROTOCOL,
+        let reply = match frame.kind {
+            Kind::Call => match message::parse_call(&frame.payload) {
+                Ok((id, name, args)) => answer(id, name, args),
+                Err(_) => return EXIT_PROTOCOL,
+            },
+            Kind::Batch => match message::parse_batch(&frame.payload) {
+                Ok((id, name, count, items)) => answer_batch(id, name, count, items),
+                Err(_) => return EXIT_PROTOCOL,
+            },
+            _ => return EXIT_PROTOCOL,
         };
         if reply.send(reader.socket(), &[]).is_err() {
             return EXIT_PARENT_GONE;
@@ -128,7 +133,7 @@ fn serve(reader: &mut FrameReader) -> i32 {
     }
 }
 
-/// Makes the call and builds its reply.
+/// Makes one call and builds its reply.
 fn answer(id: u64, name: &str, args: &[u8]) -> OutFrame {
     let fail = |e: Error| fail_frame(id, FailReport::from_error(e));
     let registration = match registry::lookup(name) {
@@ -137,11 +142,132 @@ fn answer(id: u64, name: &str, args: &[u8]) -> OutFrame {
     };
     let mut reply = OutFrame::new(Kind::Return);
     reply.payload().extend_from_slice(&id.to_le_bytes());
-    match (registration.invoke)(args, reply.payload()) {
+    let mut reader = ValueReader::new(args, "arguments");
+    let result = (registration.invoke)(&mut reader, reply.payload());
+    match result.and_then(|()| reader.finish().map_err(CallFailure::Fail)) {
         Ok(()) => reply,
         Err(CallFailure::Fail(e)) => fail(e),
         Err(CallFailure::Panic(report)) => message::reply_frame(Kind::Panic, id, "message", &report)
             .unwrap_or_else(|e| fail_frame(id, FailReport::from_error(e))),
+    }
+}
+
+/// Makes the calls of a batch. While every item succeeds, the outputs are simply appended; the
+/// first failure switches the reply to one tagged entry per item, so that only the failed
+/// items fail.
+fn answer_batch(id: u64, name: &str, count: u32, items: &[u8]) -> OutFrame {
+    let registration = match registry::lookup(name) {
+        Ok(r) => r,
+        Err(e) => return fail_frame(id, FailReport::from_error(e)),
+    };
+    let mut reply = OutFrame::with_capacity(Kind::BatchReturn, items.len() + 16);
+    let mut batch = Batch::new(reply.payload(), id);
+    let mut reader = ValueReader::new(items, "arguments");
+    let mut broken: Option<String> = None;
+    for _ in 0..count {
+        if let Some(message) = &broken {
+            let report = FailReport::Protocol { message: message.clone() };
+            batch.push_failure(message::ITEM_FAIL, &report);
+            continue;
+        }
+        // A decode failure leaves the reader out of step: every later item fails with it.
+        batch.push(|out| {
+            let result = (registration.invoke)(&mut reader, out);
+            if let Err(CallFailure::Fail(Error::Decode { message, .. })) = &result {
+                broken = Some(format!("an earlier item of the batch could not be decoded: {message}"));
+            }
+            result
+        });
+    }
+    reply
+}
+
+/// A batch reply being written: outputs back to back until the first failure, then tagged.
+struct Batch<'a> {
+    out: &'a mut Vec<u8>,
+    mode_at: usize,
+    /// Where each item's output starts, while untagged.
+    starts: Vec<usize>,
+    tagged: bool,
+}
+
+impl<'a> Batch<'a> {
+    fn new(out: &'a mut Vec<u8>, id: u64) -> Self {
+        out.extend_from_slice(&id.to_le_bytes());
+        let mode_at = out.len();
+        out.push(message::BATCH_ALL_OK);
+        Batch { out, mode_at, starts: Vec::new(), tagged: false }
+    }
+
+    fn push(&mut self, run: impl FnOnce(&mut Vec<u8>) -> Result<(), CallFailure>) {
+        let start = self.out.len();
+        if !self.tagged {
+            match run(self.out) {
+                Ok(()) => self.starts.push(start),
+                Err(failure) => {
+                    self.out.truncate(start);
+                    self.retag();
+                    self.push_failed(failure);
+                }
+            }
+            return;
+        }
+        self.out.push(message::ITEM_OK);
+        let len_at = self.out.len();
+        self.out.extend_from_slice(&[0; 4]);
+        match run(self.out) {
+            Ok(()) => {
+                let len = (self.out.len() - len_at - 4) as u32;
+                self.out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+            }
+            Err(failure) => {
+                self.out.truncate(len_at - 1);
+                self.push_failed(failure);
+            }
+        }
+    }
+
+    fn push_failed(&mut self, failure: CallFailure) {
+        match failure {
+            CallFailure::Panic(report) => self.push_failure(message::ITEM_PANIC, &report),
+            CallFailure::Fail(e) => self.push_failure(message::ITEM_FAIL, &FailReport::from_error(e)),
+        }
+    }
+
+    fn push_failure<T: serde::Serialize>(&mut self, tag: u8, report: &T) {
+        if !self.tagged {
+            self.retag();
+        }
+        let mut body = Vec::new();
+        if codec::encode_into("message", report, &mut body).is_err() {
+            body.clear();
+            let fallback = FailReport::Protocol { message: "a failure report could not be encoded".into() };
+            codec::encode_into("message", &fallback, &mut body).expect("plain strings encode");
+        }
+        self.out.push(tag);
+        self.out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(&body);
+    }
+
+    /// Rewrites the outputs so far as tagged entries.
+    fn retag(&mut self) {
+        if self.tagged {
+            return;
+        }
+        self.tagged = true;
+        self.out[self.mode_at] = message::BATCH_TAGGED;
+        let first = self.mode_at + 1;
+        let plain = self.out.split_off(first);
+        let mut ends: Vec<usize> = self.starts.iter().skip(1).map(|s| s - first).collect();
+        ends.push(plain.len());
+        let mut at = 0;
+        for end in ends {
+            self.out.push(message::ITEM_OK);
+            self.out.extend_from_slice(&((end - at) as u32).to_le_bytes());
+            self.out.extend_from_slice(&plain[at..end]);
+            at = end;
+        }
+        self.starts.clear();
     }
 }
 

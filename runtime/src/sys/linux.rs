@@ -113,6 +113,15 @@ pub(crate) fn ignore_sigpipe() {
     }
 }
 
+/// Ignores Ctrl-C: a pool worker leaves the decision to its parent (which the signal reaches
+/// too, through the process group).
+pub(crate) fn ignore_sigint() {
+    // SAFETY: installing SIG_IGN for SIGINT has no preconditions; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+}
+
 /// Takes the control socket a worker was given as its stdin, and puts `/dev/null` in its place.
 /// Fails when fd 0 is not a socket: the process was not started by multiproc.
 pub(crate) fn take_control_socket() -> io::Result<OwnedFd> {

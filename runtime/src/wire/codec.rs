@@ -37,25 +37,36 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
     })
 }
 
-/// Reads values one after another from an encoded sequence (the arguments of a call, encoded
-/// as a tuple is: each element in turn). Not public API.
+/// Reads values one after another from an encoded sequence: the arguments of a call (encoded
+/// as a tuple is: each element in turn), or the results of a batch. Not public API.
 #[derive(Debug)]
-pub struct ArgReader<'a> {
+pub struct ValueReader<'a> {
     rest: Cell<&'a [u8]>,
+    what: &'static str,
 }
 
-impl<'a> ArgReader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        ArgReader { rest: Cell::new(bytes) }
+impl<'a> ValueReader<'a> {
+    /// Reads `bytes`; `what` names them in errors (`arguments`, `result`).
+    pub(crate) fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        ValueReader { rest: Cell::new(bytes), what }
     }
 
     /// Decodes the next value as a `T`.
     pub fn read<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
         let mut de = bincode::Deserializer::with_bincode_read(Tail { rest: &self.rest }, options());
         T::deserialize(&mut de).map_err(|e| Error::Decode {
-            what: "arguments",
+            what: self.what,
             type_name: std::any::type_name::<T>().to_string(),
             message: e.to_string(),
+        })
+    }
+
+    /// Takes the next `len` raw bytes.
+    pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], Error> {
+        Tail { rest: &self.rest }.take(len).map_err(|_| Error::Decode {
+            what: self.what,
+            type_name: "bytes".into(),
+            message: format!("{len} bytes announced, {} present", self.rest.get().len()),
         })
     }
 
@@ -69,15 +80,15 @@ impl<'a> ArgReader<'a> {
         match self.rest.get().len() {
             0 => Ok(()),
             n => Err(Error::Decode {
-                what: "arguments",
-                type_name: "the parameter list".into(),
+                what: self.what,
+                type_name: "the whole message".into(),
                 message: format!("{n} bytes left over"),
             }),
         }
     }
 }
 
-/// The unread part of an `ArgReader`, as bincode reads it.
+/// The unread part of a `ValueReader`, as bincode reads it.
 struct Tail<'r, 'a> {
     rest: &'r Cell<&'a [u8]>,
 }
@@ -154,16 +165,16 @@ mod tests {
     fn an_arg_reader_reads_a_tuple_one_element_at_a_time() {
         let mut out = Vec::new();
         encode_into("arguments", &(7u64, "hi".to_string(), vec![1u8, 2]), &mut out).unwrap();
-        let mut r = ArgReader::new(&out);
+        let mut r = ValueReader::new(&out, "arguments");
         assert_eq!(r.read::<u64>().unwrap(), 7);
         assert_eq!(r.read::<String>().unwrap(), "hi");
         assert_eq!(r.read::<Vec<u8>>().unwrap(), [1, 2]);
         r.finish().unwrap();
 
-        let mut r = ArgReader::new(&out);
+        let mut r = ValueReader::new(&out, "arguments");
         assert_eq!(r.read::<u64>().unwrap(), 7);
         assert!(r.finish().is_err(), "left-over bytes must be an error");
-        let mut r = ArgReader::new(&out[..12]);
+        let mut r = ValueReader::new(&out[..12], "arguments");
         r.read::<u64>().unwrap();
         assert!(matches!(r.read::<String>(), Err(Error::Decode { .. })), "a short buffer must be an error");
     }
@@ -175,7 +186,7 @@ mod tests {
         encode_into("arguments", &data, &mut as_vec).unwrap();
         encode_into("arguments", serde_bytes::Bytes::new(&data), &mut as_bytes).unwrap();
         assert_eq!(as_vec, as_bytes);
-        assert_eq!(ArgReader::new(&as_vec).read_bytes().unwrap(), data);
+        assert_eq!(ValueReader::new(&as_vec, "arguments").read_bytes().unwrap(), data);
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub(crate) enum Kind {
     Fail = 5,
     /// Child to parent: the handshake passed, the child is a worker of the same build.
     Ready = 6,
+    /// Parent to child: run a function on many argument tuples (a chunk of a map).
+    Batch = 7,
+    /// Child to parent: the results of a batch.
+    BatchReturn = 8,
 }
 
 impl Kind {
@@ -57,6 +61,8 @@ impl Kind {
             4 => Kind::Panic,
             5 => Kind::Fail,
             6 => Kind::Ready,
+            7 => Kind::Batch,
+            8 => Kind::BatchReturn,
             _ => return None,
         })
     }

@@ -138,6 +138,46 @@ pub(crate) fn reply_frame<T: Serialize + ?Sized>(
     Ok(f)
 }
 
+/// A `Batch` frame of `F`: task id, function name, item count, then each item's arguments.
+pub(crate) fn batch_frame<'a, F: ProcessFn>(
+    id: u64,
+    items: impl ExactSizeIterator<Item = &'a F::Args>,
+    size_hint: usize,
+) -> Result<OutFrame, Error>
+where
+    F::Args: 'a,
+{
+    let mut f = OutFrame::with_capacity(Kind::Batch, size_hint);
+    let p = f.payload();
+    p.extend_from_slice(&id.to_le_bytes());
+    p.extend_from_slice(&(F::NAME.len() as u32).to_le_bytes());
+    p.extend_from_slice(F::NAME.as_bytes());
+    p.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    for args in items {
+        F::encode_args(args, p)?;
+    }
+    Ok(f)
+}
+
+/// Splits a `Batch` payload into id, function name, item count and the items' bytes.
+pub(crate) fn parse_batch(payload: &[u8]) -> Result<(u64, &str, u32, &[u8]), Error> {
+    let (id, name, rest) = parse_call(payload)?;
+    let count = rest.get(..4).ok_or_else(|| Error::BadFrame { reason: "batch frame: no item count".into() })?;
+    Ok((id, name, u32::from_le_bytes(count.try_into().expect("4 bytes")), &rest[4..]))
+}
+
+/// A batch reply whose outputs follow each other: every item succeeded.
+pub(crate) const BATCH_ALL_OK: u8 = 0;
+/// A batch reply with one entry per item: tag ([`ITEM_OK`], [`ITEM_PANIC`], [`ITEM_FAIL`]), u32
+/// length, bytes.
+pub(crate) const BATCH_TAGGED: u8 = 1;
+/// The item returned; its output follows.
+pub(crate) const ITEM_OK: u8 = 0;
+/// The item panicked; a [`PanicReport`] follows.
+pub(crate) const ITEM_PANIC: u8 = 1;
+/// The item could not be called; a [`FailReport`] follows.
+pub(crate) const ITEM_FAIL: u8 = 2;
+
 #[cfg(test)]
 mod tests {
     use super::*;

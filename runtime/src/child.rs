@@ -1,0 +1,207 @@
+//! One child process of this executable, as both `Process` and the pool's workers hold it:
+//! started with its control socket and liveness pipe, signalled through its pidfd, reaped on
+//! drop (killed first if it still runs).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::Instant;
+
+use crate::entry::{self, DEPTH_ENV, WORKER_ENV};
+use crate::error::{Error, Result};
+use crate::output::{Forwarder, Output};
+use crate::sys::{self, Sig};
+use crate::wire::frame::{FrameReader, OutFrame};
+use crate::wire::handshake::build_id;
+use crate::wire::message::{self, Hello, PROTOCOL};
+
+/// How to start a child: the parts of `ProcessBuilder` the spawn needs.
+#[derive(Clone, Debug)]
+pub(crate) struct Spawn<'a> {
+    pub(crate) name: Option<&'a str>,
+    pub(crate) env: &'a [(std::ffi::OsString, Option<std::ffi::OsString>)],
+    pub(crate) stdout: Output,
+    pub(crate) stderr: Output,
+    pub(crate) executable: Option<&'a std::path::Path>,
+    /// A `Process` child exits after one call; a pool worker serves until hung up.
+    pub(crate) one_shot: bool,
+}
+
+/// A started child.
+#[derive(Debug)]
+pub(crate) struct ChildProc {
+    pub(crate) pid: u32,
+    pub(crate) executable: PathBuf,
+    child: Child,
+    pidfd: OwnedFd,
+    /// The child ends when this closes: when this is dropped, or this process dies.
+    _liveness: OwnedFd,
+    pub(crate) reader: FrameReader,
+    forwarder: Option<Forwarder>,
+    status: Option<ExitStatus>,
+    /// The last signal sent through this handle.
+    sent: Option<Sig>,
+}
+
+impl ChildProc {
+    /// Starts a child and sends it the handshake, then `first` if given. A child that dies at
+    /// once is not an error here: reading from it then tells how it died.
+    pub(crate) fn spawn(how: &Spawn<'_>, first: Option<OutFrame>) -> Result<ChildProc> {
+        let depth = entry::child_depth()?;
+        let (ours, theirs) =
+            sys::socketpair().map_err(|e| Error::io("could not create a socketpair for the child", e))?;
+        let (live_read, live_write) =
+            sys::liveness_pipe().map_err(|e| Error::io("could not create the child's liveness pipe", e))?;
+        let executable = how.executable.map_or_else(|| PathBuf::from("/proc/self/exe"), PathBuf::from);
+        let mut cmd = Command::new(&executable);
+        if how.executable.is_none() {
+            if let Some(arg0) = std::env::args_os().next() {
+                cmd.arg0(arg0);
+            }
+        }
+        cmd.stdin(Stdio::from(theirs))
+            .stdout(how.stdout.stdio())
+            .stderr(how.stderr.stdio())
+            .env(WORKER_ENV, "1")
+            .env(DEPTH_ENV, depth.to_string());
+        for (key, value) in how.env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn { program: executable.clone(), source })?;
+        drop(cmd); // closes our copy of the child's end: EOF now means the child is gone
+        let pidfd = match sys::pidfd_open(child.id()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::io("could not open a pidfd for the child", e));
+            }
+        };
+        let forward = |on: Output| on == Output::Inherit;
+        let stdout = if forward(how.stdout) { child.stdout.take() } else { None };
+        let stderr = if forward(how.stderr) { child.stderr.take() } else { None };
+        let forwarder = Forwarder::start(stdout, stderr);
+
+        let hello = Hello {
+            protocol: PROTOCOL,
+            build_id: build_id().to_vec(),
+            name: how.name.map(str::to_owned),
+            one_shot: how.one_shot,
+        };
+        let hello = message::hello_frame(&hello)?;
+        let sent = hello.send(ours.as_fd(), &[live_read.as_fd()]);
+        if let (Ok(()), Some(first)) = (sent, first) {
+            let _ = first.send(ours.as_fd(), &[]);
+        }
+        drop(live_read);
+        Ok(ChildProc {
+            pid: child.id(),
+            executable,
+            child,
+            pidfd,
+            _liveness: live_write,
+            reader: FrameReader::new(ours),
+            forwarder,
+            status: None,
+            sent: None,
+        })
+    }
+
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        self.reader.socket()
+    }
+
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Whether the child has ended (without reaping it).
+    pub(crate) fn has_exited(&self) -> bool {
+        self.status.is_some() || sys::wait_readable(self.pidfd.as_fd(), Some(Instant::now())).unwrap_or(false)
+    }
+
+    /// The exit status, reaping the child if it has ended.
+    pub(crate) fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Sends `sig`; nothing happens once the child has been reaped.
+    pub(crate) fn signal(&mut self, sig: Sig) -> Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        self.sent = Some(sig);
+        sys::pidfd_signal(self.pidfd.as_fd(), sig).map_err(|e| Error::io("could not signal the child", e))
+    }
+
+    /// Waits for the child to exit and reaps it. `None` when the deadline passed first.
+    pub(crate) fn wait_exit(&mut self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
+        if let Some(status) = self.status {
+            return Ok(Some(status));
+        }
+        let exited = sys::wait_readable(self.pidfd.as_fd(), deadline)
+            .map_err(|e| Error::io("could not wait for the child", e))?;
+        if !exited {
+            return Ok(None);
+        }
+        let status = self.child.wait().map_err(|e| Error::io("could not reap the child", e))?;
+        self.status = Some(status);
+        self.finish_output();
+        Ok(Some(status))
+    }
+
+    /// Prints what the (exited) child left in its output pipes.
+    fn finish_output(&mut self) {
+        if let Some(forwarder) = self.forwarder.take() {
+            forwarder.finish();
+        }
+    }
+
+    /// Kills the child (if it still runs) and reaps it.
+    pub(crate) fn kill_and_reap(&mut self) {
+        if self.status.is_none() {
+            let _ = sys::pidfd_signal(self.pidfd.as_fd(), Sig::Kill);
+            self.status = self.child.wait().ok();
+        }
+        self.finish_output();
+    }
+
+    /// Why a child that gave no reply ended. `greeted`: it had passed the handshake.
+    pub(crate) fn death(&self, status: ExitStatus, greeted: bool) -> Error {
+        let pid = self.pid;
+        if let Some(signal) = status.signal() {
+            if self.sent.is_some_and(|s| s.number() == signal) {
+                return Error::Killed { pid, signal, name: sys::signal_name(signal) };
+            }
+            if !greeted {
+                return Error::NoHandshake { pid, executable: self.executable.clone() };
+            }
+            return Error::Signaled { pid, signal, name: sys::signal_name(signal) };
+        }
+        if !greeted {
+            return Error::NoHandshake { pid, executable: self.executable.clone() };
+        }
+        Error::Exited { pid, code: status.code().unwrap_or(-1) }
+    }
+
+    pub(crate) fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    pub(crate) fn take_stderr(&mut self) -> Option<ChildStderr> {
+        self.child.stderr.take()
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
