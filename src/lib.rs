@@ -155,7 +155,8 @@
 pub use multiproc_macros::process_fn;
 
 pub use multiproc_runtime::{
-    init, Error, Output, Process, ProcessBuilder, ProcessFn, Result, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
+    init, AsyncResult, Error, Imap, InitOutcome, Output, Pool, PoolBuilder, Process, ProcessBuilder, ProcessFn,
+    Progress, Result, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
 
 /// Not public API: what `#[process_fn]` expands to names only this.

@@ -180,6 +180,54 @@ pub enum Error {
         max: u32,
     },
 
+    /// A pool task ran past the pool's time limit: its worker was killed and replaced.
+    #[error("the task ran longer than its limit of {timeout:?}; its worker {pid} was killed and replaced")]
+    TaskTimedOut {
+        /// The worker that was killed.
+        pid: u32,
+        /// The limit.
+        timeout: Duration,
+    },
+
+    /// A wait on a pool result ran out; the task goes on and the handle stays usable.
+    #[error("the result was not ready within {timeout:?}; the task goes on: wait again")]
+    NotReady {
+        /// How long the wait lasted.
+        timeout: Duration,
+    },
+
+    /// The pool no longer takes work.
+    #[error("the pool is closed and takes no more work; submit to a new pool")]
+    PoolClosed,
+
+    /// The pool was terminated before the task finished.
+    #[error("the pool was terminated before this task finished")]
+    PoolTerminated,
+
+    /// The pool's initializer failed in a worker, so the pool cannot start workers.
+    #[error("the pool's initializer failed ({message}); fix it, then create the pool again")]
+    InitializerFailed {
+        /// What went wrong in the initializer.
+        message: String,
+    },
+
+    /// A pool was given options it cannot work with.
+    #[error("invalid pool options: {reason}")]
+    PoolConfig {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// One item of a `map` failed; the error says how.
+    #[error("item {index} failed: {source}")]
+    Item {
+        /// The item's position in the input.
+        index: usize,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The handle's result was already taken by an earlier join.
     #[error("this process was already joined and its result taken")]
     AlreadyJoined,
@@ -190,9 +238,10 @@ impl Error {
         Error::Io { context, source }
     }
 
-    /// Returns `true` for [`Error::TimedOut`]: the wait ran out, the child still runs.
+    /// Returns `true` when a wait ran out and the work goes on: [`Error::TimedOut`],
+    /// [`Error::NotReady`].
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::TimedOut { .. })
+        matches!(self, Error::TimedOut { .. } | Error::NotReady { .. })
     }
 
     /// Returns `true` for [`Error::Panicked`].
@@ -208,7 +257,9 @@ impl Error {
             | Error::Signaled { pid, .. }
             | Error::Killed { pid, .. }
             | Error::TimedOut { pid, .. }
+            | Error::TaskTimedOut { pid, .. }
             | Error::NoHandshake { pid, .. } => Some(*pid),
+            Error::Item { source, .. } => source.pid(),
             _ => None,
         }
     }

@@ -9,6 +9,7 @@ mod error;
 mod function;
 mod output;
 mod panic;
+mod pool;
 mod process;
 mod registry;
 mod sys;
@@ -23,6 +24,7 @@ pub use error::{Error, Result};
 pub use function::ProcessFn;
 pub use multiproc_macros::process_fn;
 pub use output::Output;
+pub use pool::{AsyncResult, Imap, InitOutcome, Pool, PoolBuilder, Progress};
 pub use process::{Process, ProcessBuilder};
 pub use wire::frame::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
 

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::{ChildStderr, ChildStdout, ExitStatus};
 use std::time::{Duration, Instant};
 
+use crate::child::{ChildProc, Spawn};
 use crate::error::{Error, Result};
 use crate::function::ProcessFn;
-use crate::child::{ChildProc, Spawn};
 use crate::output::Output;
 use crate::registry;
 use crate::sys::Sig;
@@ -177,10 +177,7 @@ pub struct Process<T> {
 
 impl<T> fmt::Debug for Process<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Process")
-            .field("pid", &self.child.pid)
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Process").field("pid", &self.child.pid).field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -266,7 +263,6 @@ impl<T> Process<T> {
     fn failure(&self, report: FailReport) -> Error {
         fail_error(report, &self.child.executable)
     }
-
 }
 
 impl<T> Process<T> {

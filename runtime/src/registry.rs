@@ -67,7 +67,7 @@ pub(crate) fn lookup(name: &str) -> Result<&'static Registration, Error> {
 mod tests {
     use super::*;
 
-    fn nothing(_: &[u8], _: &mut Vec<u8>) -> Result<(), crate::worker::CallFailure> {
+    fn nothing(_: &mut crate::wire::codec::ValueReader<'_>, _: &mut Vec<u8>) -> Result<(), crate::worker::CallFailure> {
         Ok(())
     }
 

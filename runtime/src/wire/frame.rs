@@ -100,6 +100,15 @@ impl OutFrame {
     }
 }
 
+impl OutFrame {
+    /// The whole frame, header filled in, for a caller that writes it itself (no descriptors).
+    pub(crate) fn into_bytes(mut self) -> Result<Vec<u8>, Error> {
+        let header = header(self.buf.len() - HEADER_LEN, self.kind, 0)?;
+        self.buf[..HEADER_LEN].copy_from_slice(&header);
+        Ok(self.buf)
+    }
+}
+
 /// The header of a frame, or why it cannot be sent.
 fn header(len: usize, kind: Kind, nfds: usize) -> Result<[u8; HEADER_LEN], Error> {
     if len > MAX_FRAME_LEN {
@@ -196,7 +205,21 @@ impl FrameReader {
             if let Some(frame) = self.try_take()? {
                 return Ok(frame);
             }
-            self.fill(deadline)?;
+            if !self.fill(deadline, true)? {
+                unreachable!("a waiting fill reads something or fails");
+            }
+        }
+    }
+
+    /// Reads the next frame if one is complete without waiting (the socket is non-blocking).
+    pub(crate) fn try_read(&mut self) -> Result<Option<Frame>, RecvError> {
+        loop {
+            if let Some(frame) = self.try_take()? {
+                return Ok(Some(frame));
+            }
+            if !self.fill(None, false)? {
+                return Ok(None);
+            }
         }
     }
 
@@ -250,15 +273,32 @@ impl FrameReader {
     }
 
     /// Reads more bytes from the socket: into the payload directly when a large one is pending,
-    /// else into the buffer.
-    fn fill(&mut self, deadline: Option<Instant>) -> Result<(), RecvError> {
-        if deadline.is_some() {
-            match sys::wait_readable(self.sock.as_fd(), deadline) {
-                Ok(true) => {}
-                Ok(false) => return Err(RecvError::TimedOut),
-                Err(e) => return Err(RecvError::Failed(Error::io("could not wait for the other process", e))),
+    /// else into the buffer. Returns `false` when nothing was there and `wait` is false.
+    fn fill(&mut self, deadline: Option<Instant>, wait: bool) -> Result<bool, RecvError> {
+        if wait && deadline.is_some() {
+            self.wait(deadline)?;
+        }
+        loop {
+            match self.recv_some() {
+                Ok(()) => return Ok(true),
+                Err(RecvError::TimedOut) if !wait => return Ok(false),
+                // a non-blocking socket with nothing yet: wait for it
+                Err(RecvError::TimedOut) => self.wait(deadline)?,
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Result<(), RecvError> {
+        match sys::wait_readable(self.sock.as_fd(), deadline) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RecvError::TimedOut),
+            Err(e) => Err(RecvError::Failed(Error::io("could not wait for the other process", e))),
+        }
+    }
+
+    /// One read; `TimedOut` stands for "would block".
+    fn recv_some(&mut self) -> Result<(), RecvError> {
         let direct = self.partial.as_ref().is_some_and(|p| p.len - p.payload.len() >= READ_CHUNK);
         let n = if direct {
             let p = self.partial.as_mut().expect("checked above");
@@ -294,6 +334,14 @@ impl FrameReader {
             });
         }
         Ok(())
+    }
+
+    /// Makes the socket non-blocking (for an event loop) or blocking.
+    pub(crate) fn set_nonblocking(&self, on: bool) -> Result<(), Error> {
+        let fail = |e: rustix::io::Errno| Error::io("could not change the socket's blocking mode", e.into());
+        let flags = rustix::fs::fcntl_getfl(&self.sock).map_err(fail)?;
+        let flags = if on { flags | rustix::fs::OFlags::NONBLOCK } else { flags - rustix::fs::OFlags::NONBLOCK };
+        rustix::fs::fcntl_setfl(&self.sock, flags).map_err(fail)
     }
 }
 
@@ -334,6 +382,7 @@ fn recv_with_fds(
             Err(rustix::io::Errno::INTR) => {}
             // The peer died with our bytes unread in its buffer: it is gone, like at EOF.
             Err(rustix::io::Errno::CONNRESET) => return Ok(0),
+            Err(rustix::io::Errno::AGAIN) => return Err(RecvError::TimedOut),
             Err(e) => return Err(RecvError::Failed(Error::io("could not read from the other process", e.into()))),
         }
     }

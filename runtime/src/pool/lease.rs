@@ -1,0 +1,96 @@
+//! The fast path of a blocking call: when a worker is idle and nothing is queued, the caller
+//! borrows it and talks to it directly, with no hand-off to the driver thread: one wake-up
+//! each way, as between two processes and a socketpair.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use crate::error::Result;
+use crate::function::ProcessFn;
+use crate::pool::decode;
+use crate::pool::shared::Inner;
+use crate::pool::task::{Delivery, Failure, Task};
+use crate::pool::worker::Worker;
+use crate::wire::frame::{Frame, RecvError};
+
+/// Runs the call on an idle worker if there is one; `None` means "submit it instead".
+pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Vec<u8>>) -> Option<Result<F::Output>> {
+    loop {
+        let mut w = {
+            let mut st = inner.lock();
+            if let Some(refusal) = st.refusal() {
+                return Some(Err(refusal.to_error()));
+            }
+            if !st.queue.is_empty() {
+                return None;
+            }
+            let w = st.idle.pop()?;
+            st.outstanding += 1;
+            w
+        };
+        if w.child.has_exited() {
+            // died while idle: the call never reached it; replace it and look again
+            inner.finished_one();
+            w.retiring = true;
+            inner.replace(w);
+            continue;
+        }
+        let task = Task { id, frame: Arc::clone(&frame), timeout: inner.config.task_timeout, sink: Box::new(drop) };
+        w.push(task);
+        let pid = w.pid();
+        let executable = w.child.executable.clone();
+        let result = match drive(&mut w) {
+            Ok(frame) => {
+                inner.release(w);
+                decode::single::<F>(Delivery::Reply { pid, frame }, &executable)
+            }
+            Err(timed_out) => {
+                let failure = w.failure(timed_out);
+                w.inflight.clear();
+                w.retiring = true;
+                inner.replace(w);
+                let failure = if inner.lock().terminated { Failure::Terminated } else { failure };
+                Err(failure.to_error())
+            }
+        };
+        inner.finished_one();
+        return Some(result);
+    }
+}
+
+/// Sends the worker's one task and waits for its reply. `Err(timed_out)` when the worker died
+/// or overran the task's limit.
+fn drive(w: &mut Worker) -> std::result::Result<Frame, bool> {
+    if w.flush_all().is_err() {
+        return Err(false);
+    }
+    loop {
+        match w.next_reply() {
+            Ok(Some((_, frame))) => return Ok(frame),
+            Ok(None) | Err(RecvError::TimedOut) => {}
+            Err(_) => return Err(false),
+        }
+        let deadline = w.deadline();
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(true);
+        }
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ }
+        });
+        let mut fds = [
+            PollFd::from_borrowed_fd(w.child.socket(), PollFlags::IN),
+            PollFd::from_borrowed_fd(w.child.pidfd(), PollFlags::IN),
+        ];
+        let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+        if !fds[1].revents().is_empty() {
+            // exited: take a reply it sent before dying, else it died on the task
+            return match w.next_reply() {
+                Ok(Some((_, frame))) => Ok(frame),
+                _ => Err(false),
+            };
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! `map`, `starmap` and `imap`: many calls, sent in chunks (one frame per chunk), their results
+//! put back in order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::function::ProcessFn;
+use crate::pool::async_result::{AsyncResult, Slot};
+use crate::pool::decode;
+use crate::pool::task::{Delivery, Task};
+use crate::pool::Pool;
+use crate::registry;
+use crate::wire::message;
+
+/// How far a `map` or an `imap` has come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Items finished, failed ones included.
+    pub done: usize,
+    /// Items that failed.
+    pub failed: usize,
+    /// All the items, when known (`None` for an `imap` whose input has not ended).
+    pub total: Option<usize>,
+}
+
+/// The results of one `map` as its chunks come back.
+struct Collect<R> {
+    state: Mutex<CollectState<R>>,
+    changed: Condvar,
+}
+
+struct CollectState<R> {
+    results: Vec<Option<Result<R>>>,
+    chunks_left: usize,
+    progress: Progress,
+    /// For `map_async`: where the whole result goes when the last chunk is in.
+    slot: Option<Arc<Slot<Vec<R>>>>,
+}
+
+impl<R> Collect<R> {
+    fn lock(&self) -> MutexGuard<'_, CollectState<R>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Pool {
+    /// Calls `f` on every item, in the workers, and returns the results in order (`Pool.map`).
+    /// The first failure is returned as [`Error::Item`] with the index of its item.
+    ///
+    /// The items are sent in chunks (automatic size: the length divided by four times the
+    /// workers, as in Python; see [`PoolBuilder::chunksize`](crate::PoolBuilder::chunksize)).
+    pub fn map<F, A>(&self, f: F, items: impl IntoIterator<Item = A>) -> Result<Vec<F::Output>>
+    where
+        F: ProcessFn<Args = (A,)>,
+        F::Output: Send + 'static,
+    {
+        self.starmap(f, items.into_iter().map(|a| (a,)))
+    }
+
+    /// Like [`map`](Pool::map), for functions of several parameters: each item is the tuple of
+    /// arguments (`Pool.starmap`).
+    pub fn starmap<F: ProcessFn>(&self, f: F, items: impl IntoIterator<Item = F::Args>) -> Result<Vec<F::Output>>
+    where
+        F::Output: Send + 'static,
+    {
+        first_failure(self.starmap_results(f, items))
+    }
+
+    /// Like [`map`](Pool::map), with one `Result` per item: a failed item does not hide the
+    /// others' results.
+    pub fn map_results<F, A>(&self, f: F, items: impl IntoIterator<Item = A>) -> Vec<Result<F::Output>>
+    where
+        F: ProcessFn<Args = (A,)>,
+        F::Output: Send + 'static,
+    {
+        self.starmap_results(f, items.into_iter().map(|a| (a,)))
+    }
+
+    /// Like [`starmap`](Pool::starmap), with one `Result` per item.
+    pub fn starmap_results<F: ProcessFn>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = F::Args>,
+    ) -> Vec<Result<F::Output>>
+    where
+        F::Output: Send + 'static,
+    {
+        self.map_progress_results(f, items, |_| {})
+    }
+
+    /// Like [`starmap`](Pool::starmap), calling `on_progress` in this thread each time a chunk
+    /// of results comes back.
+    pub fn starmap_progress<F: ProcessFn>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = F::Args>,
+        on_progress: impl FnMut(Progress),
+    ) -> Result<Vec<F::Output>>
+    where
+        F::Output: Send + 'static,
+    {
+        first_failure(self.map_progress_results(f, items, on_progress))
+    }
+
+    fn map_progress_results<F: ProcessFn>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = F::Args>,
+        mut on_progress: impl FnMut(Progress),
+    ) -> Vec<Result<F::Output>>
+    where
+        F::Output: Send + 'static,
+    {
+        let collect = match self.submit_map(f, items.into_iter().collect(), None) {
+            Ok(c) => c,
+            Err((n, e)) => return one_error_each(n, e),
+        };
+        let mut st = collect.lock();
+        let mut reported = st.progress;
+        on_progress(reported);
+        while st.chunks_left > 0 {
+            st = collect.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            if st.progress != reported {
+                reported = st.progress;
+                drop(st);
+                on_progress(reported);
+                st = collect.lock();
+            }
+        }
+        std::mem::take(&mut st.results).into_iter().map(|r| r.expect("every chunk delivered")).collect()
+    }
+
+    /// Submits a `map` and returns at once; the handle gives the whole result (`Pool.map_async`).
+    pub fn map_async<F, A>(&self, f: F, items: impl IntoIterator<Item = A>) -> AsyncResult<Vec<F::Output>>
+    where
+        F: ProcessFn<Args = (A,)>,
+        F::Output: Send + 'static,
+    {
+        self.starmap_async(f, items.into_iter().map(|a| (a,)))
+    }
+
+    /// Submits a `starmap` and returns at once (`Pool.starmap_async`).
+    pub fn starmap_async<F: ProcessFn>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = F::Args>,
+    ) -> AsyncResult<Vec<F::Output>>
+    where
+        F::Output: Send + 'static,
+    {
+        let (result, slot) = AsyncResult::new();
+        if let Err((_, e)) = self.submit_map(f, items.into_iter().collect(), Some(slot)) {
+            return AsyncResult::done(Err(e));
+        }
+        result
+    }
+
+    /// Sends `items` in chunks; the results gather in the returned collector (and go to `slot`
+    /// when complete). `Err` carries the item count, for one error per item.
+    fn submit_map<F: ProcessFn>(
+        &self,
+        _f: F,
+        items: Vec<F::Args>,
+        slot: Option<Arc<Slot<Vec<F::Output>>>>,
+    ) -> std::result::Result<Arc<Collect<F::Output>>, (usize, Error)>
+    where
+        F::Output: Send + 'static,
+    {
+        let n = items.len();
+        registry::lookup(F::NAME).map_err(|e| (n, e))?;
+        let chunksize = self.chunksize(n);
+        let chunks = n.div_ceil(chunksize);
+        let collect = Arc::new(Collect {
+            state: Mutex::new(CollectState {
+                results: (0..n).map(|_| None).collect(),
+                chunks_left: chunks,
+                progress: Progress { done: 0, failed: 0, total: Some(n) },
+                slot,
+            }),
+            changed: Condvar::new(),
+        });
+        if chunks == 0 {
+            finish_async(&mut collect.lock());
+            return Ok(collect);
+        }
+        for (c, chunk) in items.chunks(chunksize).enumerate() {
+            let first = c * chunksize;
+            let len = chunk.len();
+            let id = self.inner.next_id();
+            let sink: Box<dyn FnOnce(Delivery) + Send> = {
+                let collect = Arc::clone(&collect);
+                Box::new(move |delivery| {
+                    let results = decode::batch::<F>(delivery, len, std::path::Path::new("/proc/self/exe"));
+                    let mut st = collect.lock();
+                    for (i, r) in results.into_iter().enumerate() {
+                        st.progress.done += 1;
+                        st.progress.failed += r.is_err() as usize;
+                        st.results[first + i] = Some(r);
+                    }
+                    st.chunks_left -= 1;
+                    if st.chunks_left == 0 {
+                        finish_async(&mut st);
+                    }
+                    drop(st);
+                    collect.changed.notify_all();
+                })
+            };
+            match message::batch_frame::<F>(id, chunk.iter(), 8 * len + 64).and_then(|f| f.into_bytes()) {
+                Ok(frame) => self.inner.submit(Task {
+                    id,
+                    frame: Arc::new(frame),
+                    timeout: self.inner.config.task_timeout.map(|t| t * len as u32),
+                    sink,
+                }),
+                Err(e) => {
+                    let e = e.to_string();
+                    sink(Delivery::Failed(crate::pool::task::Failure::Other(e)));
+                }
+            }
+        }
+        Ok(collect)
+    }
+
+    /// Items per chunk for `n` items.
+    fn chunksize(&self, n: usize) -> usize {
+        let config = &self.inner.config;
+        match (config.chunksize, config.task_timeout) {
+            (Some(c), _) => c,
+            (None, Some(_)) => 1,
+            (None, None) => n.div_ceil(4 * config.workers).max(1),
+        }
+    }
+
+    /// Calls `f` on every item lazily, yielding the results in order (`Pool.imap`). The input
+    /// is read only as results are taken, with at most a window of items in flight, so an
+    /// endless iterator works and memory stays flat.
+    pub fn imap<F, A, I>(&self, f: F, items: I) -> Imap<'_, F, impl Iterator<Item = (A,)>>
+    where
+        F: ProcessFn<Args = (A,)>,
+        F::Output: Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, f, items.into_iter().map(|a| (a,)), true)
+    }
+
+    /// Like [`imap`](Pool::imap), yielding results as they come (`Pool.imap_unordered`).
+    pub fn imap_unordered<F, A, I>(&self, f: F, items: I) -> Imap<'_, F, impl Iterator<Item = (A,)>>
+    where
+        F: ProcessFn<Args = (A,)>,
+        F::Output: Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, f, items.into_iter().map(|a| (a,)), false)
+    }
+
+    /// Like [`imap`](Pool::imap), for functions of several parameters.
+    pub fn istarmap<F, I>(&self, f: F, items: I) -> Imap<'_, F, I::IntoIter>
+    where
+        F: ProcessFn,
+        F::Output: Send + 'static,
+        I: IntoIterator<Item = F::Args>,
+    {
+        Imap::new(self, f, items.into_iter(), true)
+    }
+}
+
+/// All results, or the first failure with its item's index.
+fn first_failure<R>(results: Vec<Result<R>>) -> Result<Vec<R>> {
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| r.map_err(|e| Error::Item { index, source: Box::new(e) }))
+        .collect()
+}
+
+fn finish_async<R>(st: &mut CollectState<R>) {
+    if let Some(slot) = st.slot.take() {
+        let results = std::mem::take(&mut st.results).into_iter().map(|r| r.expect("every chunk delivered")).collect();
+        slot.fill(first_failure(results));
+    }
+}
+
+fn one_error_each<R>(n: usize, e: Error) -> Vec<Result<R>> {
+    let text = e.to_string();
+    let mut out = vec![Err(e)];
+    out.extend((1..n).map(|_| Err(Error::BadFrame { reason: text.clone() })));
+    out.truncate(n);
+    out
+}
+
+/// The lazy results of [`Pool::imap`], [`Pool::imap_unordered`] and [`Pool::istarmap`]: one
+/// `Result` per item.
+pub struct Imap<'p, F: ProcessFn, I> {
+    pool: &'p Pool,
+    items: I,
+    ordered: bool,
+    chunksize: usize,
+    window: usize,
+    shared: Arc<ImapShared<F::Output>>,
+    /// Chunks submitted; the next chunk's number.
+    submitted: u64,
+    /// In order: the chunk whose results come next.
+    next_chunk: u64,
+    in_flight: usize,
+    exhausted: bool,
+    progress: Progress,
+}
+
+struct ImapShared<R> {
+    state: Mutex<ImapState<R>>,
+    arrived: Condvar,
+}
+
+struct ImapState<R> {
+    chunks: BTreeMap<u64, VecDeque<Result<R>>>,
+    unordered: VecDeque<Result<R>>,
+}
+
+impl<R> ImapShared<R> {
+    fn lock(&self) -> MutexGuard<'_, ImapState<R>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<F: ProcessFn, I> std::fmt::Debug for Imap<'_, F, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap").field("function", &F::NAME).field("progress", &self.progress).finish_non_exhaustive()
+    }
+}
+
+impl<'p, F, I> Imap<'p, F, I>
+where
+    F: ProcessFn,
+    F::Output: Send + 'static,
+    I: Iterator<Item = F::Args>,
+{
+    fn new(pool: &'p Pool, _f: F, items: I, ordered: bool) -> Self {
+        Imap {
+            pool,
+            items,
+            ordered,
+            chunksize: pool.inner.config.chunksize.unwrap_or(1),
+            window: pool.inner.config.window,
+            shared: Arc::new(ImapShared {
+                state: Mutex::new(ImapState { chunks: BTreeMap::new(), unordered: VecDeque::new() }),
+                arrived: Condvar::new(),
+            }),
+            submitted: 0,
+            next_chunk: 0,
+            in_flight: 0,
+            exhausted: false,
+            progress: Progress::default(),
+        }
+    }
+
+    /// Items per task (1 by default, as in Python): larger chunks cost fewer round trips.
+    pub fn chunksize(mut self, items: usize) -> Self {
+        self.chunksize = items.max(1);
+        self
+    }
+
+    /// How many items may be in flight at once (the pool's `imap_window` by default).
+    pub fn window(mut self, items: usize) -> Self {
+        self.window = items.max(1);
+        self
+    }
+
+    /// How far it has come: results taken, failed ones among them.
+    pub fn progress(&self) -> Progress {
+        Progress { total: self.exhausted.then_some(self.progress.done + self.in_flight), ..self.progress }
+    }
+
+    /// Reads input and submits chunks until the window is full or the input ends.
+    fn top_up(&mut self) {
+        while !self.exhausted && self.in_flight + self.chunksize <= self.window.max(self.chunksize) {
+            let chunk: Vec<F::Args> = self.items.by_ref().take(self.chunksize).collect();
+            if chunk.len() < self.chunksize {
+                self.exhausted = true;
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            self.submit(chunk);
+        }
+    }
+
+    fn submit(&mut self, chunk: Vec<F::Args>) {
+        let number = self.submitted;
+        self.submitted += 1;
+        let len = chunk.len();
+        self.in_flight += len;
+        let id = self.pool.inner.next_id();
+        let (shared, ordered) = (Arc::clone(&self.shared), self.ordered);
+        let sink: Box<dyn FnOnce(Delivery) + Send> = Box::new(move |delivery| {
+            let results = decode::batch::<F>(delivery, len, std::path::Path::new("/proc/self/exe"));
+            let mut st = shared.lock();
+            if ordered {
+                st.chunks.insert(number, results.into());
+            } else {
+                st.unordered.extend(results);
+            }
+            drop(st);
+            shared.arrived.notify_all();
+        });
+        let frame = registry::lookup(F::NAME)
+            .and_then(|_| message::batch_frame::<F>(id, chunk.iter(), 8 * len + 64))
+            .and_then(|f| f.into_bytes());
+        match frame {
+            Ok(frame) => self.pool.inner.submit(Task {
+                id,
+                frame: Arc::new(frame),
+                timeout: self.pool.inner.config.task_timeout.map(|t| t * len as u32),
+                sink,
+            }),
+            Err(e) => sink(Delivery::Failed(crate::pool::task::Failure::Other(e.to_string()))),
+        }
+    }
+
+    fn take_ready(&mut self, st: &mut ImapState<F::Output>) -> Option<Result<F::Output>> {
+        if !self.ordered {
+            return st.unordered.pop_front();
+        }
+        let chunk = st.chunks.get_mut(&self.next_chunk)?;
+        let r = chunk.pop_front();
+        if chunk.is_empty() {
+            st.chunks.remove(&self.next_chunk);
+            self.next_chunk += 1;
+        }
+        r
+    }
+}
+
+impl<F, I> Iterator for Imap<'_, F, I>
+where
+    F: ProcessFn,
+    F::Output: Send + 'static,
+    I: Iterator<Item = F::Args>,
+{
+    type Item = Result<F::Output>;
+
+    fn next(&mut self) -> Option<Result<F::Output>> {
+        self.top_up();
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        loop {
+            if let Some(r) = self.take_ready(&mut st) {
+                self.in_flight -= 1;
+                self.progress.done += 1;
+                self.progress.failed += r.is_err() as usize;
+                drop(st);
+                self.top_up();
+                return Some(r);
+            }
+            if self.in_flight == 0 && self.exhausted {
+                return None;
+            }
+            st = shared.arrived.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}

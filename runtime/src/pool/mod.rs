@@ -1,0 +1,339 @@
+//! A pool of worker processes: Python's `Pool`, with the supervision it lacks.
+
+mod async_result;
+mod config;
+mod decode;
+mod driver;
+mod lease;
+mod map;
+mod shared;
+mod task;
+mod worker;
+
+use std::ffi::OsStr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use async_result::AsyncResult;
+pub use config::InitOutcome;
+pub use map::{Imap, Progress};
+
+use crate::error::{Error, Result};
+use crate::function::ProcessFn;
+use crate::output::Output;
+use crate::process::ProcessBuilder;
+use crate::registry;
+use crate::wire::message;
+use config::{Config, Initializer};
+use shared::{shut_down, Inner};
+use task::Task;
+use worker::Worker;
+
+/// A fixed set of worker processes that run `#[process_fn]` calls: Python's `Pool`.
+///
+/// A worker that crashes, is killed, or overruns its task's time limit fails only the task it
+/// was running and is replaced; every other task goes on. A panic fails only its own task and
+/// costs no respawn. Dropping the pool finishes the work already submitted, then stops the
+/// workers (`close` + `join`); [`terminate`](Pool::terminate) stops them at once.
+///
+/// `Pool` is `Send + Sync`: share it between threads by reference or in an `Arc`.
+///
+/// # Examples
+///
+/// ```
+/// # extern crate multiproc_runtime as multiproc;
+/// use multiproc::{process_fn, Pool};
+///
+/// #[process_fn]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[process_fn]
+/// fn add(a: u64, b: u64) -> u64 {
+///     a + b
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let pool = Pool::new(4)?;
+/// assert_eq!(pool.map(square, 0..10)?, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+/// assert_eq!(pool.starmap(add, [(1, 2), (3, 4)])?, [3, 7]);
+/// assert_eq!(pool.apply(add, (5, 6))?, 11);
+/// let later = pool.apply_async(square, (12,));
+/// assert_eq!(later.wait()?, 144);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Pool {
+    inner: Arc<Inner>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Options for a [`Pool`]: `Pool::builder().workers(4).initializer(setup, ()).build()`.
+#[derive(Debug, Default)]
+pub struct PoolBuilder {
+    workers: Option<usize>,
+    process: ProcessBuilder,
+    initializer: Option<Result<Initializer>>,
+    max_tasks_per_child: Option<u64>,
+    task_timeout: Option<Duration>,
+    window: Option<usize>,
+    chunksize: Option<usize>,
+}
+
+impl PoolBuilder {
+    /// How many worker processes; by default, the CPUs this process may use (its affinity mask
+    /// and cgroup CPU quota, not the host's count).
+    pub fn workers(&mut self, n: usize) -> &mut Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// A function run once in each worker before its first task (and in each replacement),
+    /// with these arguments: load a model, open a connection. It may return `()` or a
+    /// `Result`; a panic, an `Err` or a crash fails [`build`](PoolBuilder::build) with its
+    /// cause, and a replacement worker whose initializer fails stops the pool from starting
+    /// more (no endless respawn loop).
+    pub fn initializer<F: ProcessFn>(&mut self, f: F, args: F::Args) -> &mut Self
+    where
+        F::Output: InitOutcome,
+    {
+        let _ = f;
+        self.initializer = Some(registry::lookup(F::NAME).and_then(|_| Initializer::new::<F>(args)));
+        self
+    }
+
+    /// Replaces a worker after it has run this many tasks (a task is one call, or one chunk of
+    /// a map): Python's `maxtasksperchild`, against leaks.
+    pub fn max_tasks_per_child(&mut self, n: u64) -> &mut Self {
+        self.max_tasks_per_child = Some(n.max(1));
+        self
+    }
+
+    /// The longest one call may run. A worker still busy with a call after this is killed and
+    /// replaced, the call fails with [`Error::TaskTimedOut`], and the rest goes on. A chunk of
+    /// a map gets this limit times its length; with a limit set, maps default to chunks of one.
+    pub fn task_timeout(&mut self, limit: Duration) -> &mut Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// How many items an [`imap`](Pool::imap) keeps in flight by default (it reads its input
+    /// only as results are taken, so memory stays flat); 64 by default.
+    pub fn imap_window(&mut self, items: usize) -> &mut Self {
+        self.window = Some(items.max(1));
+        self
+    }
+
+    /// Items per task for `map`, `starmap` and their variants, instead of the automatic size
+    /// (the length divided by four times the workers, as in Python).
+    pub fn chunksize(&mut self, items: usize) -> &mut Self {
+        self.chunksize = Some(items.max(1));
+        self
+    }
+
+    /// Where the workers' stdout goes ([`Output::Inherit`] by default).
+    pub fn stdout(&mut self, output: Output) -> &mut Self {
+        self.process.stdout(output);
+        self
+    }
+
+    /// Where the workers' stderr goes ([`Output::Inherit`] by default).
+    pub fn stderr(&mut self, output: Output) -> &mut Self {
+        self.process.stderr(output);
+        self
+    }
+
+    /// Sets an environment variable in the workers.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
+        self.process.env(key, value);
+        self
+    }
+
+    /// Starts the workers (and runs the initializer in each).
+    pub fn build(&mut self) -> Result<Pool> {
+        let workers = match self.workers {
+            Some(0) => return Err(Error::PoolConfig { reason: "a pool needs at least one worker".into() }),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let initializer = self.initializer.take().transpose()?;
+        let config = Config {
+            workers,
+            process: self.process.clone(),
+            initializer,
+            max_tasks_per_child: self.max_tasks_per_child,
+            task_timeout: self.task_timeout,
+            per_worker: 2,
+            window: self.window.unwrap_or(64),
+            chunksize: self.chunksize,
+        };
+        let inner = Arc::new(Inner::new(config)?);
+        let started: Vec<Result<Worker>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|i| {
+                    s.spawn({
+                        let inner = &inner;
+                        move || Worker::start(&inner.config, i)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| Err(Error::PoolConfig { reason: "a worker start panicked".into() }))
+                })
+                .collect()
+        });
+        let mut ok = Vec::new();
+        let mut first_error = None;
+        for w in started {
+            match w {
+                Ok(w) => ok.push(w),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        if let Some(e) = first_error {
+            shut_down(ok);
+            return Err(e);
+        }
+        {
+            let mut st = inner.lock();
+            st.started = workers;
+            for w in &ok {
+                if let Ok(fd) = w.child.pidfd().try_clone_to_owned() {
+                    st.workers.insert(w.pid(), fd);
+                }
+            }
+            st.idle = ok;
+        }
+        let driver = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("multiproc-pool".into())
+                .spawn(move || driver::run(inner))
+                .map_err(|e| Error::io("could not start the pool's driver thread", e))?
+        };
+        Ok(Pool { inner, driver: Mutex::new(Some(driver)) })
+    }
+}
+
+impl Pool {
+    /// A pool of `workers` processes with default options (`Pool(workers)`).
+    pub fn new(workers: usize) -> Result<Pool> {
+        Pool::builder().workers(workers).build()
+    }
+
+    /// Options for a pool.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// How many workers the pool keeps.
+    pub fn workers(&self) -> usize {
+        self.inner.config.workers
+    }
+
+    /// The process ids of the workers alive now.
+    pub fn pids(&self) -> Vec<u32> {
+        self.inner.lock().workers.keys().copied().collect()
+    }
+
+    /// Runs `f(args)` in a worker and waits for the result (`Pool.apply`).
+    ///
+    /// An idle worker is used directly from this thread (no hand-off), so a blocking call costs
+    /// about one round trip between two processes.
+    pub fn apply<F: ProcessFn>(&self, f: F, args: F::Args) -> Result<F::Output>
+    where
+        F::Output: Send + 'static,
+    {
+        let _ = f;
+        registry::lookup(F::NAME)?;
+        let id = self.inner.next_id();
+        let frame = Arc::new(message::call_frame::<F>(id, &args)?.into_bytes()?);
+        if let Some(result) = lease::call::<F>(&self.inner, id, Arc::clone(&frame)) {
+            return result;
+        }
+        self.submit_frame::<F>(id, frame).wait()
+    }
+
+    /// Submits `f(args)` and returns at once (`Pool.apply_async`): wait on the handle, poll it,
+    /// or `.await` it.
+    pub fn apply_async<F: ProcessFn>(&self, f: F, args: F::Args) -> AsyncResult<F::Output>
+    where
+        F::Output: Send + 'static,
+    {
+        let _ = f;
+        let id = self.inner.next_id();
+        let frame = registry::lookup(F::NAME)
+            .and_then(|_| message::call_frame::<F>(id, &args))
+            .and_then(|frame| frame.into_bytes());
+        match frame {
+            Ok(frame) => self.submit_frame::<F>(id, Arc::new(frame)),
+            Err(e) => AsyncResult::done(Err(e)),
+        }
+    }
+
+    fn submit_frame<F: ProcessFn>(&self, id: u64, frame: Arc<Vec<u8>>) -> AsyncResult<F::Output>
+    where
+        F::Output: Send + 'static,
+    {
+        let (result, slot) = AsyncResult::new();
+        let executable = std::path::PathBuf::from("/proc/self/exe");
+        let sink = Box::new(move |delivery| slot.fill(decode::single::<F>(delivery, &executable)));
+        self.inner.submit(Task { id, frame, timeout: self.inner.config.task_timeout, sink });
+        result
+    }
+
+    /// Stops taking work; what was submitted still runs (`Pool.close`).
+    pub fn close(&self) {
+        self.inner.lock().closed = true;
+        self.inner.wake_driver();
+    }
+
+    /// Waits until every submitted task is done, then stops the workers (`close` first, if it
+    /// was not called). After [`terminate`](Pool::terminate), waits for the workers to be gone.
+    pub fn join(&self) {
+        self.close();
+        let mut st = self.inner.lock();
+        while st.outstanding > 0 || st.starting > 0 {
+            st = self.inner.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(st);
+        if let Some(driver) = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            self.inner.wake_driver();
+            let _ = driver.join();
+        }
+        let idle = std::mem::take(&mut self.inner.lock().idle);
+        for w in &idle {
+            self.inner.lock().workers.remove(&w.pid());
+        }
+        shut_down(idle);
+    }
+
+    /// Stops at once (`Pool.terminate`): the workers are killed, and every task not finished
+    /// fails with [`Error::PoolTerminated`] (an [`AsyncResult`] of it returns that error, it
+    /// never hangs).
+    pub fn terminate(&self) {
+        let queued: Vec<Task> = {
+            let mut st = self.inner.lock();
+            st.terminated = true;
+            st.closed = true;
+            st.queue.drain(..).collect()
+        };
+        for task in queued {
+            self.inner.complete(task, task::Delivery::Failed(task::Failure::Terminated));
+        }
+        self.inner.kill_all();
+        self.inner.wake_driver();
+        self.join();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.join();
+    }
+}

@@ -1,0 +1,213 @@
+//! One worker process of a pool, from the parent's side: its connection, the frames waiting to
+//! be written, and the tasks it holds, in the order it runs them.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Instant;
+
+use rustix::net::SendFlags;
+
+use crate::child::ChildProc;
+use crate::error::{Error, Result};
+use crate::pool::config::Config;
+use crate::pool::task::{Failure, Task};
+use crate::process::fail_error;
+use crate::sys::Sig;
+use crate::wire::codec;
+use crate::wire::frame::{Frame, Kind, RecvError};
+use crate::wire::message::{self, PanicReport};
+
+/// A live worker.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) child: ChildProc,
+    /// Tasks sent (or queued to send), oldest first: the worker runs them in this order.
+    pub(crate) inflight: VecDeque<Task>,
+    /// Bytes not yet written: whole frames, and how much of the first is sent.
+    outq: VecDeque<std::sync::Arc<Vec<u8>>>,
+    sent: usize,
+    /// Tasks it has finished.
+    pub(crate) done: u64,
+    /// When the task at the head started running (roughly: when the previous one finished).
+    head_since: Instant,
+    /// Retire it once its in-flight tasks are done (max tasks per child reached).
+    pub(crate) retiring: bool,
+}
+
+impl Worker {
+    /// Starts a worker and runs the initializer in it, if there is one; the initializer's
+    /// failure is this call's error.
+    pub(crate) fn start(config: &Config, index: usize) -> Result<Worker> {
+        let name = format!("multiproc-w{index}");
+        let mut how = config.process.how(false);
+        how.name = Some(&name);
+        let first = match &config.initializer {
+            Some(init) => Some(init.frame()?),
+            None => None,
+        };
+        let mut child = ChildProc::spawn(&how, first)?;
+        if let Some(init) = &config.initializer {
+            let mut greeted = false;
+            loop {
+                match child.reader.read(None) {
+                    Ok(f) if f.kind == Kind::Ready => greeted = true,
+                    Ok(f) => match reply_error(child.pid, &f, &child.executable) {
+                        Some(e) => return Err(Error::InitializerFailed { message: e.to_string() }),
+                        None => {
+                            let (_, body) = message::split_id(&f.payload).unwrap_or((0, &[]));
+                            init.check(body)?;
+                            break;
+                        }
+                    },
+                    Err(RecvError::Failed(e)) => return Err(Error::InitializerFailed { message: e.to_string() }),
+                    Err(_) => {
+                        let status = child.wait_exit(None)?.expect("waited without a deadline");
+                        let e = child.death(status, greeted);
+                        return Err(Error::InitializerFailed { message: e.to_string() });
+                    }
+                }
+            }
+        }
+        child.reader.set_nonblocking(true)?;
+        Ok(Worker {
+            child,
+            inflight: VecDeque::new(),
+            outq: VecDeque::new(),
+            sent: 0,
+            done: 0,
+            head_since: Instant::now(),
+            retiring: false,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.pid
+    }
+
+    /// Queues a task's frame for writing.
+    pub(crate) fn push(&mut self, task: Task) {
+        if self.inflight.is_empty() {
+            self.head_since = Instant::now();
+        }
+        self.outq.push_back(std::sync::Arc::clone(&task.frame));
+        self.inflight.push_back(task);
+    }
+
+    /// Whether it may take another task: under the per-worker limit, and under its task limit
+    /// counting the ones it holds.
+    pub(crate) fn has_room(&self, per_worker: usize, max_tasks: Option<u64>) -> bool {
+        let held = self.inflight.len();
+        !self.retiring && held < per_worker && max_tasks.is_none_or(|max| self.done + (held as u64) < max)
+    }
+
+    /// Whether frames wait to be written.
+    pub(crate) fn wants_write(&self) -> bool {
+        !self.outq.is_empty()
+    }
+
+    /// Writes what it can without blocking. An error means the worker is gone.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        while let Some(front) = self.outq.front() {
+            match rustix::net::send(self.child.socket(), &front[self.sent..], SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+            {
+                Ok(n) => {
+                    self.sent += n;
+                    if self.sent == front.len() {
+                        self.outq.pop_front();
+                        self.sent = 0;
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes everything, waiting as needed (for a caller that owns the worker alone).
+    pub(crate) fn flush_all(&mut self) -> io::Result<()> {
+        loop {
+            self.flush()?;
+            if self.outq.is_empty() {
+                return Ok(());
+            }
+            let mut fds = [rustix::event::PollFd::from_borrowed_fd(self.child.socket(), rustix::event::PollFlags::OUT)];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The next reply that has arrived, paired with its task; `Ok(None)` when none is complete
+    /// yet. An error means the worker is gone or broke the protocol.
+    pub(crate) fn next_reply(&mut self) -> std::result::Result<Option<(Task, Frame)>, RecvError> {
+        loop {
+            let Some(frame) = self.child.reader.try_read()? else { return Ok(None) };
+            if frame.kind == Kind::Ready {
+                continue;
+            }
+            let id = message::split_id(&frame.payload).map(|(id, _)| id);
+            let Some(task) = self.inflight.pop_front() else {
+                return Err(RecvError::Failed(Error::BadFrame { reason: "a reply with no task in flight".into() }));
+            };
+            if id != Some(task.id) {
+                let reason = format!("a reply for task {id:?} while task {} was first in line", task.id);
+                self.inflight.push_front(task);
+                return Err(RecvError::Failed(Error::BadFrame { reason }));
+            }
+            self.done += 1;
+            self.head_since = Instant::now();
+            return Ok(Some((task, frame)));
+        }
+    }
+
+    /// When the task at the head must be done by.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let head = self.inflight.front()?;
+        Some(self.head_since + head.timeout?)
+    }
+
+    /// Why the task at the head got no answer, now that the worker is gone: kills it if it
+    /// still runs, and reaps it.
+    pub(crate) fn failure(&mut self, timed_out: bool) -> Failure {
+        let pid = self.pid();
+        if timed_out {
+            let timeout = self.inflight.front().and_then(|t| t.timeout).unwrap_or_default();
+            let _ = self.child.signal(Sig::Kill);
+            self.child.kill_and_reap();
+            return Failure::TimedOut { pid, timeout };
+        }
+        // EOF or a broken frame: it is dying or must die.
+        let status = match self.child.wait_exit(Some(Instant::now() + std::time::Duration::from_millis(500))) {
+            Ok(Some(status)) => Some(status),
+            _ => {
+                self.child.kill_and_reap();
+                self.child.try_status()
+            }
+        };
+        Failure::Died { pid, signal: status.and_then(|s| s.signal()), code: status.and_then(|s| s.code()) }
+    }
+}
+
+/// The error a single-call reply stands for, or `None` for a `Return`.
+pub(crate) fn reply_error(pid: u32, frame: &Frame, executable: &std::path::Path) -> Option<Error> {
+    let body = match message::split_id(&frame.payload) {
+        Some((_, body)) => body,
+        None => return Some(Error::BadFrame { reason: "reply without a task id".into() }),
+    };
+    match frame.kind {
+        Kind::Return | Kind::BatchReturn => None,
+        Kind::Panic => Some(match codec::decode::<PanicReport>("message", body) {
+            Ok(r) => Error::Panicked { pid, message: r.message, location: r.location, backtrace: r.backtrace },
+            Err(e) => e,
+        }),
+        Kind::Fail => Some(match codec::decode("message", body) {
+            Ok(report) => fail_error(report, executable),
+            Err(e) => e,
+        }),
+        other => Some(Error::BadFrame { reason: format!("unexpected {other:?} frame from a worker") }),
+    }
+}
