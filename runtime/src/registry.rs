@@ -10,19 +10,20 @@ use std::sync::OnceLock;
 
 use crate::error::Error;
 use crate::function::ProcessFn;
-use crate::worker::{invoke, Invoke};
+use crate::worker::{invoke, invoke_batch, Invoke, InvokeBatch};
 
 /// One registered function. Built by `#[process_fn]`; not public API.
 #[derive(Debug)]
 pub struct Registration {
     pub(crate) name: &'static str,
     pub(crate) invoke: Invoke,
+    pub(crate) invoke_batch: InvokeBatch,
 }
 
 impl Registration {
     /// The registration of `F`.
     pub const fn of<F: ProcessFn>() -> Registration {
-        Registration { name: F::NAME, invoke: invoke::<F> }
+        Registration { name: F::NAME, invoke: invoke::<F>, invoke_batch: invoke_batch::<F> }
     }
 }
 
@@ -71,10 +72,12 @@ mod tests {
         Ok(())
     }
 
+    fn nothing_batch(_: &mut crate::wire::codec::ValueReader<'_>, _: u32, _: &mut crate::worker::Batch<'_>) {}
+
     static ENTRIES: [Registration; 3] = [
-        Registration { name: "a::f", invoke: nothing },
-        Registration { name: "a::g", invoke: nothing },
-        Registration { name: "a::f", invoke: nothing },
+        Registration { name: "a::f", invoke: nothing, invoke_batch: nothing_batch },
+        Registration { name: "a::g", invoke: nothing, invoke_batch: nothing_batch },
+        Registration { name: "a::f", invoke: nothing, invoke_batch: nothing_batch },
     ];
 
     #[test]

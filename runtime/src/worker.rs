@@ -52,6 +52,58 @@ pub(crate) fn invoke<F: ProcessFn>(args: &mut ValueReader<'_>, out: &mut Vec<u8>
     }
 }
 
+/// How a registered function runs a batch: `count` argument tuples from the reader, each
+/// result (or failure) appended to the batch reply.
+pub(crate) type InvokeBatch = fn(&mut ValueReader<'_>, u32, &mut Batch<'_>);
+
+/// The batch entry of `F`: one panic catch around the whole loop (re-entered after an item that
+/// panicked), instead of one per item.
+pub(crate) fn invoke_batch<F: ProcessFn>(reader: &mut ValueReader<'_>, count: u32, batch: &mut Batch<'_>) {
+    let mut next = 0;
+    while next < count {
+        let mut failure: Option<(Error, bool)> = None;
+        let caught = panic::catch(|| {
+            while next < count {
+                batch.begin();
+                let args = match F::decode_args(reader) {
+                    Ok(args) => args,
+                    Err(e) => {
+                        failure = Some((e, true));
+                        return;
+                    }
+                };
+                let output = F::call(args);
+                if let Err(e) = F::encode_output(&output, batch.out()) {
+                    failure = Some((e, false));
+                    return;
+                }
+                batch.end_ok();
+                next += 1;
+            }
+        });
+        match (caught, failure) {
+            (Ok(()), None) => break,
+            (Ok(()), Some((e, out_of_step))) => {
+                let message = format!("an earlier item of the batch could not be decoded: {e}");
+                batch.end_failed(CallFailure::Fail(e));
+                next += 1;
+                if out_of_step {
+                    // the reader lost its place: every later item fails with it
+                    for _ in next..count {
+                        batch.begin();
+                        batch.end_failed(CallFailure::Fail(Error::BadFrame { reason: message.clone() }));
+                    }
+                    break;
+                }
+            }
+            (Err(report), _) => {
+                batch.end_failed(CallFailure::Panic(report));
+                next += 1;
+            }
+        }
+    }
+}
+
 /// Runs this process as a worker and exits; never returns to `main`.
 pub(crate) fn run_child() -> ! {
     sys::ignore_sigpipe();
@@ -161,89 +213,69 @@ fn answer_batch(id: u64, name: &str, count: u32, items: &[u8]) -> OutFrame {
         Err(e) => return fail_frame(id, FailReport::from_error(e)),
     };
     let mut reply = OutFrame::with_capacity(Kind::BatchReturn, items.len() + 16);
-    let mut batch = Batch::new(reply.payload(), id);
+    let mut batch = Batch::new(reply.payload(), id, count as usize);
     let mut reader = ValueReader::new(items, "arguments");
-    let mut broken: Option<String> = None;
-    for _ in 0..count {
-        if let Some(message) = &broken {
-            let report = FailReport::Protocol { message: message.clone() };
-            batch.push_failure(message::ITEM_FAIL, &report);
-            continue;
-        }
-        // A decode failure leaves the reader out of step: every later item fails with it.
-        batch.push(|out| {
-            let result = (registration.invoke)(&mut reader, out);
-            if let Err(CallFailure::Fail(Error::Decode { message, .. })) = &result {
-                broken = Some(format!("an earlier item of the batch could not be decoded: {message}"));
-            }
-            result
-        });
-    }
+    (registration.invoke_batch)(&mut reader, count, &mut batch);
     reply
 }
 
-/// A batch reply being written: outputs back to back until the first failure, then tagged.
-struct Batch<'a> {
+/// A batch reply being written: outputs back to back until the first failure, then one tagged
+/// entry (tag, u32 length, bytes) per item.
+#[derive(Debug)]
+pub(crate) struct Batch<'a> {
     out: &'a mut Vec<u8>,
     mode_at: usize,
     /// Where each item's output starts, while untagged.
     starts: Vec<usize>,
     tagged: bool,
+    /// Where the item being written starts.
+    open: usize,
 }
 
 impl<'a> Batch<'a> {
-    fn new(out: &'a mut Vec<u8>, id: u64) -> Self {
+    fn new(out: &'a mut Vec<u8>, id: u64, count: usize) -> Self {
         out.extend_from_slice(&id.to_le_bytes());
         let mode_at = out.len();
         out.push(message::BATCH_ALL_OK);
-        Batch { out, mode_at, starts: Vec::new(), tagged: false }
+        Batch { out, mode_at, starts: Vec::with_capacity(count), tagged: false, open: mode_at + 1 }
     }
 
-    fn push(&mut self, run: impl FnOnce(&mut Vec<u8>) -> Result<(), CallFailure>) {
-        let start = self.out.len();
-        if !self.tagged {
-            match run(self.out) {
-                Ok(()) => self.starts.push(start),
-                Err(failure) => {
-                    self.out.truncate(start);
-                    self.retag();
-                    self.push_failed(failure);
-                }
-            }
-            return;
-        }
-        self.out.push(message::ITEM_OK);
-        let len_at = self.out.len();
-        self.out.extend_from_slice(&[0; 4]);
-        match run(self.out) {
-            Ok(()) => {
-                let len = (self.out.len() - len_at - 4) as u32;
-                self.out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
-            }
-            Err(failure) => {
-                self.out.truncate(len_at - 1);
-                self.push_failed(failure);
-            }
+    /// Where the current item's output goes.
+    #[inline]
+    pub(crate) fn out(&mut self) -> &mut Vec<u8> {
+        self.out
+    }
+
+    /// Starts an item.
+    #[inline]
+    pub(crate) fn begin(&mut self) {
+        self.open = self.out.len();
+        if self.tagged {
+            self.out.push(message::ITEM_OK);
+            self.out.extend_from_slice(&[0; 4]);
         }
     }
 
-    fn push_failed(&mut self, failure: CallFailure) {
-        match failure {
-            CallFailure::Panic(report) => self.push_failure(message::ITEM_PANIC, &report),
-            CallFailure::Fail(e) => self.push_failure(message::ITEM_FAIL, &FailReport::from_error(e)),
+    /// The item's output is complete.
+    #[inline]
+    pub(crate) fn end_ok(&mut self) {
+        if self.tagged {
+            let len_at = self.open + 1;
+            let len = (self.out.len() - len_at - 4) as u32;
+            self.out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+        } else {
+            self.starts.push(self.open);
         }
     }
 
-    fn push_failure<T: serde::Serialize>(&mut self, tag: u8, report: &T) {
-        if !self.tagged {
-            self.retag();
-        }
-        let mut body = Vec::new();
-        if codec::encode_into("message", report, &mut body).is_err() {
-            body.clear();
-            let fallback = FailReport::Protocol { message: "a failure report could not be encoded".into() };
-            codec::encode_into("message", &fallback, &mut body).expect("plain strings encode");
-        }
+    /// The item failed: whatever it wrote is dropped, and its failure recorded.
+    pub(crate) fn end_failed(&mut self, failure: CallFailure) {
+        self.out.truncate(self.open);
+        self.retag();
+        let (tag, body) = match failure {
+            CallFailure::Panic(report) => (message::ITEM_PANIC, encode_report(&report)),
+            CallFailure::Fail(e) => (message::ITEM_FAIL, encode_report(&FailReport::from_error(e))),
+        };
         self.out.push(tag);
         self.out.extend_from_slice(&(body.len() as u32).to_le_bytes());
         self.out.extend_from_slice(&body);
@@ -261,7 +293,7 @@ impl<'a> Batch<'a> {
         let mut ends: Vec<usize> = self.starts.iter().skip(1).map(|s| s - first).collect();
         ends.push(plain.len());
         let mut at = 0;
-        for end in ends {
+        for end in ends.into_iter().take(self.starts.len()) {
             self.out.push(message::ITEM_OK);
             self.out.extend_from_slice(&((end - at) as u32).to_le_bytes());
             self.out.extend_from_slice(&plain[at..end]);
@@ -269,6 +301,16 @@ impl<'a> Batch<'a> {
         }
         self.starts.clear();
     }
+}
+
+fn encode_report<T: serde::Serialize>(report: &T) -> Vec<u8> {
+    let mut body = Vec::new();
+    if codec::encode_into("message", report, &mut body).is_err() {
+        body.clear();
+        let fallback = FailReport::Protocol { message: "a failure report could not be encoded".into() };
+        codec::encode_into("message", &fallback, &mut body).expect("plain strings encode");
+    }
+    body
 }
 
 fn fail_frame(id: u64, report: FailReport) -> OutFrame {

@@ -25,38 +25,108 @@ pub(crate) fn single<F: ProcessFn>(delivery: Delivery, executable: &Path) -> Res
     }
 }
 
-/// The results of a batch of `n` calls, one per item.
-pub(crate) fn batch<F: ProcessFn>(delivery: Delivery, n: usize, executable: &Path) -> Vec<Result<F::Output>> {
+/// The results of one chunk: in the common case every item succeeded, and they are kept as a
+/// plain vector (a `Result` per item is ten times the memory for small outputs).
+#[derive(Debug)]
+pub(crate) enum Chunk<R> {
+    AllOk(Vec<R>),
+    Mixed(Vec<Result<R>>),
+}
+
+impl<R> Chunk<R> {
+    pub(crate) fn into_results(self) -> Vec<Result<R>> {
+        match self {
+            Chunk::AllOk(v) => v.into_iter().map(Ok).collect(),
+            Chunk::Mixed(v) => v,
+        }
+    }
+}
+
+/// The results of a batch of `n` calls.
+pub(crate) fn batch<F: ProcessFn>(delivery: Delivery, n: usize, executable: &Path) -> Chunk<F::Output> {
+    let each = |e: &dyn Fn() -> Error| Chunk::Mixed((0..n).map(|_| Err(e())).collect());
     let (pid, frame) = match delivery {
-        Delivery::Failed(failure) => return (0..n).map(|_| Err(failure.to_error())).collect(),
+        Delivery::Failed(failure) => return each(&|| failure.to_error()),
         Delivery::Reply { pid, frame } => (pid, frame),
     };
     if frame.kind != Kind::BatchReturn {
-        return (0..n)
-            .map(|_| Err(reply_error(pid, &frame, executable).unwrap_or_else(|| bad("a single reply to a batch"))))
-            .collect();
+        return each(&|| reply_error(pid, &frame, executable).unwrap_or_else(|| bad("a single reply to a batch")));
     }
     let body = match message::split_id(&frame.payload) {
         Some((_, body)) if !body.is_empty() => body,
-        _ => return (0..n).map(|_| Err(bad("an empty batch reply"))).collect(),
+        _ => return each(&|| bad("an empty batch reply")),
     };
     let (mode, rest) = (body[0], &body[1..]);
-    let mut results = Vec::with_capacity(n);
     let mut reader = ValueReader::new(rest, "result");
     if mode == BATCH_ALL_OK {
+        let mut values = Vec::with_capacity(n);
         for _ in 0..n {
-            results.push(F::read_output(&mut reader));
+            match F::read_output(&mut reader) {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    let text = e.to_string();
+                    let mut results: Vec<Result<F::Output>> = values.into_iter().map(Ok).collect();
+                    results.push(Err(e));
+                    results.resize_with(n, || Err(bad(&text)));
+                    return Chunk::Mixed(results);
+                }
+            }
         }
-        if let Err(e) = reader.finish() {
-            results.push(Err(e));
-            results.truncate(n);
+        return match reader.finish() {
+            Ok(()) => Chunk::AllOk(values),
+            Err(e) => {
+                let text = e.to_string();
+                each(&|| bad(&text))
+            }
+        };
+    }
+    Chunk::Mixed((0..n).map(|_| tagged::<F>(&mut reader, pid, executable)).collect())
+}
+
+/// Decodes a batch whose items all succeeded straight onto `values` and returns `None`; else
+/// leaves `values` as it was and returns one result per item.
+pub(crate) fn batch_into<F: ProcessFn>(
+    delivery: Delivery,
+    n: usize,
+    executable: &Path,
+    values: &mut Vec<F::Output>,
+) -> Option<Vec<Result<F::Output>>> {
+    if let Delivery::Reply { frame, .. } = &delivery {
+        if let (Kind::BatchReturn, Some((_, body))) = (frame.kind, message::split_id(&frame.payload)) {
+            if body.first() == Some(&BATCH_ALL_OK) {
+                let before = values.len();
+                let mut reader = ValueReader::new(&body[1..], "result");
+                let complete = (0..n).all(|_| F::read_output(&mut reader).map(|v| values.push(v)).is_ok());
+                if complete && reader.finish().is_ok() {
+                    return None;
+                }
+                values.truncate(before); // the slow path below reports what went wrong
+            }
         }
-        return results;
     }
-    for _ in 0..n {
-        results.push(tagged::<F>(&mut reader, pid, executable));
+    Some(batch::<F>(delivery, n, executable).into_results())
+}
+
+/// How many of a batch's `n` items failed, read from the reply without decoding the results.
+pub(crate) fn failed_items(delivery: &Delivery, n: usize) -> usize {
+    let Delivery::Reply { frame, .. } = delivery else { return n };
+    let Some((_, body)) = message::split_id(&frame.payload) else { return n };
+    if frame.kind != Kind::BatchReturn {
+        return n;
     }
-    results
+    match body.split_first() {
+        Some((&BATCH_ALL_OK, _)) => 0,
+        Some((_, mut rest)) => {
+            let mut failed = 0;
+            while rest.len() >= 5 {
+                let len = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+                failed += (rest[0] != ITEM_OK) as usize;
+                rest = rest.get(5 + len..).unwrap_or_default();
+            }
+            failed
+        }
+        None => n,
+    }
 }
 
 fn tagged<F: ProcessFn>(reader: &mut ValueReader<'_>, pid: u32, executable: &Path) -> Result<F::Output> {

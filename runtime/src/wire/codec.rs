@@ -9,13 +9,16 @@ use serde::de::{DeserializeOwned, Visitor};
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::wire::frame::MAX_FRAME_LEN;
 
+/// No size limit: a frame is already bounded by `MAX_FRAME_LEN`, a lying length inside it
+/// runs out of bytes (serde preallocates at most 1 MiB on a length's word), and a limit would
+/// make bincode measure every value before encoding it.
 fn options() -> impl Options {
-    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian().with_limit(MAX_FRAME_LEN as u64)
+    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian()
 }
 
 /// Appends the encoding of `value` to `out`.
+#[inline]
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     what: &'static str,
     value: &T,
@@ -52,6 +55,7 @@ impl<'a> ValueReader<'a> {
     }
 
     /// Decodes the next value as a `T`.
+    #[inline]
     pub fn read<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
         let mut de = bincode::Deserializer::with_bincode_read(Tail { rest: &self.rest }, options());
         T::deserialize(&mut de).map_err(|e| Error::Decode {
@@ -94,6 +98,7 @@ struct Tail<'r, 'a> {
 }
 
 impl<'a> Tail<'_, 'a> {
+    #[inline]
     fn take(&mut self, len: usize) -> bincode::Result<&'a [u8]> {
         let rest = self.rest.get();
         if rest.len() < len {
@@ -112,6 +117,7 @@ impl io::Read for Tail<'_, '_> {
         Ok(n)
     }
 
+    #[inline]
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         let bytes = self.take(buf.len()).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         buf.copy_from_slice(bytes);

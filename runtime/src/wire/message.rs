@@ -159,6 +159,34 @@ where
     Ok(f)
 }
 
+/// A `Batch` frame of `F` holding the first items of `items`: at most `max_items`, and no more
+/// once `max_bytes` of arguments are written (but always at least one). Returns how many.
+pub(crate) fn batch_frame_bounded<F: ProcessFn>(
+    id: u64,
+    items: &[F::Args],
+    max_items: usize,
+    max_bytes: usize,
+) -> Result<(OutFrame, usize), Error> {
+    let mut f = OutFrame::with_capacity(Kind::Batch, max_bytes.min(items.len().min(max_items) * 16) + 64);
+    let p = f.payload();
+    p.extend_from_slice(&id.to_le_bytes());
+    p.extend_from_slice(&(F::NAME.len() as u32).to_le_bytes());
+    p.extend_from_slice(F::NAME.as_bytes());
+    let count_at = p.len();
+    p.extend_from_slice(&[0; 4]);
+    let first = p.len();
+    let mut taken = 0;
+    for args in items.iter().take(max_items) {
+        if taken > 0 && p.len() - first >= max_bytes {
+            break;
+        }
+        F::encode_args(args, p)?;
+        taken += 1;
+    }
+    p[count_at..count_at + 4].copy_from_slice(&(taken as u32).to_le_bytes());
+    Ok((f, taken))
+}
+
 /// Splits a `Batch` payload into id, function name, item count and the items' bytes.
 pub(crate) fn parse_batch(payload: &[u8]) -> Result<(u64, &str, u32, &[u8]), Error> {
     let (id, name, rest) = parse_call(payload)?;
