@@ -41,6 +41,36 @@
 //! # }
 //! ```
 //!
+//! # A pool of workers
+//!
+//! ```
+//! use multiproc::{process_fn, Pool};
+//!
+//! #[process_fn]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! #[process_fn]
+//! fn add(a: u64, b: u64) -> u64 {
+//!     a + b
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let pool = Pool::new(4)?; // with Pool(4) as pool:
+//! assert_eq!(pool.map(square, 0..10)?, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+//! assert_eq!(pool.starmap(add, [(1, 2), (3, 4)])?, [3, 7]);
+//! let later = pool.apply_async(add, (5, 6)); // AsyncResult: wait, wait_timeout, try_get, .await
+//! assert_eq!(later.wait()?, 11);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A [`Pool`] keeps its workers; a call goes over a connection that stays open, several tasks
+//! in flight per worker, maps in chunks. A worker that dies or overruns its
+//! [`task_timeout`](PoolBuilder::task_timeout) fails only the task it was running and is
+//! replaced; a panic fails only its item; dropping the pool finishes the work submitted.
+//!
 //! # What a process function can be
 //!
 //! A free function whose parameters are plain names of owned types, and whose parameters and
@@ -91,6 +121,8 @@
 //! | an argument whose `Serialize` fails | [`Encode`](Error::Encode), before any process starts |
 //! | another build of the executable | [`BuildMismatch`](Error::BuildMismatch), from the handshake |
 //! | an executable that cannot start | [`Spawn`](Error::Spawn), with the OS error |
+//! | a pool task over its limit | [`TaskTimedOut`](Error::TaskTimedOut): its worker is killed and replaced |
+//! | a map item that failed | [`Item`](Error::Item) `{ index, source }` |
 //!
 //! # From Python's `multiprocessing`
 //!
@@ -105,6 +137,11 @@
 //! | `Process(name=...)` | `ProcessBuilder::new().name(..).spawn(f, (x,))` |
 //! | `set_executable(path)` | `ProcessBuilder::new().executable(path)` (must be the same build) |
 //! | `if __name__ == "__main__":` | nothing (or `multiproc::init()` without `auto-init`) |
+//! | `Pool(4)`, `Pool(initializer=, maxtasksperchild=)` | [`Pool::new(4)`](Pool::new), [`Pool::builder()`](Pool::builder) |
+//! | `pool.map`, `starmap`, `apply` | [`Pool::map`], [`Pool::starmap`], [`Pool::apply`] |
+//! | `apply_async`, `map_async`, `AsyncResult.get(timeout)` | [`Pool::apply_async`], [`Pool::map_async`], [`AsyncResult::wait_timeout`] |
+//! | `imap`, `imap_unordered` | [`Pool::imap`], [`Pool::imap_unordered`] (lazy, bounded) |
+//! | `close`, `join`, `terminate` | [`Pool::close`], [`Pool::join`], [`Pool::terminate`] |
 //!
 //! # Platforms
 //!
@@ -158,6 +195,9 @@ pub use multiproc_runtime::{
     init, AsyncResult, Error, Imap, InitOutcome, Output, Pool, PoolBuilder, Process, ProcessBuilder, ProcessFn,
     Progress, Result, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
+
+#[cfg(feature = "progress")]
+pub use multiproc_runtime::progress_bar;
 
 /// Not public API: what `#[process_fn]` expands to names only this.
 #[doc(hidden)]

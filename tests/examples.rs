@@ -57,3 +57,27 @@ fn quickstart_shows_each_kind_of_outcome() {
         assert!(out.stdout.contains(expected), "missing {expected:?} in:\n{}", out.stdout);
     }
 }
+
+#[test]
+fn pool_map_prints_exactly_the_tutorials_output() {
+    let out = example("pool_map");
+    assert_eq!(out.stdout, "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]\n");
+}
+
+#[test]
+fn pool_async_shows_async_starmap_a_timeout_and_failures_as_data() {
+    let out = example("pool_async");
+    for expected in [
+        "apply_async(add, (5, 6)) -> 11",
+        "starmap(add, [(1, 2), (3, 4)]) -> [3, 7]",
+        "nap(10) -> 10",
+        "nap(5000) -> the task ran longer than its limit of 500ms",
+        "nap(20) -> 20",
+        "inverse(0) -> failed: no inverse of zero",
+        "inverse(8) -> 125",
+        "map(inverse, [4, 0, 8]) -> item 1 failed",
+    ] {
+        assert!(out.stdout.contains(expected), "missing {expected:?} in:\n{}", out.stdout);
+    }
+    assert!(!out.stderr.contains("panicked"), "a task's panic leaked to stderr:\n{}", out.stderr);
+}

@@ -24,6 +24,8 @@ pub use error::{Error, Result};
 pub use function::ProcessFn;
 pub use multiproc_macros::process_fn;
 pub use output::Output;
+#[cfg(feature = "progress")]
+pub use pool::progress_bar;
 pub use pool::{AsyncResult, Imap, InitOutcome, Pool, PoolBuilder, Progress};
 pub use process::{Process, ProcessBuilder};
 pub use wire::frame::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN};

@@ -99,6 +99,22 @@ impl Pool {
         self.map_progress_results(f, items, |_| {})
     }
 
+    /// Like [`map`](Pool::map), calling `on_progress` in this thread each time a chunk of
+    /// results comes back (with the `progress` feature, [`progress_bar()`](crate::progress_bar)
+    /// draws a terminal bar).
+    pub fn map_progress<F, A>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = A>,
+        on_progress: impl FnMut(Progress),
+    ) -> Result<Vec<F::Output>>
+    where
+        F: ProcessFn<Args = (A,)>,
+        F::Output: Send + 'static,
+    {
+        self.starmap_progress(f, items.into_iter().map(|a| (a,)), on_progress)
+    }
+
     /// Like [`starmap`](Pool::starmap), calling `on_progress` in this thread each time a chunk
     /// of results comes back.
     pub fn starmap_progress<F: ProcessFn>(

@@ -6,6 +6,8 @@ mod decode;
 mod driver;
 mod lease;
 mod map;
+#[cfg(feature = "progress")]
+mod progress_bar;
 mod shared;
 mod task;
 mod worker;
@@ -18,6 +20,8 @@ use std::time::Duration;
 pub use async_result::AsyncResult;
 pub use config::InitOutcome;
 pub use map::{Imap, Progress};
+#[cfg(feature = "progress")]
+pub use progress_bar::progress_bar;
 
 use crate::error::{Error, Result};
 use crate::function::ProcessFn;

@@ -1,0 +1,50 @@
+//! A terminal progress bar for maps, behind the `progress` feature.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::pool::Progress;
+
+/// A progress callback that draws a terminal bar (indicatif) for
+/// [`Pool::map_progress`](crate::Pool::map_progress) and
+/// [`Pool::starmap_progress`](crate::Pool::starmap_progress): done of total, the failures, the
+/// rate and the time left. The bar is drawn on stderr, and only when stderr is a terminal.
+///
+/// # Examples
+///
+/// ```
+/// # extern crate multiproc_runtime as multiproc;
+/// use multiproc::{process_fn, progress_bar, Pool};
+///
+/// #[process_fn]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let pool = Pool::new(2)?;
+/// let squares = pool.map_progress(square, 0..1000, progress_bar())?;
+/// assert_eq!(squares.len(), 1000);
+/// # Ok(())
+/// # }
+/// ```
+pub fn progress_bar() -> impl FnMut(Progress) {
+    let mut bar: Option<ProgressBar> = None;
+    move |p: Progress| {
+        let bar = bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(p.total.unwrap_or(0) as u64);
+            if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} items, {msg} ({per_sec}, {eta} left)")
+            {
+                bar.set_style(style);
+            }
+            bar
+        });
+        if let Some(total) = p.total {
+            bar.set_length(total as u64);
+        }
+        bar.set_position(p.done as u64);
+        bar.set_message(format!("{} failed", p.failed));
+        if p.total == Some(p.done) {
+            bar.finish();
+        }
+    }
+}
