@@ -509,3 +509,36 @@ fn ctrl_c_ends_the_program_without_noise_from_the_workers() {
     let noise = stderr.join().unwrap();
     assert!(noise.trim().is_empty(), "the workers printed on Ctrl-C:\n{noise}");
 }
+
+/// Decodes only in a worker; decoding it in the parent panics (a user's `Deserialize` impl).
+#[derive(Debug, serde::Serialize)]
+struct Touchy(u8);
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u8::deserialize(d)?;
+        assert!(v != 99, "Touchy refuses 99");
+        Ok(Touchy(v))
+    }
+}
+
+#[process_fn]
+fn make_touchy(v: u8) -> Touchy {
+    Touchy(v)
+}
+
+#[test]
+fn a_result_whose_decoding_panics_fails_its_task_and_the_pool_goes_on() {
+    within(DEADLINE, || {
+        let pool = Pool::new(2).unwrap();
+        let err = pool.apply_async(make_touchy, (99,)).wait().unwrap_err();
+        assert!(err.to_string().contains("Touchy refuses 99"), "{err}");
+        let err = pool.map_async(make_touchy, [1, 99, 3]).wait().unwrap_err();
+        assert!(err.to_string().contains("Touchy refuses 99"), "{err}");
+        let each: Vec<_> = pool.imap(make_touchy, [1u8, 99, 3]).collect();
+        assert!(each[0].is_ok() && each[1].is_err() && each[2].is_ok(), "{each:?}");
+        // the driver survived all of that
+        assert_eq!(pool.apply_async(square, (3,)).wait().unwrap(), 9);
+        assert_eq!(pool.map(square, 0..3).unwrap(), [0, 1, 4]);
+    });
+}

@@ -11,6 +11,21 @@ use crate::wire::codec::{self, ValueReader};
 use crate::wire::frame::Kind;
 use crate::wire::message::{self, PanicReport, BATCH_ALL_OK, ITEM_OK, ITEM_PANIC};
 
+/// Runs a decode that calls the user's `Deserialize` impls, turning a panic in one into an error
+/// for the task it decodes (it runs in the pool's driver thread, which must not die).
+pub(crate) fn guarded<T>(decode: impl FnOnce() -> T, on_panic: impl FnOnce(String) -> T) -> T {
+    crate::panic::catch(decode).unwrap_or_else(|report| on_panic(report.message))
+}
+
+/// The error for a result whose decoding panicked.
+pub(crate) fn decode_panicked(message: String) -> Error {
+    Error::Decode {
+        what: "result",
+        type_name: "the result".into(),
+        message: format!("its Deserialize panicked: {message}"),
+    }
+}
+
 /// The result of a single call.
 pub(crate) fn single<F: ProcessFn>(delivery: Delivery, executable: &Path) -> Result<F::Output> {
     match delivery {

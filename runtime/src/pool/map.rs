@@ -389,18 +389,21 @@ where
 {
     if let Some(slot) = st.slot.take() {
         let exe = std::path::Path::new("/proc/self/exe");
-        let mut out = Vec::with_capacity(st.lens.iter().sum());
-        let mut result = Ok(());
-        for (delivery, &len) in st.arrived.iter_mut().zip(&st.lens) {
-            let delivery = delivery.take().expect("every chunk delivered");
-            if let Some(results) = decode::batch_into::<F>(delivery, len, exe, &mut out) {
-                result = push_or_first_failure(&mut out, results);
-                if result.is_err() {
-                    break;
+        let arrived: Vec<Delivery> = st.arrived.iter_mut().map(|d| d.take().expect("every chunk delivered")).collect();
+        let lens = st.lens.clone();
+        let result = decode::guarded(
+            move || {
+                let mut out = Vec::with_capacity(lens.iter().sum());
+                for (delivery, len) in arrived.into_iter().zip(lens) {
+                    if let Some(results) = decode::batch_into::<F>(delivery, len, exe, &mut out) {
+                        push_or_first_failure(&mut out, results)?;
+                    }
                 }
-            }
-        }
-        slot.fill(result.map(|()| out));
+                Ok(out)
+            },
+            |message| Err(decode::decode_panicked(message)),
+        );
+        slot.fill(result);
     }
 }
 
@@ -516,7 +519,10 @@ where
         let id = self.pool.inner.next_id();
         let (shared, ordered) = (Arc::clone(&self.shared), self.ordered);
         let sink: Box<dyn FnOnce(Delivery) + Send> = Box::new(move |delivery| {
-            let results = decode::batch::<F>(delivery, len, std::path::Path::new("/proc/self/exe")).into_results();
+            let results = decode::guarded(
+                || decode::batch::<F>(delivery, len, std::path::Path::new("/proc/self/exe")).into_results(),
+                |message| (0..len).map(|_| Err(decode::decode_panicked(message.clone()))).collect(),
+            );
             let mut st = shared.lock();
             if ordered {
                 st.chunks.insert(number, results.into());

@@ -286,7 +286,13 @@ impl Pool {
     {
         let (result, slot) = AsyncResult::new();
         let executable = std::path::PathBuf::from("/proc/self/exe");
-        let sink = Box::new(move |delivery| slot.fill(decode::single::<F>(delivery, &executable)));
+        let sink = Box::new(move |delivery| {
+            let result = decode::guarded(
+                || decode::single::<F>(delivery, &executable),
+                |message| Err(decode::decode_panicked(message)),
+            );
+            slot.fill(result);
+        });
         self.inner.submit(Task { id, frame, timeout: self.inner.config.task_timeout, sink });
         result
     }

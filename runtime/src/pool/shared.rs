@@ -110,9 +110,11 @@ impl Inner {
         self.wake_driver();
     }
 
-    /// Delivers a task's outcome and counts it done.
+    /// Delivers a task's outcome and counts it done. A sink that panics anyway is contained:
+    /// the driver thread that runs it must live on.
     pub(crate) fn complete(&self, task: Task, delivery: Delivery) {
-        (task.sink)(delivery);
+        let sink = task.sink;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || sink(delivery)));
         let mut st = self.lock();
         st.outstanding -= 1;
         if st.outstanding == 0 {
