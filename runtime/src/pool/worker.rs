@@ -13,7 +13,6 @@ use crate::error::{Error, Result};
 use crate::pool::config::Config;
 use crate::pool::task::{Failure, Task};
 use crate::process::fail_error;
-use crate::sys::Sig;
 use crate::wire::codec;
 use crate::wire::frame::{Frame, Kind, RecvError};
 use crate::wire::message::{self, PanicReport};
@@ -176,7 +175,6 @@ impl Worker {
         let pid = self.pid();
         if timed_out {
             let timeout = self.inflight.front().and_then(|t| t.timeout).unwrap_or_default();
-            let _ = self.child.signal(Sig::Kill);
             self.child.kill_and_reap();
             return Failure::TimedOut { pid, timeout };
         }
