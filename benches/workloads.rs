@@ -197,8 +197,8 @@ fn w3() {
             best = (m, chunk, fl);
         }
     }
-    report("W3", &format!("map-throughput(best chunksize {})", best.1), best.0, best.2, "ns/item");
-    println!("W3 map-throughput(best chunksize {}) ours={:.1} M items/s", best.1, 1e3 / best.0);
+    report("W3", &format!("map-throughput(best fixed chunksize {})", best.1), best.0, best.2, "ns/item");
+    println!("W3 map-throughput(best fixed chunksize {}) ours={:.1} M items/s", best.1, 1e3 / best.0);
 }
 
 /// W5: `spin` taking ~10 ms, mapped over 64 items with 1 and with 2 workers.

@@ -542,3 +542,34 @@ fn a_result_whose_decoding_panics_fails_its_task_and_the_pool_goes_on() {
         assert_eq!(pool.map(square, 0..3).unwrap(), [0, 1, 4]);
     });
 }
+
+/// Run by the next test with its CPU affinity cut to one CPU.
+#[test]
+fn affinity_helper() {
+    if std::env::var_os("MULTIPROC_AFFINITY_HELPER").is_none() {
+        return;
+    }
+    println!("workers {}", Pool::builder().build().unwrap().workers());
+}
+
+#[test]
+fn the_default_worker_count_follows_the_cpu_affinity_not_the_host() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["affinity_helper", "--exact", "--nocapture", "--test-threads=1"]).env("MULTIPROC_AFFINITY_HELPER", "1");
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // sched_setaffinity, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = common::run(&mut cmd);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("workers 1"), "one CPU allowed, so one worker:\n{}", out.stdout);
+}
