@@ -573,3 +573,24 @@ fn the_default_worker_count_follows_the_cpu_affinity_not_the_host() {
     assert!(out.status.success(), "{}", out.stderr);
     assert!(out.stdout.contains("workers 1"), "one CPU allowed, so one worker:\n{}", out.stdout);
 }
+
+#[process_fn]
+fn init_hangs() {
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+#[test]
+fn an_initializer_that_hangs_is_cut_short_by_the_task_limit() {
+    within(DEADLINE, || {
+        let start = Instant::now();
+        let err = Pool::builder()
+            .workers(2)
+            .task_timeout(Duration::from_millis(300))
+            .initializer(init_hangs, ())
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::InitializerFailed { .. }), "{err:?}");
+        assert!(err.to_string().contains("ran longer than the task limit of 300ms"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(30));
+    });
+}

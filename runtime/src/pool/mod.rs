@@ -119,6 +119,7 @@ impl PoolBuilder {
     /// The longest one call may run. A worker still busy with a call after this is killed and
     /// replaced, the call fails with [`Error::TaskTimedOut`], and the rest goes on. A chunk of
     /// a map gets this limit times its length; with a limit set, maps default to chunks of one.
+    /// The initializer gets the same limit: one that overruns it fails the pool's creation.
     pub fn task_timeout(&mut self, limit: Duration) -> &mut Self {
         self.task_timeout = Some(limit);
         self

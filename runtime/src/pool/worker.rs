@@ -48,8 +48,9 @@ impl Worker {
         let mut child = ChildProc::spawn(&how, first)?;
         if let Some(init) = &config.initializer {
             let mut greeted = false;
+            let deadline = config.task_timeout.map(|limit| Instant::now() + limit);
             loop {
-                match child.reader.read(None) {
+                match child.reader.read(deadline) {
                     Ok(f) if f.kind == Kind::Ready => greeted = true,
                     Ok(f) => match reply_error(child.pid, &f, &child.executable) {
                         Some(e) => return Err(Error::InitializerFailed { message: e.to_string() }),
@@ -60,7 +61,12 @@ impl Worker {
                         }
                     },
                     Err(RecvError::Failed(e)) => return Err(Error::InitializerFailed { message: e.to_string() }),
-                    Err(_) => {
+                    Err(RecvError::TimedOut) => {
+                        let limit = config.task_timeout.unwrap_or_default();
+                        let message = format!("it ran longer than the task limit of {limit:?} and was killed");
+                        return Err(Error::InitializerFailed { message });
+                    }
+                    Err(RecvError::Closed) => {
                         let status = child.wait_exit(None)?.expect("waited without a deadline");
                         let e = child.death(status, greeted);
                         return Err(Error::InitializerFailed { message: e.to_string() });
