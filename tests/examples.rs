@@ -20,6 +20,13 @@ fn example(name: &str) -> common::Finished {
     out
 }
 
+/// Every line of `expected` appears in what the example printed.
+fn assert_shows(out: &common::Finished, expected: &[&str]) {
+    for line in expected {
+        assert!(out.stdout.contains(line), "missing {line:?} in:\n{}", out.stdout);
+    }
+}
+
 #[test]
 fn process_basic_prints_the_child_pid_then_joins() {
     let out = example("process_basic");
@@ -45,17 +52,18 @@ fn many_processes_joins_four_distinct_processes() {
 #[test]
 fn quickstart_shows_each_kind_of_outcome() {
     let out = example("quickstart");
-    for expected in [
-        "square(3) here: 9",
-        "square(7) in child",
-        "three children in parallel: [11, 22, 33]",
-        "parse_port(\"8080\"): Ok(8080)",
-        "the child panicked: attempt to divide by zero",
-        "it is still running",
-        "stopped with SIGKILL",
-    ] {
-        assert!(out.stdout.contains(expected), "missing {expected:?} in:\n{}", out.stdout);
-    }
+    assert_shows(
+        &out,
+        &[
+            "square(3) here: 9",
+            "square(7) in child",
+            "three children in parallel: [11, 22, 33]",
+            "parse_port(\"8080\"): Ok(8080)",
+            "the child panicked: attempt to divide by zero",
+            "it is still running",
+            "stopped with SIGKILL",
+        ],
+    );
 }
 
 #[test]
@@ -67,17 +75,18 @@ fn pool_map_prints_exactly_the_tutorials_output() {
 #[test]
 fn pool_async_shows_async_starmap_a_timeout_and_failures_as_data() {
     let out = example("pool_async");
-    for expected in [
-        "apply_async(add, (5, 6)) -> 11",
-        "starmap(add, [(1, 2), (3, 4)]) -> [3, 7]",
-        "nap(10) -> 10",
-        "nap(5000) -> the task ran longer than its limit of 500ms",
-        "nap(20) -> 20",
-        "inverse(0) -> failed: no inverse of zero",
-        "inverse(8) -> 125",
-        "map(inverse, [4, 0, 8]) -> item 1 failed",
-    ] {
-        assert!(out.stdout.contains(expected), "missing {expected:?} in:\n{}", out.stdout);
-    }
+    assert_shows(
+        &out,
+        &[
+            "apply_async(add, (5, 6)) -> 11",
+            "starmap(add, [(1, 2), (3, 4)]) -> [3, 7]",
+            "nap(10) -> 10",
+            "nap(5000) -> the task ran longer than its limit of 500ms",
+            "nap(20) -> 20",
+            "inverse(0) -> failed: no inverse of zero",
+            "inverse(8) -> 125",
+            "map(inverse, [4, 0, 8]) -> item 1 failed",
+        ],
+    );
     assert!(!out.stderr.contains("panicked"), "a task's panic leaked to stderr:\n{}", out.stderr);
 }

@@ -533,8 +533,8 @@ where
             shared.arrived.notify_all();
         });
         let frame = registry::lookup(F::NAME)
-            .and_then(|_| message::batch_frame::<F>(id, chunk.iter(), 8 * len + 64))
-            .and_then(|f| f.into_bytes());
+            .and_then(|_| message::batch_frame_bounded::<F>(id, &chunk, len, usize::MAX))
+            .and_then(|(f, _)| f.into_bytes());
         match frame {
             Ok(frame) => self.pool.inner.submit(Task {
                 id,

@@ -115,14 +115,10 @@ impl Inner {
     pub(crate) fn complete(&self, task: Task, delivery: Delivery) {
         let sink = task.sink;
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || sink(delivery)));
-        let mut st = self.lock();
-        st.outstanding -= 1;
-        if st.outstanding == 0 {
-            self.changed.notify_all();
-        }
+        self.finished_one();
     }
 
-    /// Counts a task done that went by the direct path (no sink).
+    /// Counts a task done (one that went by the direct path has no sink to call).
     pub(crate) fn finished_one(&self) {
         let mut st = self.lock();
         st.outstanding -= 1;

@@ -138,27 +138,6 @@ pub(crate) fn reply_frame<T: Serialize + ?Sized>(
     Ok(f)
 }
 
-/// A `Batch` frame of `F`: task id, function name, item count, then each item's arguments.
-pub(crate) fn batch_frame<'a, F: ProcessFn>(
-    id: u64,
-    items: impl ExactSizeIterator<Item = &'a F::Args>,
-    size_hint: usize,
-) -> Result<OutFrame, Error>
-where
-    F::Args: 'a,
-{
-    let mut f = OutFrame::with_capacity(Kind::Batch, size_hint);
-    let p = f.payload();
-    p.extend_from_slice(&id.to_le_bytes());
-    p.extend_from_slice(&(F::NAME.len() as u32).to_le_bytes());
-    p.extend_from_slice(F::NAME.as_bytes());
-    p.extend_from_slice(&(items.len() as u32).to_le_bytes());
-    for args in items {
-        F::encode_args(args, p)?;
-    }
-    Ok(f)
-}
-
 /// A `Batch` frame of `F` holding the first items of `items`: at most `max_items`, and no more
 /// once `max_bytes` of arguments are written (but always at least one). Returns how many.
 pub(crate) fn batch_frame_bounded<F: ProcessFn>(
