@@ -193,7 +193,7 @@ pub use multiproc_macros::process_fn;
 
 pub use multiproc_runtime::{
     init, AsyncResult, Error, Imap, InitOutcome, Output, Pool, PoolBuilder, Process, ProcessBuilder, ProcessFn,
-    Progress, Result, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
+    Progress, Result, DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
 
 #[cfg(feature = "progress")]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::DEADLINE;
+use common::{settled_pids, within, DEADLINE};
 use multiproc::{process_fn, Error, Output, Pool};
 
 #[process_fn]
@@ -52,27 +52,6 @@ fn dies_on(x: u64, bad: u64, how: String) -> u64 {
         }
     }
     x
-}
-
-/// Runs `f` on another thread and fails the test if it takes longer than the deadline.
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).expect("the pool operation hung")
-}
-
-/// The pool's workers once it is whole again (replacements start in the background).
-fn settled_pids(pool: &Pool) -> Vec<u32> {
-    let start = Instant::now();
-    loop {
-        let pids = pool.pids();
-        if pids.len() == pool.workers() || start.elapsed() > DEADLINE {
-            return pids;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn quiet_pool(workers: usize) -> Pool {

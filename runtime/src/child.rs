@@ -6,7 +6,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use rustix::net::sockopt::Timeout;
 
 use crate::entry::{self, DEPTH_ENV, WORKER_ENV};
 use crate::error::{Error, Result};
@@ -26,6 +28,10 @@ pub(crate) struct Spawn<'a> {
     pub(crate) executable: Option<&'a std::path::Path>,
     /// A `Process` child exits after one call; a pool worker serves until hung up.
     pub(crate) one_shot: bool,
+    /// The longest frame either side may send.
+    pub(crate) max_frame_len: usize,
+    /// How long the child has to answer the handshake.
+    pub(crate) handshake_timeout: Duration,
 }
 
 /// A started child.
@@ -42,12 +48,20 @@ pub(crate) struct ChildProc {
     status: Option<ExitStatus>,
     /// The last signal sent through this handle.
     sent: Option<Sig>,
+    /// When the child must have answered the handshake by.
+    pub(crate) handshake_deadline: Instant,
+    pub(crate) handshake_timeout: Duration,
 }
 
 impl ChildProc {
     /// Starts a child and sends it the handshake, then `first` if given. A child that dies at
-    /// once is not an error here: reading from it then tells how it died.
+    /// once is not an error here: reading from it then tells how it died. A `first` frame over
+    /// the frame limit is refused before anything starts; one the child does not read within
+    /// the handshake's time is [`Error::HandshakeTimedOut`], and the child is killed.
     pub(crate) fn spawn(how: &Spawn<'_>, first: Option<OutFrame>) -> Result<ChildProc> {
+        if let Some(first) = &first {
+            first.check_len(how.max_frame_len)?;
+        }
         let depth = entry::child_depth()?;
         let (ours, theirs) =
             sys::socketpair().map_err(|e| Error::io("could not create a socketpair for the child", e))?;
@@ -91,24 +105,47 @@ impl ChildProc {
             build_id: build_id().to_vec(),
             name: how.name.map(str::to_owned),
             one_shot: how.one_shot,
+            max_frame_len: how.max_frame_len as u64,
         };
-        let hello = message::hello_frame(&hello)?;
-        let sent = hello.send(ours.as_fd(), &[live_read.as_fd()]);
-        if let (Ok(()), Some(first)) = (sent, first) {
-            let _ = first.send(ours.as_fd(), &[]);
-        }
-        drop(live_read);
-        Ok(ChildProc {
+        let handshake_deadline = Instant::now() + how.handshake_timeout;
+        let mut reader = FrameReader::new(ours);
+        reader.set_max_len(how.max_frame_len);
+        let mut proc = ChildProc {
             pid: child.id(),
             executable,
             child,
             pidfd,
             _liveness: live_write,
-            reader: FrameReader::new(ours),
+            reader,
             forwarder,
             status: None,
             sent: None,
-        })
+            handshake_deadline,
+            handshake_timeout: how.handshake_timeout,
+        };
+        // A child that reads nothing (not a multiproc binary) makes a send wait: no send may
+        // wait longer than the handshake's time without progress.
+        let sock = proc.reader.socket();
+        let _ = rustix::net::sockopt::set_socket_timeout(sock, Timeout::Send, Some(how.handshake_timeout));
+        let mut sent = message::hello_frame(&hello)?.send(sock, &[live_read.as_fd()], how.max_frame_len);
+        if let (Ok(()), Some(first)) = (&sent, first) {
+            sent = first.send(sock, &[], how.max_frame_len);
+        }
+        let _ = rustix::net::sockopt::set_socket_timeout(sock, Timeout::Send, None);
+        drop(live_read);
+        match sent {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
+                proc.kill_and_reap();
+                Err(proc.handshake_timed_out())
+            }
+            // A child that died at once (broken pipe): joining it tells how.
+            _ => Ok(proc),
+        }
+    }
+
+    /// The error of a child that did not answer the handshake in time.
+    pub(crate) fn handshake_timed_out(&self) -> Error {
+        Error::HandshakeTimedOut { pid: self.pid, executable: self.executable.clone(), timeout: self.handshake_timeout }
     }
 
     pub(crate) fn socket(&self) -> BorrowedFd<'_> {

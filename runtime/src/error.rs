@@ -157,6 +157,18 @@ pub enum Error {
         executable: PathBuf,
     },
 
+    /// The child did not answer the handshake in time, so it was killed: it is not a multiproc
+    /// binary, or it hangs before it gets to the worker.
+    #[error("the child process {pid} ({}) did not answer the handshake within {timeout:?} and was killed; is it a binary built with multiproc?", executable.display())]
+    HandshakeTimedOut {
+        /// The child's process id.
+        pid: u32,
+        /// The executable that was started.
+        executable: PathBuf,
+        /// How long it had.
+        timeout: Duration,
+    },
+
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -258,7 +270,8 @@ impl Error {
             | Error::Killed { pid, .. }
             | Error::TimedOut { pid, .. }
             | Error::TaskTimedOut { pid, .. }
-            | Error::NoHandshake { pid, .. } => Some(*pid),
+            | Error::NoHandshake { pid, .. }
+            | Error::HandshakeTimedOut { pid, .. } => Some(*pid),
             Error::Item { source, .. } => source.pid(),
             _ => None,
         }

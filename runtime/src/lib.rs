@@ -27,7 +27,7 @@ pub use output::Output;
 #[cfg(feature = "progress")]
 pub use pool::progress_bar;
 pub use pool::{AsyncResult, Imap, InitOutcome, Pool, PoolBuilder, Progress};
-pub use process::{Process, ProcessBuilder};
+pub use process::{Process, ProcessBuilder, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use wire::frame::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
 
 /// Not public API: what `#[process_fn]` expands to names only this.

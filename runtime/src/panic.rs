@@ -1,7 +1,9 @@
 //! Catching a panic in a child, with its message, location and (when enabled) backtrace.
 //!
 //! A hook records the panic of a running task instead of printing it: it comes back to the
-//! parent as data. Panics outside a task (threads the task started, say) print as usual.
+//! parent as data. Panics outside a task (threads the task started, say) print as usual, through
+//! the hook that was there before. The hook is installed the first time anything is caught,
+//! in a parent as in a child.
 
 use std::any::Any;
 use std::backtrace::{Backtrace, BacktraceStatus};
@@ -51,11 +53,13 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Runs `f`, turning a panic into its report.
+/// Runs `f`, turning a panic into its report (and printing nothing: in a parent, a user's
+/// `Serialize` or `Deserialize` that panics is reported as the error of its call).
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
-    CAPTURING.with(|c| c.set(true));
+    install_hook();
+    let outer = CAPTURING.with(|c| c.replace(true));
     let result = panic::catch_unwind(AssertUnwindSafe(f));
-    CAPTURING.with(|c| c.set(false));
+    CAPTURING.with(|c| c.set(outer));
     result.map_err(|payload| {
         let report = LAST.with(|l| l.borrow_mut().take()).unwrap_or_else(|| PanicReport {
             message: payload_text(&*payload),

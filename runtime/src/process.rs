@@ -13,7 +13,7 @@ use crate::output::Output;
 use crate::registry;
 use crate::sys::Sig;
 use crate::wire::codec::{self, ValueReader};
-use crate::wire::frame::{Frame, Kind, OutFrame, RecvError};
+use crate::wire::frame::{Frame, Kind, OutFrame, RecvError, MAX_FRAME_LEN};
 use crate::wire::handshake::{build_id, hex};
 use crate::wire::message::{self, FailReport, PanicReport};
 
@@ -40,14 +40,33 @@ use crate::wire::message::{self, FailReport, PanicReport};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ProcessBuilder {
     name: Option<String>,
     env: Vec<(OsString, Option<OsString>)>,
     stdout: Output,
     stderr: Output,
     executable: Option<PathBuf>,
+    max_frame_len: usize,
+    handshake_timeout: Duration,
 }
+
+impl Default for ProcessBuilder {
+    fn default() -> Self {
+        ProcessBuilder {
+            name: None,
+            env: Vec::new(),
+            stdout: Output::default(),
+            stderr: Output::default(),
+            executable: None,
+            max_frame_len: MAX_FRAME_LEN,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// How long a child has, by default, to answer the handshake (it takes about a millisecond).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ProcessBuilder {
     /// Default options: the same executable, the parent's environment, output inherited.
@@ -93,15 +112,37 @@ impl ProcessBuilder {
         self
     }
 
+    /// The longest message either side may send, arguments or result: [`MAX_FRAME_LEN`] (1 GiB)
+    /// by default, and never more. Arguments over it are refused before the child starts, a
+    /// result over it is [`Error::FrameTooLarge`] for that call; lower it to bound what a
+    /// child can make this process hold.
+    pub fn max_frame_len(&mut self, bytes: usize) -> &mut Self {
+        self.max_frame_len = bytes.min(MAX_FRAME_LEN);
+        self
+    }
+
+    /// How long the child has to answer the handshake ([`DEFAULT_HANDSHAKE_TIMEOUT`] by
+    /// default): one that does not, such as an [`executable`](Self::executable) that is not a
+    /// multiproc binary, is killed, and joining it gives [`Error::HandshakeTimedOut`].
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
     /// Starts `f(args)` in a new child process.
     ///
-    /// The arguments are serialized first: if that fails, the error comes back before any
-    /// process starts.
+    /// The arguments are serialized first: if that fails, or they are over the frame limit,
+    /// the error comes back before any process starts.
     pub fn spawn<F: ProcessFn>(&self, f: F, args: F::Args) -> Result<Process<F::Output>> {
         let _ = f;
         registry::lookup(F::NAME)?;
         let call = message::call_frame::<F>(0, &args)?;
         self.spawn_call(call, read_whole::<F>)
+    }
+
+    /// The frame limit of a child started with these options.
+    pub(crate) fn frame_limit(&self) -> usize {
+        self.max_frame_len
     }
 
     /// How to start a child with these options.
@@ -113,6 +154,8 @@ impl ProcessBuilder {
             stderr: self.stderr,
             executable: self.executable.as_deref(),
             one_shot,
+            max_frame_len: self.max_frame_len,
+            handshake_timeout: self.handshake_timeout,
         }
     }
 
@@ -208,13 +251,25 @@ impl<T> Process<T> {
         let pid = self.child.pid;
         let timed_out = || Error::TimedOut { pid, timeout };
         while self.reply.is_none() && !self.closed && self.broken.is_none() {
-            match self.child.reader.read(deadline) {
+            // Until the child has answered the handshake, it has only until the handshake's
+            // deadline: a child that is not a multiproc binary never answers.
+            let handshake = (!self.greeted).then_some(self.child.handshake_deadline);
+            let wait_until = match (deadline, handshake) {
+                (Some(d), Some(h)) => Some(d.min(h)),
+                (d, h) => d.or(h),
+            };
+            match self.child.reader.read(wait_until) {
                 Ok(frame) => match frame.kind {
                     Kind::Ready => self.greeted = true,
                     Kind::Return | Kind::Panic | Kind::Fail => self.reply = Some(frame),
                     other => self.break_off(format!("unexpected {other:?} frame from the child")),
                 },
                 Err(RecvError::Closed) => self.closed = true,
+                Err(RecvError::TimedOut) if handshake.is_some_and(|h| Instant::now() >= h) => {
+                    self.child.kill_and_reap();
+                    self.joined = true;
+                    return Err(self.child.handshake_timed_out());
+                }
                 Err(RecvError::TimedOut) => return Err(timed_out()),
                 Err(RecvError::Failed(e)) => {
                     let _ = self.child.signal(Sig::Kill);
@@ -313,6 +368,7 @@ impl<T> Process<T> {
 }
 
 /// Decodes a whole reply as `F`'s output.
+#[inline]
 pub(crate) fn read_whole<F: ProcessFn>(bytes: &[u8]) -> Result<F::Output> {
     let mut reader = ValueReader::new(bytes, "result");
     let output = F::read_output(&mut reader)?;
@@ -335,6 +391,7 @@ pub(crate) fn fail_error(report: FailReport, executable: &std::path::Path) -> Er
         FailReport::Encode { what, type_name, message } => {
             Error::Encode { what: static_what(&what), type_name, message }
         }
+        FailReport::FrameTooLarge { len, max } => Error::FrameTooLarge { len, max },
     }
 }
 

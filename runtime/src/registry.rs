@@ -72,7 +72,7 @@ mod tests {
         Ok(())
     }
 
-    fn nothing_batch(_: &mut crate::wire::codec::ValueReader<'_>, _: u32, _: &mut crate::worker::Batch<'_>) {}
+    fn nothing_batch(_: &mut crate::wire::items::ItemsReader<'_>, _: u32, _: &mut crate::worker::Batch<'_>) {}
 
     static ENTRIES: [Registration; 3] = [
         Registration { name: "a::f", invoke: nothing, invoke_batch: nothing_batch },

@@ -10,8 +10,9 @@ use crate::panic;
 use crate::registry;
 use crate::sys;
 use crate::wire::codec::{self, ValueReader};
-use crate::wire::frame::{FrameReader, Kind, OutFrame, RecvError};
+use crate::wire::frame::{FrameReader, Kind, OutFrame, RecvError, HEADER_LEN, MAX_FRAME_LEN};
 use crate::wire::handshake::build_id;
+use crate::wire::items::{ItemsReader, ItemsWriter, ITEM_FAIL, ITEM_PANIC};
 use crate::wire::message::{self, FailReport, Hello, PanicReport, PROTOCOL};
 
 /// Exit code of a process that was marked as a worker but given no control socket.
@@ -52,56 +53,89 @@ pub(crate) fn invoke<F: ProcessFn>(args: &mut ValueReader<'_>, out: &mut Vec<u8>
     }
 }
 
-/// How a registered function runs a batch: `count` argument tuples from the reader, each
+/// How a registered function runs a batch: `count` argument tuples from the item list, each
 /// result (or failure) appended to the batch reply.
-pub(crate) type InvokeBatch = fn(&mut ValueReader<'_>, u32, &mut Batch<'_>);
+pub(crate) type InvokeBatch = fn(&mut ItemsReader<'_>, u32, &mut Batch<'_>);
 
 /// The batch entry of `F`: one panic catch around the whole loop (re-entered after an item that
-/// panicked), instead of one per item.
-pub(crate) fn invoke_batch<F: ProcessFn>(reader: &mut ValueReader<'_>, count: u32, batch: &mut Batch<'_>) {
+/// panicked), instead of one per item. Each item's arguments are read from their own bytes, so
+/// one that fails to decode fails alone: in the uniform layout, in one pass whose position is
+/// put right after a failure (every item is as long as the first).
+pub(crate) fn invoke_batch<F: ProcessFn>(items: &mut ItemsReader<'_>, count: u32, batch: &mut Batch<'_>) {
+    let uniform = items.uniform();
     let mut next = 0;
     while next < count {
-        let mut failure: Option<(Error, bool)> = None;
-        let caught = panic::catch(|| {
-            while next < count {
-                batch.begin();
-                let args = match F::decode_args(reader) {
-                    Ok(args) => args,
-                    Err(e) => {
-                        failure = Some((e, true));
+        let mut failure: Option<Error> = None;
+        let caught = panic::catch(|| match uniform {
+            Some((len, region)) => {
+                let mut reader = ValueReader::new(&region[next as usize * len..], "arguments");
+                while next < count {
+                    batch.begin();
+                    let args = match F::decode_args(&mut reader) {
+                        Ok(args) if reader.remaining() == region.len() - (next as usize + 1) * len => args,
+                        Ok(_) => {
+                            failure = Some(misread(len, region.len() - (next as usize) * len - reader.remaining()));
+                            return;
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            return;
+                        }
+                    };
+                    let output = F::call(args);
+                    if let Err(e) = F::encode_output(&output, batch.out()) {
+                        failure = Some(e);
                         return;
                     }
-                };
-                let output = F::call(args);
-                if let Err(e) = F::encode_output(&output, batch.out()) {
-                    failure = Some((e, false));
-                    return;
+                    batch.end_ok();
+                    next += 1;
                 }
-                batch.end_ok();
-                next += 1;
+            }
+            None => {
+                while next < count {
+                    batch.begin();
+                    let args = match items.next_item().and_then(|(_, bytes)| decode_args::<F>(bytes)) {
+                        Ok(args) => args,
+                        Err(e) => {
+                            failure = Some(e);
+                            return;
+                        }
+                    };
+                    let output = F::call(args);
+                    if let Err(e) = F::encode_output(&output, batch.out()) {
+                        failure = Some(e);
+                        return;
+                    }
+                    batch.end_ok();
+                    next += 1;
+                }
             }
         });
         match (caught, failure) {
             (Ok(()), None) => break,
-            (Ok(()), Some((e, out_of_step))) => {
-                let message = format!("an earlier item of the batch could not be decoded: {e}");
-                batch.end_failed(CallFailure::Fail(e));
-                next += 1;
-                if out_of_step {
-                    // the reader lost its place: every later item fails with it
-                    for _ in next..count {
-                        batch.begin();
-                        batch.end_failed(CallFailure::Fail(Error::BadFrame { reason: message.clone() }));
-                    }
-                    break;
-                }
-            }
-            (Err(report), _) => {
-                batch.end_failed(CallFailure::Panic(report));
-                next += 1;
-            }
+            (Ok(()), Some(e)) => batch.end_failed(CallFailure::Fail(e)),
+            (Err(report), _) => batch.end_failed(CallFailure::Panic(report)),
         }
+        // the tagged reader is past the failed item already; the uniform one restarts after it
+        next += 1;
     }
+}
+
+/// The error of arguments whose `Deserialize` read another length than was written.
+fn misread(len: usize, read: usize) -> Error {
+    Error::Decode {
+        what: "arguments",
+        type_name: "the arguments".into(),
+        message: format!("{len} bytes were written for them and {read} were read"),
+    }
+}
+
+/// Decodes one item's arguments, every byte of them.
+fn decode_args<F: ProcessFn>(bytes: &[u8]) -> Result<F::Args, Error> {
+    let mut reader = ValueReader::new(bytes, "arguments");
+    let args = F::decode_args(&mut reader)?;
+    reader.finish()?;
+    Ok(args)
 }
 
 /// Runs this process as a worker and exits; never returns to `main`.
@@ -138,6 +172,8 @@ fn serve(reader: &mut FrameReader) -> i32 {
         let message = format!("the parent speaks protocol {}, this child {PROTOCOL}", hello.protocol);
         return refuse(reader, FailReport::Protocol { message }, EXIT_PROTOCOL);
     }
+    let limit = usize::try_from(hello.max_frame_len).unwrap_or(usize::MAX).min(MAX_FRAME_LEN);
+    reader.set_max_len(limit);
     if hello.build_id != build_id() {
         return refuse(reader, FailReport::BuildMismatch { found: build_id().to_vec() }, EXIT_BUILD_MISMATCH);
     }
@@ -156,7 +192,7 @@ fn serve(reader: &mut FrameReader) -> i32 {
     if let Some(name) = &hello.name {
         sys::set_thread_name(name);
     }
-    if OutFrame::new(Kind::Ready).send(reader.socket(), &[]).is_err() {
+    if OutFrame::new(Kind::Ready).send(reader.socket(), &[], limit).is_err() {
         return EXIT_PARENT_GONE;
     }
     loop {
@@ -167,16 +203,16 @@ fn serve(reader: &mut FrameReader) -> i32 {
         };
         let reply = match frame.kind {
             Kind::Call => match message::parse_call(&frame.payload) {
-                Ok((id, name, args)) => answer(id, name, args),
+                Ok((id, name, args)) => answer(id, name, args, limit),
                 Err(_) => return EXIT_PROTOCOL,
             },
             Kind::Batch => match message::parse_batch(&frame.payload) {
-                Ok((id, name, count, items)) => answer_batch(id, name, count, items),
+                Ok((id, name, count, items)) => answer_batch(id, name, count, items, limit),
                 Err(_) => return EXIT_PROTOCOL,
             },
             _ => return EXIT_PROTOCOL,
         };
-        if reply.send(reader.socket(), &[]).is_err() {
+        if reply.send(reader.socket(), &[], limit).is_err() {
             return EXIT_PARENT_GONE;
         }
         if hello.one_shot {
@@ -185,8 +221,9 @@ fn serve(reader: &mut FrameReader) -> i32 {
     }
 }
 
-/// Makes one call and builds its reply.
-fn answer(id: u64, name: &str, args: &[u8]) -> OutFrame {
+/// Makes one call and builds its reply. A result over the connection's frame limit is that
+/// call's `FrameTooLarge`: the worker goes on.
+fn answer(id: u64, name: &str, args: &[u8], limit: usize) -> OutFrame {
     let fail = |e: Error| fail_frame(id, FailReport::from_error(e));
     let registration = match registry::lookup(name) {
         Ok(r) => r,
@@ -196,48 +233,63 @@ fn answer(id: u64, name: &str, args: &[u8]) -> OutFrame {
     reply.payload().extend_from_slice(&id.to_le_bytes());
     let mut reader = ValueReader::new(args, "arguments");
     let result = (registration.invoke)(&mut reader, reply.payload());
-    match result.and_then(|()| reader.finish().map_err(CallFailure::Fail)) {
+    let reply = match result.and_then(|()| reader.finish().map_err(CallFailure::Fail)) {
         Ok(()) => reply,
         Err(CallFailure::Fail(e)) => fail(e),
         Err(CallFailure::Panic(report)) => message::reply_frame(Kind::Panic, id, "message", &report)
             .unwrap_or_else(|e| fail_frame(id, FailReport::from_error(e))),
+    };
+    match reply.check_len(limit) {
+        Ok(()) => reply,
+        Err(e) => fail(e),
     }
 }
 
-/// Makes the calls of a batch. While every item succeeds, the outputs are simply appended; the
-/// first failure switches the reply to one tagged entry per item, so that only the failed
-/// items fail.
-fn answer_batch(id: u64, name: &str, count: u32, items: &[u8]) -> OutFrame {
+/// Makes the calls of a batch, one entry of the reply per item: only the items that fail
+/// fail. The reply is bounded by the frame limit item by item.
+fn answer_batch(id: u64, name: &str, count: u32, items: &[u8], limit: usize) -> OutFrame {
     let registration = match registry::lookup(name) {
         Ok(r) => r,
         Err(e) => return fail_frame(id, FailReport::from_error(e)),
     };
     let mut reply = OutFrame::with_capacity(Kind::BatchReturn, items.len() + 16);
-    let mut batch = Batch::new(reply.payload(), id, count as usize);
-    let mut reader = ValueReader::new(items, "arguments");
-    (registration.invoke_batch)(&mut reader, count, &mut batch);
-    reply
+    let mut items = match ItemsReader::new(items, count as usize) {
+        Ok(items) => items,
+        Err(e) => return fail_frame(id, FailReport::from_error(e)),
+    };
+    let mut batch = Batch::new(reply.payload(), id, count as usize, limit);
+    (registration.invoke_batch)(&mut items, count, &mut batch);
+    // Failure reports are not bounded item by item: the whole reply is the last resort.
+    match reply.check_len(limit) {
+        Ok(()) => reply,
+        Err(e) => fail_frame(id, FailReport::from_error(e)),
+    }
 }
 
-/// A batch reply being written: outputs back to back until the first failure, then one tagged
-/// entry (tag, u32 length, bytes) per item.
+/// Room kept in a batch reply for each item still to come, so that an item that does not fit
+/// can still be reported as such (a tagged `FrameTooLarge` report takes 25 bytes).
+const ROOM_PER_ITEM: usize = 32;
+
+/// A batch reply being written: the task id, then one entry per item (an item list).
 #[derive(Debug)]
 pub(crate) struct Batch<'a> {
     out: &'a mut Vec<u8>,
-    mode_at: usize,
-    /// Where each item's output starts, while untagged.
-    starts: Vec<usize>,
-    tagged: bool,
-    /// Where the item being written starts.
-    open: usize,
+    list: ItemsWriter,
+    /// Where the payload starts in `out` (after the frame header).
+    payload_at: usize,
+    /// The longest payload allowed.
+    limit: usize,
+    /// Items not yet finished.
+    left: usize,
 }
 
 impl<'a> Batch<'a> {
-    fn new(out: &'a mut Vec<u8>, id: u64, count: usize) -> Self {
+    /// `out` is a new frame's buffer: its header, nothing more yet.
+    fn new(out: &'a mut Vec<u8>, id: u64, count: usize, limit: usize) -> Self {
+        let payload_at = HEADER_LEN;
         out.extend_from_slice(&id.to_le_bytes());
-        let mode_at = out.len();
-        out.push(message::BATCH_ALL_OK);
-        Batch { out, mode_at, starts: Vec::with_capacity(count), tagged: false, open: mode_at + 1 }
+        let list = ItemsWriter::new(out);
+        Batch { out, list, payload_at, limit, left: count }
     }
 
     /// Where the current item's output goes.
@@ -247,59 +299,40 @@ impl<'a> Batch<'a> {
     }
 
     /// Starts an item.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn begin(&mut self) {
-        self.open = self.out.len();
-        if self.tagged {
-            self.out.push(message::ITEM_OK);
-            self.out.extend_from_slice(&[0; 4]);
-        }
+        self.list.begin(self.out);
     }
 
-    /// The item's output is complete.
-    #[inline]
+    /// The item's output is complete. One that would take the reply over the frame limit fails
+    /// with `FrameTooLarge` instead.
+    #[inline(always)]
     pub(crate) fn end_ok(&mut self) {
-        if self.tagged {
-            let len_at = self.open + 1;
-            let len = (self.out.len() - len_at - 4) as u32;
-            self.out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
-        } else {
-            self.starts.push(self.open);
+        self.left = self.left.saturating_sub(1);
+        let len = self.out.len() - self.payload_at;
+        if len + self.left * ROOM_PER_ITEM > self.limit {
+            self.too_large(len);
+            return;
         }
+        self.list.end(self.out);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn too_large(&mut self, len: usize) {
+        let e = Error::FrameTooLarge { len: len as u64, max: self.limit as u64 };
+        self.left += 1;
+        self.end_failed(CallFailure::Fail(e));
     }
 
     /// The item failed: whatever it wrote is dropped, and its failure recorded.
     pub(crate) fn end_failed(&mut self, failure: CallFailure) {
-        self.out.truncate(self.open);
-        self.retag();
+        self.left = self.left.saturating_sub(1);
         let (tag, body) = match failure {
-            CallFailure::Panic(report) => (message::ITEM_PANIC, encode_report(&report)),
-            CallFailure::Fail(e) => (message::ITEM_FAIL, encode_report(&FailReport::from_error(e))),
+            CallFailure::Panic(report) => (ITEM_PANIC, encode_report(&report)),
+            CallFailure::Fail(e) => (ITEM_FAIL, encode_report(&FailReport::from_error(e))),
         };
-        self.out.push(tag);
-        self.out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        self.out.extend_from_slice(&body);
-    }
-
-    /// Rewrites the outputs so far as tagged entries.
-    fn retag(&mut self) {
-        if self.tagged {
-            return;
-        }
-        self.tagged = true;
-        self.out[self.mode_at] = message::BATCH_TAGGED;
-        let first = self.mode_at + 1;
-        let plain = self.out.split_off(first);
-        let mut ends: Vec<usize> = self.starts.iter().skip(1).map(|s| s - first).collect();
-        ends.push(plain.len());
-        let mut at = 0;
-        for end in ends.into_iter().take(self.starts.len()) {
-            self.out.push(message::ITEM_OK);
-            self.out.extend_from_slice(&((end - at) as u32).to_le_bytes());
-            self.out.extend_from_slice(&plain[at..end]);
-            at = end;
-        }
-        self.starts.clear();
+        self.list.fail(self.out, tag, &body);
     }
 }
 
@@ -318,6 +351,6 @@ fn fail_frame(id: u64, report: FailReport) -> OutFrame {
 }
 
 fn refuse(reader: &FrameReader, report: FailReport, code: i32) -> i32 {
-    let _ = fail_frame(0, report).send(reader.socket(), &[]);
+    let _ = fail_frame(0, report).send(reader.socket(), &[], MAX_FRAME_LEN);
     code
 }

@@ -89,3 +89,46 @@ pub fn run_test(name: &str, env: &[(&str, &str)], extra: &[&str]) -> Finished {
     }
     run(&mut cmd)
 }
+
+/// Runs `f` on another thread and fails the test if it takes longer than `limit`.
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).expect("the operation hung")
+}
+
+/// The pool's workers once it is whole again (replacements start in the background).
+pub fn settled_pids(pool: &multiproc::Pool) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let pids = pool.pids();
+        if pids.len() == pool.workers() || start.elapsed() > DEADLINE {
+            return pids;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends `signal` to `pid` (a process this test started, directly or through a pool).
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory preconditions; the pid is one of this test's processes.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
+/// The pids of this process's children, now.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, after)) = stat.rsplit_once(')') else { continue };
+        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(me) {
+            out.push(pid);
+        }
+    }
+    out
+}

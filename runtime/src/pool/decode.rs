@@ -1,29 +1,24 @@
-//! Turning what a worker answered into typed results.
+//! Turning what a worker answered into typed results. Nothing here lets a panic out: a user's
+//! `Deserialize` that panics is the `Decode` error of the one result it was decoding.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::function::ProcessFn;
+use crate::panic;
 use crate::pool::task::Delivery;
 use crate::pool::worker::reply_error;
 use crate::process::{fail_error, read_whole};
-use crate::wire::codec::{self, ValueReader};
-use crate::wire::frame::Kind;
-use crate::wire::message::{self, PanicReport, BATCH_ALL_OK, ITEM_OK, ITEM_PANIC};
+use crate::wire::codec::{self, deserialize_panicked, ValueReader};
+use crate::wire::frame::{Frame, Kind};
+use crate::wire::items::{ItemsReader, ITEM_OK, ITEM_PANIC};
+use crate::wire::message::{self, PanicReport};
 
-/// Runs a decode that calls the user's `Deserialize` impls, turning a panic in one into an error
-/// for the task it decodes (it runs in the pool's driver thread, which must not die).
-pub(crate) fn guarded<T>(decode: impl FnOnce() -> T, on_panic: impl FnOnce(String) -> T) -> T {
-    crate::panic::catch(decode).unwrap_or_else(|report| on_panic(report.message))
-}
-
-/// The error for a result whose decoding panicked.
-pub(crate) fn decode_panicked(message: String) -> Error {
-    Error::Decode {
-        what: "result",
-        type_name: "the result".into(),
-        message: format!("its Deserialize panicked: {message}"),
-    }
+/// Decodes one whole result as `F`'s output, a panic in its `Deserialize` included.
+fn read_one<F: ProcessFn>(bytes: &[u8]) -> Result<F::Output> {
+    panic::catch(|| read_whole::<F>(bytes)).unwrap_or_else(|report| {
+        Err(deserialize_panicked("result", std::any::type_name::<F::Output>(), report.message))
+    })
 }
 
 /// The result of a single call.
@@ -34,7 +29,7 @@ pub(crate) fn single<F: ProcessFn>(delivery: Delivery, executable: &Path) -> Res
             Some(e) => Err(e),
             None => {
                 let (_, body) = message::split_id(&frame.payload).expect("checked by reply_error");
-                read_whole::<F>(body)
+                read_one::<F>(body)
             }
         },
     }
@@ -57,6 +52,20 @@ impl<R> Chunk<R> {
     }
 }
 
+/// The item list of a batch reply, or the error every item of it gets.
+fn items_of<'f>(
+    pid: u32,
+    frame: &'f Frame,
+    n: usize,
+    executable: &Path,
+) -> std::result::Result<ItemsReader<'f>, Error> {
+    if frame.kind != Kind::BatchReturn {
+        return Err(reply_error(pid, frame, executable).unwrap_or_else(|| bad("a single reply to a batch")));
+    }
+    let (_, body) = message::split_id(&frame.payload).ok_or_else(|| bad("a batch reply without a task id"))?;
+    ItemsReader::new(body, n)
+}
+
 /// The results of a batch of `n` calls.
 pub(crate) fn batch<F: ProcessFn>(delivery: Delivery, n: usize, executable: &Path) -> Chunk<F::Output> {
     let each = |e: &dyn Fn() -> Error| Chunk::Mixed((0..n).map(|_| Err(e())).collect());
@@ -64,38 +73,16 @@ pub(crate) fn batch<F: ProcessFn>(delivery: Delivery, n: usize, executable: &Pat
         Delivery::Failed(failure) => return each(&|| failure.to_error()),
         Delivery::Reply { pid, frame } => (pid, frame),
     };
-    if frame.kind != Kind::BatchReturn {
-        return each(&|| reply_error(pid, &frame, executable).unwrap_or_else(|| bad("a single reply to a batch")));
-    }
-    let body = match message::split_id(&frame.payload) {
-        Some((_, body)) if !body.is_empty() => body,
-        _ => return each(&|| bad("an empty batch reply")),
+    let mut items = match items_of(pid, &frame, n, executable) {
+        Ok(items) => items,
+        // the same error for every item, made afresh for each
+        Err(_) => return each(&|| items_of(pid, &frame, n, executable).err().unwrap_or_else(|| bad("unreachable"))),
     };
-    let (mode, rest) = (body[0], &body[1..]);
-    let mut reader = ValueReader::new(rest, "result");
-    if mode == BATCH_ALL_OK {
-        let mut values = Vec::with_capacity(n);
-        for _ in 0..n {
-            match F::read_output(&mut reader) {
-                Ok(v) => values.push(v),
-                Err(e) => {
-                    let text = e.to_string();
-                    let mut results: Vec<Result<F::Output>> = values.into_iter().map(Ok).collect();
-                    results.push(Err(e));
-                    results.resize_with(n, || Err(bad(&text)));
-                    return Chunk::Mixed(results);
-                }
-            }
-        }
-        return match reader.finish() {
-            Ok(()) => Chunk::AllOk(values),
-            Err(e) => {
-                let text = e.to_string();
-                each(&|| bad(&text))
-            }
-        };
+    let results: Vec<Result<F::Output>> = (0..n).map(|_| item::<F>(&mut items, pid, executable)).collect();
+    match results.iter().all(Result::is_ok) {
+        true => Chunk::AllOk(results.into_iter().map(|r| r.expect("checked")).collect()),
+        false => Chunk::Mixed(results),
     }
-    Chunk::Mixed((0..n).map(|_| tagged::<F>(&mut reader, pid, executable)).collect())
 }
 
 /// Decodes a batch whose items all succeeded straight onto `values` and returns `None`; else
@@ -106,17 +93,19 @@ pub(crate) fn batch_into<F: ProcessFn>(
     executable: &Path,
     values: &mut Vec<F::Output>,
 ) -> Option<Vec<Result<F::Output>>> {
-    if let Delivery::Reply { frame, .. } = &delivery {
-        if let (Kind::BatchReturn, Some((_, body))) = (frame.kind, message::split_id(&frame.payload)) {
-            if body.first() == Some(&BATCH_ALL_OK) {
-                let before = values.len();
-                let mut reader = ValueReader::new(&body[1..], "result");
-                let complete = (0..n).all(|_| F::read_output(&mut reader).map(|v| values.push(v)).is_ok());
-                if complete && reader.finish().is_ok() {
-                    return None;
-                }
-                values.truncate(before); // the slow path below reports what went wrong
+    if let Delivery::Reply { pid, frame } = &delivery {
+        if let Some((_, region)) = items_of(*pid, frame, n, executable).ok().and_then(|items| items.uniform()) {
+            // Every item succeeded, back to back: one pass, one panic catch for the chunk. If
+            // anything fails, the slow path below finds which item, decoding each alone.
+            let before = values.len();
+            let complete = panic::catch(|| {
+                let mut reader = ValueReader::new(region, "result");
+                (0..n).all(|_| F::read_output(&mut reader).map(|v| values.push(v)).is_ok()) && reader.finish().is_ok()
+            });
+            if matches!(complete, Ok(true)) {
+                return None;
             }
+            values.truncate(before);
         }
     }
     Some(batch::<F>(delivery, n, executable).into_results())
@@ -125,31 +114,20 @@ pub(crate) fn batch_into<F: ProcessFn>(
 /// How many of a batch's `n` items failed, read from the reply without decoding the results.
 pub(crate) fn failed_items(delivery: &Delivery, n: usize) -> usize {
     let Delivery::Reply { frame, .. } = delivery else { return n };
-    let Some((_, body)) = message::split_id(&frame.payload) else { return n };
     if frame.kind != Kind::BatchReturn {
         return n;
     }
-    match body.split_first() {
-        Some((&BATCH_ALL_OK, _)) => 0,
-        Some((_, mut rest)) => {
-            let mut failed = 0;
-            while rest.len() >= 5 {
-                let len = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-                failed += (rest[0] != ITEM_OK) as usize;
-                rest = rest.get(5 + len..).unwrap_or_default();
-            }
-            failed
-        }
-        None => n,
+    match message::split_id(&frame.payload).map(|(_, body)| ItemsReader::new(body, n)) {
+        Some(Ok(items)) => items.failures(),
+        _ => n,
     }
 }
 
-fn tagged<F: ProcessFn>(reader: &mut ValueReader<'_>, pid: u32, executable: &Path) -> Result<F::Output> {
-    let head = reader.take(5)?;
-    let (tag, len) = (head[0], u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize);
-    let bytes = reader.take(len)?;
+/// The next item's result.
+fn item<F: ProcessFn>(items: &mut ItemsReader<'_>, pid: u32, executable: &Path) -> Result<F::Output> {
+    let (tag, bytes) = items.next_item()?;
     match tag {
-        ITEM_OK => read_whole::<F>(bytes),
+        ITEM_OK => read_one::<F>(bytes),
         ITEM_PANIC => {
             let r: PanicReport = codec::decode("message", bytes)?;
             Err(Error::Panicked { pid, message: r.message, location: r.location, backtrace: r.backtrace })

@@ -1,15 +1,20 @@
 //! The pool's driver thread: gives queued tasks to workers, writes their frames, reads the
-//! replies, and notices a worker that dies or overruns its task's limit.
+//! replies, notices a worker that dies (busy or idle) or overruns its task's limit, and reaps
+//! the workers sent away.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use crate::pool::shared::Inner;
+use crate::pool::shared::{retire, Inner, State};
 use crate::pool::task::{Delivery, Failure};
 use crate::pool::worker::Worker;
 use crate::wire::frame::RecvError;
+
+/// How long a worker told to exit has before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// What happened to a worker during one turn of the loop.
 enum Fate {
@@ -17,26 +22,46 @@ enum Fate {
     Gone { timed_out: bool },
 }
 
+/// A worker on its way out, and when it will be killed if it has not exited.
+struct Leaving {
+    worker: Worker,
+    kill_at: Instant,
+}
+
 /// Runs until the pool is terminated, or closed with nothing left to do.
 pub(crate) fn run(inner: Arc<Inner>) {
     let mut busy: Vec<Worker> = Vec::new();
+    let mut leaving: Vec<Leaving> = Vec::new();
     loop {
         if !assign(&inner, &mut busy) {
-            terminate(&inner, busy);
+            terminate(&inner, busy, leaving);
             return;
         }
-        {
-            let st = inner.lock();
-            if busy.is_empty() && st.closed && st.queue.is_empty() && st.outstanding == 0 {
-                return;
+        let (idle, finished) = inner.update(|st| {
+            let now = Instant::now();
+            leaving.extend(st.exiting.drain(..).map(|worker| Leaving { worker, kill_at: now + EXIT_GRACE }));
+            if st.closed && st.queue.is_empty() {
+                // Python's pool lets its workers go once closed and done: so does this one
+                for w in std::mem::take(&mut st.idle) {
+                    retire(st, w);
+                }
+                leaving.extend(st.exiting.drain(..).map(|worker| Leaving { worker, kill_at: now + EXIT_GRACE }));
             }
+            (idle_pidfds(st), finished(st, &busy, &leaving))
+        });
+        if finished {
+            return;
         }
-        wait(&inner, &busy);
+        let fired = wait(&inner, &busy, &idle, &leaving);
         inner.drain_wake();
+        for pid in fired {
+            died_while_idle(&inner, pid);
+        }
+        reap(&mut leaving);
 
         let mut i = 0;
         while i < busy.len() {
-            match turn(&inner, &mut busy[i]) {
+            match turn(&mut busy[i]) {
                 Fate::Fine if busy[i].inflight.is_empty() => inner.release(busy.swap_remove(i)),
                 Fate::Fine => i += 1,
                 Fate::Gone { timed_out } => died(&inner, busy.swap_remove(i), timed_out),
@@ -45,62 +70,120 @@ pub(crate) fn run(inner: Arc<Inner>) {
     }
 }
 
+/// Whether the driver's work is over: closed, nothing queued, held, started or leaving.
+fn finished(st: &State, busy: &[Worker], leaving: &[Leaving]) -> bool {
+    st.closed
+        && busy.is_empty()
+        && leaving.is_empty()
+        && st.queue.is_empty()
+        && st.idle.is_empty()
+        && st.outstanding() == 0
+        && st.starting() == 0
+}
+
+/// The pidfds of the idle workers, to notice a death before the worker is given work.
+fn idle_pidfds(st: &State) -> Vec<(u32, Arc<OwnedFd>)> {
+    st.idle.iter().filter_map(|w| st.members.get(&w.pid()).map(|m| (w.pid(), Arc::clone(&m.pidfd)))).collect()
+}
+
 /// Hands queued tasks out: first to idle workers, one each (so they run in parallel). A busy
 /// worker gets a second task, so that it never waits for the next, only while the backlog is
 /// longer than the pool: at the tail of the work, a task queued behind a long one would wait
 /// while another worker sits idle. `false` once the pool is terminated.
 fn assign(inner: &Arc<Inner>, busy: &mut Vec<Worker>) -> bool {
-    let mut st = inner.lock();
-    if st.terminated {
-        return false;
-    }
     let max_tasks = inner.config.max_tasks_per_child;
-    while !st.queue.is_empty() {
-        let target = if let Some(w) = st.idle.pop() {
-            busy.push(w);
-            busy.len() - 1
-        } else if st.queue.len() > inner.config.workers {
-            let room = busy
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| w.has_room(inner.config.per_worker, max_tasks))
-                .min_by_key(|(_, w)| w.inflight.len());
-            match room {
-                Some((i, _)) => i,
-                None => break,
-            }
-        } else {
-            break;
-        };
-        let task = st.queue.pop_front().expect("checked non-empty");
-        busy[target].push(task);
-    }
-    true
+    let (workers, per_worker) = (inner.config.workers, inner.config.per_worker);
+    inner.update(|st| {
+        if st.terminated {
+            return false;
+        }
+        while !st.queue.is_empty() {
+            let target = if let Some(w) = st.idle.pop() {
+                busy.push(w);
+                busy.len() - 1
+            } else if st.queue.len() > workers {
+                let room = busy
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.has_room(per_worker, max_tasks))
+                    .min_by_key(|(_, w)| w.inflight.len());
+                match room {
+                    Some((i, _)) => i,
+                    None => break,
+                }
+            } else {
+                break;
+            };
+            let task = st.queue.pop_front().expect("checked non-empty");
+            busy[target].push(task);
+        }
+        true
+    })
 }
 
-/// Blocks until a worker has something to read or room to write, dies, or a deadline or a
-/// wake-up comes.
-fn wait(inner: &Inner, busy: &[Worker]) {
-    let mut fds = Vec::with_capacity(1 + 2 * busy.len());
+/// Blocks until a worker has something to read or room to write, a worker dies (busy, idle or
+/// leaving), or a deadline or a wake-up comes. Returns the pids of idle workers that died.
+fn wait(inner: &Inner, busy: &[Worker], idle: &[(u32, Arc<OwnedFd>)], leaving: &[Leaving]) -> Vec<u32> {
+    let mut fds = Vec::with_capacity(1 + 2 * busy.len() + idle.len() + leaving.len());
     fds.push(PollFd::from_borrowed_fd(inner.wake_fd(), PollFlags::IN));
     let mut deadline: Option<Instant> = None;
+    let mut sooner = |d: Instant| deadline = Some(deadline.map_or(d, |e: Instant| e.min(d)));
     for w in busy {
         let events = if w.wants_write() { PollFlags::IN | PollFlags::OUT } else { PollFlags::IN };
         fds.push(PollFd::from_borrowed_fd(w.child.socket(), events));
         fds.push(PollFd::from_borrowed_fd(w.child.pidfd(), PollFlags::IN));
         if let Some(d) = w.deadline() {
-            deadline = Some(deadline.map_or(d, |e| e.min(d)));
+            sooner(d);
         }
+    }
+    let idle_at = fds.len();
+    for (_, pidfd) in idle {
+        fds.push(PollFd::from_borrowed_fd(pidfd.as_fd(), PollFlags::IN));
+    }
+    for l in leaving {
+        fds.push(PollFd::from_borrowed_fd(l.worker.child.pidfd(), PollFlags::IN));
+        sooner(l.kill_at);
     }
     let timeout = deadline.map(|d| {
         let left = d.saturating_duration_since(Instant::now());
         Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ }
     });
     let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+    fds[idle_at..idle_at + idle.len()]
+        .iter()
+        .zip(idle)
+        .filter(|(fd, _)| !fd.revents().is_empty())
+        .map(|(_, (pid, _))| *pid)
+        .collect()
+}
+
+/// A worker died while idle: it never got the work it would have failed; replace it.
+fn died_while_idle(inner: &Arc<Inner>, pid: u32) {
+    let found = inner.update(|st| {
+        let at = st.idle.iter().position(|w| w.pid() == pid)?;
+        Some(st.idle.swap_remove(at))
+    });
+    // not idle any more: whoever took it notices the death itself
+    if let Some(mut w) = found {
+        w.retiring = true;
+        inner.replace(w);
+    }
+}
+
+/// Reaps the workers that have exited, and kills the ones whose grace ran out.
+fn reap(leaving: &mut Vec<Leaving>) {
+    let now = Instant::now();
+    leaving.retain_mut(|l| {
+        if l.worker.child.has_exited() || now >= l.kill_at {
+            l.worker.child.kill_and_reap();
+            return false;
+        }
+        true
+    });
 }
 
 /// Writes, reads and checks one busy worker.
-fn turn(inner: &Inner, w: &mut Worker) -> Fate {
+fn turn(w: &mut Worker) -> Fate {
     if w.flush().is_err() {
         return Fate::Gone { timed_out: false };
     }
@@ -108,7 +191,7 @@ fn turn(inner: &Inner, w: &mut Worker) -> Fate {
         match w.next_reply() {
             Ok(Some((task, frame))) => {
                 let pid = w.pid();
-                inner.complete(task, Delivery::Reply { pid, frame });
+                task.complete(Delivery::Reply { pid, frame });
             }
             Ok(None) => break,
             Err(RecvError::TimedOut) => break,
@@ -130,27 +213,35 @@ pub(crate) fn died(inner: &Arc<Inner>, mut w: Worker, timed_out: bool) {
     let failure = w.failure(timed_out);
     let mut tasks = std::mem::take(&mut w.inflight);
     if let Some(head) = tasks.pop_front() {
-        let failure = if inner.lock().terminated { Failure::Terminated } else { failure };
-        inner.complete(head, Delivery::Failed(failure));
+        let failure = if inner.read(|st| st.terminated) { Failure::Terminated } else { failure };
+        head.complete(Delivery::Failed(failure));
     }
     inner.requeue(tasks.into_iter());
     w.retiring = true;
     inner.replace(w);
-    inner.wake_driver();
 }
 
 /// The pool was terminated: every task in hand or queued (requeued from a dying worker, say)
-/// fails, every worker is killed.
-fn terminate(inner: &Arc<Inner>, busy: Vec<Worker>) {
+/// fails, every worker is killed and reaped.
+fn terminate(inner: &Arc<Inner>, busy: Vec<Worker>, leaving: Vec<Leaving>) {
+    let mut gone: Vec<Worker> = leaving.into_iter().map(|l| l.worker).collect();
     for mut w in busy {
         w.child.kill_and_reap();
         for task in std::mem::take(&mut w.inflight) {
-            inner.complete(task, Delivery::Failed(Failure::Terminated));
+            task.complete(Delivery::Failed(Failure::Terminated));
         }
-        inner.forget(w);
+        gone.push(w);
     }
-    let queued: Vec<_> = inner.lock().queue.drain(..).collect();
+    let (queued, idle, exiting) = inner.update(|st| {
+        for w in st.idle.iter().chain(&st.exiting).chain(&gone) {
+            st.members.remove(&w.pid());
+        }
+        (std::mem::take(&mut st.queue), std::mem::take(&mut st.idle), std::mem::take(&mut st.exiting))
+    });
     for task in queued {
-        inner.complete(task, Delivery::Failed(Failure::Terminated));
+        task.complete(Delivery::Failed(Failure::Terminated));
+    }
+    for mut w in idle.into_iter().chain(exiting).chain(gone) {
+        w.child.kill_and_reap();
     }
 }

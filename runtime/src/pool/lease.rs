@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::function::ProcessFn;
 use crate::pool::decode;
 use crate::pool::shared::Inner;
-use crate::pool::task::{Delivery, Failure, Task};
+use crate::pool::task::{Delivery, Failure, Sink, Task};
 use crate::pool::worker::Worker;
 use crate::wire::frame::{Frame, RecvError};
 
@@ -23,45 +23,42 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(25);
 /// Runs the call on an idle worker if there is one; `None` means "submit it instead".
 pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Vec<u8>>) -> Option<Result<F::Output>> {
     loop {
-        let mut w = {
-            let mut st = inner.lock();
-            if let Some(refusal) = st.refusal() {
-                return Some(Err(refusal.to_error()));
-            }
-            if !st.queue.is_empty() {
-                return None;
-            }
-            let w = st.idle.pop()?;
-            st.outstanding += 1;
-            w
+        let (mut w, counted) = match inner.lease() {
+            Err(refusal) => return Some(Err(refusal.to_error())),
+            Ok(None) => return None,
+            Ok(Some(leased)) => leased,
         };
         if w.child.has_exited() {
             // died while idle: the call never reached it; replace it and look again
-            inner.finished_one();
+            drop(counted);
             w.retiring = true;
             inner.replace(w);
             continue;
         }
-        let task = Task { id, frame: Arc::clone(&frame), timeout: inner.config.task_timeout, sink: Box::new(drop) };
+        let task = Task {
+            id,
+            frame: Arc::clone(&frame),
+            timeout: inner.config.task_timeout,
+            sink: Sink::none(),
+            _counted: counted,
+        };
         w.push(task);
         let pid = w.pid();
         let executable = w.child.executable.clone();
-        let result = match drive(&mut w) {
+        return Some(match drive(&mut w) {
             Ok(frame) => {
                 inner.release(w);
                 decode::single::<F>(Delivery::Reply { pid, frame }, &executable)
             }
             Err(timed_out) => {
                 let failure = w.failure(timed_out);
-                w.inflight.clear();
+                w.inflight.clear(); // the task is counted done here
                 w.retiring = true;
                 inner.replace(w);
-                let failure = if inner.lock().terminated { Failure::Terminated } else { failure };
+                let failure = if inner.read(|st| st.terminated) { Failure::Terminated } else { failure };
                 Err(failure.to_error())
             }
-        };
-        inner.finished_one();
-        return Some(result);
+        });
     }
 }
 

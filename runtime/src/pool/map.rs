@@ -8,10 +8,10 @@ use crate::error::{Error, Result};
 use crate::function::ProcessFn;
 use crate::pool::async_result::{AsyncResult, Slot};
 use crate::pool::decode;
-use crate::pool::task::{Delivery, Task};
+use crate::pool::task::{Delivery, Failure, Sink};
 use crate::pool::Pool;
 use crate::registry;
-use crate::wire::message;
+use crate::wire::message::{self, BatchFrame};
 
 /// How far a `map` or an `imap` has come.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -200,12 +200,7 @@ impl Pool {
         });
         // Each chunk goes out as soon as it is encoded: the workers start on the first while
         // the next ones are being written.
-        let mut rest = &items[..];
-        while !rest.is_empty() {
-            let id = self.inner.next_id();
-            let encoded = message::batch_frame_bounded::<F>(id, rest, max_items, max_bytes);
-            let len = encoded.as_ref().map_or(rest.len().min(max_items), |(_, len)| *len);
-            rest = &rest[len..];
+        self.submit_pieces::<F>(&items, max_items, max_bytes, |len| {
             let c = {
                 let mut st = collect.lock();
                 st.arrived.push(None);
@@ -213,32 +208,21 @@ impl Pool {
                 st.chunks_left += 1;
                 st.arrived.len() - 1
             };
-            let sink: Box<dyn FnOnce(Delivery) + Send> = {
-                let collect = Arc::clone(&collect);
-                Box::new(move |delivery| {
-                    let failed = decode::failed_items(&delivery, len);
-                    let mut st = collect.lock();
-                    st.progress.done += len;
-                    st.progress.failed += failed;
-                    st.arrived[c] = Some(delivery);
-                    st.chunks_left -= 1;
-                    if st.chunks_left == 0 && st.all_submitted {
-                        finish_async::<F>(&mut st);
-                    }
-                    drop(st);
-                    collect.changed.notify_all();
-                })
-            };
-            match encoded.and_then(|(frame, _)| frame.into_bytes()) {
-                Ok(frame) => self.inner.submit(Task {
-                    id,
-                    frame: Arc::new(frame),
-                    timeout: self.inner.config.task_timeout.map(|t| t * len as u32),
-                    sink,
-                }),
-                Err(e) => sink(Delivery::Failed(crate::pool::task::Failure::Other(e.to_string()))),
-            }
-        }
+            let collect = Arc::clone(&collect);
+            Sink::new(move |delivery| {
+                let failed = decode::failed_items(&delivery, len);
+                let mut st = collect.lock();
+                st.progress.done += len;
+                st.progress.failed += failed;
+                st.arrived[c] = Some(delivery);
+                st.chunks_left -= 1;
+                if st.chunks_left == 0 && st.all_submitted {
+                    finish_async::<F>(&mut st);
+                }
+                drop(st);
+                collect.changed.notify_all();
+            })
+        });
         let mut st = collect.lock();
         st.all_submitted = true;
         if st.chunks_left == 0 {
@@ -247,6 +231,38 @@ impl Pool {
         drop(st);
         collect.changed.notify_all();
         Ok(collect)
+    }
+
+    /// Encodes `items` into chunks of at most `max_items` items and `max_bytes` bytes each,
+    /// within the frame limit, and submits them in order; `sink_for(len)` makes the sink of a
+    /// chunk of `len` items. An item that cannot be encoded, or does not fit a frame, is a
+    /// chunk of its own that fails with its error, unsent: only it fails.
+    fn submit_pieces<F: ProcessFn>(
+        &self,
+        items: &[F::Args],
+        max_items: usize,
+        max_bytes: usize,
+        mut sink_for: impl FnMut(usize) -> Sink,
+    ) {
+        let inner = &self.inner;
+        let max_frame = inner.config.process.frame_limit();
+        let mut rest = items;
+        while !rest.is_empty() {
+            let id = inner.next_id();
+            let (frame, len) = match message::batch_frame::<F>(id, rest, max_items, max_bytes, max_frame) {
+                BatchFrame::Frame(frame, len) => (frame.into_bytes(0, max_frame).map_err(Failure::unsent), len),
+                BatchFrame::BadItem(e) => (Err(Failure::unsent(e)), 1),
+            };
+            rest = &rest[len..];
+            let sink = sink_for(len);
+            match frame {
+                Ok(frame) => {
+                    let timeout = inner.config.task_timeout.map(|t| t * len as u32);
+                    inner.submit(id, Arc::new(frame), timeout, sink)
+                }
+                Err(failure) => sink.deliver(Delivery::Failed(failure)),
+            }
+        }
     }
 
     /// The most items, and encoded bytes, per chunk for a map of `n` items. Automatic: Python's
@@ -391,18 +407,15 @@ where
         let exe = std::path::Path::new("/proc/self/exe");
         let arrived: Vec<Delivery> = st.arrived.iter_mut().map(|d| d.take().expect("every chunk delivered")).collect();
         let lens = st.lens.clone();
-        let result = decode::guarded(
-            move || {
-                let mut out = Vec::with_capacity(lens.iter().sum());
-                for (delivery, len) in arrived.into_iter().zip(lens) {
-                    if let Some(results) = decode::batch_into::<F>(delivery, len, exe, &mut out) {
-                        push_or_first_failure(&mut out, results)?;
-                    }
+        let result = (|| {
+            let mut out = Vec::with_capacity(lens.iter().sum());
+            for (delivery, len) in arrived.into_iter().zip(lens) {
+                if let Some(results) = decode::batch_into::<F>(delivery, len, exe, &mut out) {
+                    push_or_first_failure(&mut out, results)?;
                 }
-                Ok(out)
-            },
-            |message| Err(decode::decode_panicked(message)),
-        );
+            }
+            Ok(out)
+        })();
         slot.fill(result);
     }
 }
@@ -431,6 +444,8 @@ pub struct Imap<'p, F: ProcessFn, I> {
     in_flight: usize,
     exhausted: bool,
     progress: Progress,
+    /// An option that cannot work: the first item is this error, and there is no other.
+    misconfigured: Option<&'static str>,
 }
 
 struct ImapShared<R> {
@@ -477,18 +492,27 @@ where
             in_flight: 0,
             exhausted: false,
             progress: Progress::default(),
+            misconfigured: None,
         }
     }
 
-    /// Items per task (1 by default, as in Python): larger chunks cost fewer round trips.
+    /// Items per task (1 by default, as in Python): larger chunks cost fewer round trips. Zero
+    /// cannot work: the first item is then [`Error::PoolConfig`], and the input is not read.
     pub fn chunksize(mut self, items: usize) -> Self {
         self.chunksize = items.max(1);
+        if items == 0 {
+            self.misconfigured = Some("an imap's chunksize must be at least 1");
+        }
         self
     }
 
-    /// How many items may be in flight at once (the pool's `imap_window` by default).
+    /// How many items may be in flight at once (the pool's `imap_window` by default). Zero
+    /// cannot work: the first item is then [`Error::PoolConfig`], and the input is not read.
     pub fn window(mut self, items: usize) -> Self {
         self.window = items.max(1);
+        if items == 0 {
+            self.misconfigured = Some("an imap's window must be at least 1");
+        }
         self
     }
 
@@ -512,38 +536,24 @@ where
     }
 
     fn submit(&mut self, chunk: Vec<F::Args>) {
-        let number = self.submitted;
-        self.submitted += 1;
-        let len = chunk.len();
-        self.in_flight += len;
-        let id = self.pool.inner.next_id();
-        let (shared, ordered) = (Arc::clone(&self.shared), self.ordered);
-        let sink: Box<dyn FnOnce(Delivery) + Send> = Box::new(move |delivery| {
-            let results = decode::guarded(
-                || decode::batch::<F>(delivery, len, std::path::Path::new("/proc/self/exe")).into_results(),
-                |message| (0..len).map(|_| Err(decode::decode_panicked(message.clone()))).collect(),
-            );
-            let mut st = shared.lock();
-            if ordered {
-                st.chunks.insert(number, results.into());
-            } else {
-                st.unordered.extend(results);
-            }
-            drop(st);
-            shared.arrived.notify_all();
+        self.in_flight += chunk.len();
+        let (shared, ordered, submitted) = (Arc::clone(&self.shared), self.ordered, &mut self.submitted);
+        self.pool.submit_pieces::<F>(&chunk, chunk.len(), usize::MAX, |len| {
+            let number = *submitted;
+            *submitted += 1;
+            let shared = Arc::clone(&shared);
+            Sink::new(move |delivery| {
+                let results = decode::batch::<F>(delivery, len, std::path::Path::new("/proc/self/exe")).into_results();
+                let mut st = shared.lock();
+                if ordered {
+                    st.chunks.insert(number, results.into());
+                } else {
+                    st.unordered.extend(results);
+                }
+                drop(st);
+                shared.arrived.notify_all();
+            })
         });
-        let frame = registry::lookup(F::NAME)
-            .and_then(|_| message::batch_frame_bounded::<F>(id, &chunk, len, usize::MAX))
-            .and_then(|(f, _)| f.into_bytes());
-        match frame {
-            Ok(frame) => self.pool.inner.submit(Task {
-                id,
-                frame: Arc::new(frame),
-                timeout: self.pool.inner.config.task_timeout.map(|t| t * len as u32),
-                sink,
-            }),
-            Err(e) => sink(Delivery::Failed(crate::pool::task::Failure::Other(e.to_string()))),
-        }
     }
 
     fn take_ready(&mut self, st: &mut ImapState<F::Output>) -> Option<Result<F::Output>> {
@@ -569,6 +579,12 @@ where
     type Item = Result<F::Output>;
 
     fn next(&mut self) -> Option<Result<F::Output>> {
+        if let Some(reason) = self.misconfigured.take() {
+            self.exhausted = true;
+            self.progress.done += 1;
+            self.progress.failed += 1;
+            return Some(Err(Error::PoolConfig { reason: reason.into() }));
+        }
         self.top_up();
         let shared = Arc::clone(&self.shared);
         let mut st = shared.lock();

@@ -31,8 +31,8 @@ use crate::registry;
 use crate::wire::message;
 use config::{Config, Initializer};
 use shared::{shut_down, Inner};
-use task::Task;
-use worker::Worker;
+use task::Sink;
+use worker::{StartError, Worker};
 
 /// A fixed set of worker processes that run `#[process_fn]` calls: Python's `Pool`.
 ///
@@ -97,9 +97,14 @@ impl PoolBuilder {
 
     /// A function run once in each worker before its first task (and in each replacement),
     /// with these arguments: load a model, open a connection. It may return `()` or a
-    /// `Result`; a panic, an `Err` or a crash fails [`build`](PoolBuilder::build) with its
-    /// cause, and a replacement worker whose initializer fails stops the pool from starting
-    /// more (no endless respawn loop).
+    /// `Result`.
+    ///
+    /// What happened decides what follows. An initializer that returns `Err`, panics, or
+    /// overruns the [`task_timeout`](Self::task_timeout) fails [`build`](PoolBuilder::build)
+    /// with its cause; in a replacement worker, it stops the pool from starting more (calls
+    /// then fail with [`Error::InitializerFailed`]: no endless respawn loop). A worker that
+    /// *dies* while it starts (killed from outside, by the OOM killer, say) is replaced, with a
+    /// growing pause; only six such deaths in a row count as a failure.
     pub fn initializer<F: ProcessFn>(&mut self, f: F, args: F::Args) -> &mut Self
     where
         F::Output: InitOutcome,
@@ -110,9 +115,9 @@ impl PoolBuilder {
     }
 
     /// Replaces a worker after it has run this many tasks (a task is one call, or one chunk of
-    /// a map): Python's `maxtasksperchild`, against leaks.
+    /// a map): Python's `maxtasksperchild`, against leaks. Zero is a configuration error.
     pub fn max_tasks_per_child(&mut self, n: u64) -> &mut Self {
-        self.max_tasks_per_child = Some(n.max(1));
+        self.max_tasks_per_child = Some(n);
         self
     }
 
@@ -120,22 +125,39 @@ impl PoolBuilder {
     /// replaced, the call fails with [`Error::TaskTimedOut`], and the rest goes on. A chunk of
     /// a map gets this limit times its length; with a limit set, maps default to chunks of one.
     /// The initializer gets the same limit: one that overruns it fails the pool's creation.
+    /// Zero is a configuration error.
     pub fn task_timeout(&mut self, limit: Duration) -> &mut Self {
         self.task_timeout = Some(limit);
         self
     }
 
     /// How many items an [`imap`](Pool::imap) keeps in flight by default (it reads its input
-    /// only as results are taken, so memory stays flat); 64 by default.
+    /// only as results are taken, so memory stays flat); 64 by default. Zero is a
+    /// configuration error.
     pub fn imap_window(&mut self, items: usize) -> &mut Self {
-        self.window = Some(items.max(1));
+        self.window = Some(items);
         self
     }
 
     /// Items per task for `map`, `starmap` and their variants, instead of the automatic size
-    /// (the length divided by four times the workers, as in Python).
+    /// (the length divided by four times the workers, as in Python). Zero is a configuration
+    /// error.
+    ///
+    /// A task is what a worker death takes down: a worker killed while it runs a chunk fails
+    /// every item of that chunk (automatic chunks hold up to 64 KiB of arguments: 8,192 `u64`s).
+    /// Smaller chunks bound that loss, at the price of more round trips: `chunksize(1)` loses
+    /// one item per death and runs about ten times slower on tiny items.
     pub fn chunksize(&mut self, items: usize) -> &mut Self {
-        self.chunksize = Some(items.max(1));
+        self.chunksize = Some(items);
+        self
+    }
+
+    /// The longest message between the pool and a worker, a chunk of arguments or a result:
+    /// [`MAX_FRAME_LEN`](crate::MAX_FRAME_LEN) (1 GiB) by default, and never more. Arguments
+    /// over it fail their call or item with [`Error::FrameTooLarge`] before they are sent; a
+    /// result over it fails its call or item the same way, and the worker goes on.
+    pub fn max_frame_len(&mut self, bytes: usize) -> &mut Self {
+        self.process.max_frame_len(bytes);
         self
     }
 
@@ -157,13 +179,31 @@ impl PoolBuilder {
         self
     }
 
+    /// Checks the options: zero workers, tasks per child, chunk size, window or time limit
+    /// cannot work.
+    fn check(&self) -> Result<()> {
+        let zero = [
+            (self.workers == Some(0), "a pool needs at least one worker"),
+            (self.max_tasks_per_child == Some(0), "max_tasks_per_child must be at least 1"),
+            (self.chunksize == Some(0), "chunksize must be at least 1"),
+            (self.window == Some(0), "imap_window must be at least 1"),
+            (self.task_timeout == Some(Duration::ZERO), "task_timeout must be longer than zero"),
+        ];
+        match zero.iter().find(|(bad, _)| *bad) {
+            Some((_, reason)) => Err(Error::PoolConfig { reason: reason.to_string() }),
+            None => Ok(()),
+        }
+    }
+
     /// Starts the workers (and runs the initializer in each).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PoolConfig`] for options that cannot work, [`Error::InitializerFailed`] when
+    /// the initializer fails, and whatever stops a worker from starting.
     pub fn build(&mut self) -> Result<Pool> {
-        let workers = match self.workers {
-            Some(0) => return Err(Error::PoolConfig { reason: "a pool needs at least one worker".into() }),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        self.check()?;
+        let workers = self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let initializer = self.initializer.take().transpose()?;
         let config = Config {
             workers,
@@ -179,9 +219,12 @@ impl PoolBuilder {
         let started: Vec<Result<Worker>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..workers)
                 .map(|i| {
-                    s.spawn({
-                        let inner = &inner;
-                        move || Worker::start(&inner.config, i)
+                    let inner = &inner;
+                    s.spawn(move || {
+                        Worker::start(inner, i).map_err(|e| match e {
+                            StartError::Fatal(e) => e,
+                            StartError::Stopped => Error::PoolTerminated,
+                        })
                     })
                 })
                 .collect();
@@ -204,16 +247,15 @@ impl PoolBuilder {
             shut_down(ok);
             return Err(e);
         }
-        {
-            let mut st = inner.lock();
+        inner.update(|st| {
             st.started = workers;
             for w in &ok {
-                if let Ok(fd) = w.child.pidfd().try_clone_to_owned() {
-                    st.workers.insert(w.pid(), fd);
+                if let Some(m) = st.members.get_mut(&w.pid()) {
+                    m.ready = true;
                 }
             }
             st.idle = ok;
-        }
+        });
         let driver = {
             let inner = Arc::clone(&inner);
             std::thread::Builder::new()
@@ -241,9 +283,9 @@ impl Pool {
         self.inner.config.workers
     }
 
-    /// The process ids of the workers alive now.
+    /// The process ids of the workers alive and ready now (not the ones still starting).
     pub fn pids(&self) -> Vec<u32> {
-        self.inner.lock().workers.keys().copied().collect()
+        self.inner.read(|st| st.members.iter().filter(|(_, m)| m.ready).map(|(pid, _)| *pid).collect())
     }
 
     /// Runs `f(args)` in a worker and waits for the result (`Pool.apply`).
@@ -257,7 +299,7 @@ impl Pool {
         let _ = f;
         registry::lookup(F::NAME)?;
         let id = self.inner.next_id();
-        let frame = Arc::new(message::call_frame::<F>(id, &args)?.into_bytes()?);
+        let frame = Arc::new(message::call_frame::<F>(id, &args)?.into_bytes(0, self.frame_limit())?);
         if let Some(result) = lease::call::<F>(&self.inner, id, Arc::clone(&frame)) {
             return result;
         }
@@ -274,11 +316,15 @@ impl Pool {
         let id = self.inner.next_id();
         let frame = registry::lookup(F::NAME)
             .and_then(|_| message::call_frame::<F>(id, &args))
-            .and_then(|frame| frame.into_bytes());
+            .and_then(|frame| frame.into_bytes(0, self.frame_limit()));
         match frame {
             Ok(frame) => self.submit_frame::<F>(id, Arc::new(frame)),
             Err(e) => AsyncResult::done(Err(e)),
         }
+    }
+
+    fn frame_limit(&self) -> usize {
+        self.inner.config.process.frame_limit()
     }
 
     fn submit_frame<F: ProcessFn>(&self, id: u64, frame: Arc<Vec<u8>>) -> AsyncResult<F::Output>
@@ -287,20 +333,15 @@ impl Pool {
     {
         let (result, slot) = AsyncResult::new();
         let executable = std::path::PathBuf::from("/proc/self/exe");
-        let sink = Box::new(move |delivery| {
-            let result = decode::guarded(
-                || decode::single::<F>(delivery, &executable),
-                |message| Err(decode::decode_panicked(message)),
-            );
-            slot.fill(result);
-        });
-        self.inner.submit(Task { id, frame, timeout: self.inner.config.task_timeout, sink });
+        let sink = Sink::new(move |delivery| slot.fill(decode::single::<F>(delivery, &executable)));
+        self.inner.submit(id, frame, self.inner.config.task_timeout, sink);
         result
     }
 
-    /// Stops taking work; what was submitted still runs (`Pool.close`).
+    /// Stops taking work; what was submitted still runs (`Pool.close`). Workers exit once the
+    /// work is done, as Python's do.
     pub fn close(&self) {
-        self.inner.lock().closed = true;
+        self.inner.update(|st| st.closed = true);
         self.inner.wake_driver();
     }
 
@@ -308,34 +349,34 @@ impl Pool {
     /// was not called). After [`terminate`](Pool::terminate), waits for the workers to be gone.
     pub fn join(&self) {
         self.close();
-        let mut st = self.inner.lock();
-        while st.outstanding > 0 || st.starting > 0 {
-            st = self.inner.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        drop(st);
+        self.inner.wait_until(None, |st| st.outstanding() == 0);
+        // No work is left, so no worker still starting is needed: stop them rather than wait.
+        self.inner.kill_starting();
+        self.inner.wait_until(None, |st| st.starting() == 0);
         if let Some(driver) = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take() {
             self.inner.wake_driver();
             let _ = driver.join();
         }
-        let idle = std::mem::take(&mut self.inner.lock().idle);
-        for w in &idle {
-            self.inner.lock().workers.remove(&w.pid());
-        }
-        shut_down(idle);
+        let left = self.inner.update(|st| {
+            st.members.clear();
+            let mut left = std::mem::take(&mut st.idle);
+            left.append(&mut st.exiting);
+            left
+        });
+        shut_down(left);
     }
 
     /// Stops at once (`Pool.terminate`): the workers are killed, and every task not finished
     /// fails with [`Error::PoolTerminated`] (an [`AsyncResult`] of it returns that error, it
     /// never hangs).
     pub fn terminate(&self) {
-        let queued: Vec<Task> = {
-            let mut st = self.inner.lock();
+        let queued = self.inner.update(|st| {
             st.terminated = true;
             st.closed = true;
-            st.queue.drain(..).collect()
-        };
+            std::mem::take(&mut st.queue)
+        });
         for task in queued {
-            self.inner.complete(task, task::Delivery::Failed(task::Failure::Terminated));
+            task.complete(task::Delivery::Failed(task::Failure::Terminated));
         }
         self.inner.kill_all();
         self.inner.wake_driver();

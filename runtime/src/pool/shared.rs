@@ -1,26 +1,34 @@
-//! The state a pool's callers, its driver thread and its respawn threads share.
+//! The state a pool's callers, its driver thread and its respawn threads share, and the one
+//! place it changes.
+//!
+//! Every change goes through [`Inner::update`], which wakes whoever waits for a change
+//! ([`Inner::wait_until`], the only wait on the condition variable). The two counts a waiter
+//! waits on are never written by hand: a task is counted by the [`Outstanding`] token it
+//! carries, a worker being started by a [`Starting`] token, and each token gives its count back
+//! when it is dropped, on every path (return, error, unwind).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use rustix::event::EventfdFlags;
 
 use crate::error::{Error, Result};
 use crate::pool::config::Config;
-use crate::pool::task::{Delivery, Failure, Task};
-use crate::pool::worker::Worker;
+use crate::pool::task::{Delivery, Failure, Sink, Task};
+use crate::pool::worker::{StartError, Worker};
 use crate::sys::{self, Sig};
 
 /// A pool, shared.
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    pub(crate) state: Mutex<State>,
-    /// Signalled when a worker becomes idle and when the outstanding count reaches zero.
-    pub(crate) changed: Condvar,
+    state: Mutex<State>,
+    /// Signalled by `update` when someone waits.
+    changed: Condvar,
     /// Wakes the driver from its poll.
     wake: OwnedFd,
     next_id: AtomicU64,
@@ -33,18 +41,30 @@ pub(crate) struct State {
     pub(crate) idle: Vec<Worker>,
     /// Tasks no worker has yet.
     pub(crate) queue: VecDeque<Task>,
-    /// Tasks submitted and not yet delivered, wherever they are.
-    pub(crate) outstanding: usize,
-    /// Workers being started.
-    pub(crate) starting: usize,
-    /// Every live worker's pid, and a pidfd to kill it with on `terminate`.
-    pub(crate) workers: BTreeMap<u32, OwnedFd>,
+    /// Tasks that exist, wherever they are. Changed only by [`Outstanding`].
+    outstanding: usize,
+    /// Workers being started. Changed only by [`Starting`].
+    starting: usize,
+    /// Every live worker process, starting ones included, with a pidfd to kill it by.
+    pub(crate) members: BTreeMap<u32, Member>,
+    /// Workers told to exit, for the driver to reap.
+    pub(crate) exiting: Vec<Worker>,
     pub(crate) closed: bool,
     pub(crate) terminated: bool,
     /// No worker can be started: the initializer's failure.
     pub(crate) broken: Option<String>,
     /// Workers started so far, to name the next.
     pub(crate) started: usize,
+    /// Threads in `wait_until`.
+    waiters: usize,
+}
+
+/// A worker process the pool knows of.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub(crate) pidfd: Arc<OwnedFd>,
+    /// It answered the handshake and ran the initializer: it serves.
+    pub(crate) ready: bool,
 }
 
 impl State {
@@ -56,6 +76,62 @@ impl State {
             Some(Failure::Closed)
         } else {
             self.broken.clone().map(Failure::Broken)
+        }
+    }
+
+    /// Tasks that exist now.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// Workers being started now.
+    pub(crate) fn starting(&self) -> usize {
+        self.starting
+    }
+
+    /// Whether a worker that has just become free should go: the pool takes no more work and
+    /// none is waiting.
+    fn done_with_workers(&self) -> bool {
+        self.terminated || (self.closed && self.queue.is_empty())
+    }
+}
+
+thread_local! {
+    /// The pool whose lock this thread holds inside `update`, if any.
+    static HOLDING: Cell<*const Inner> = const { Cell::new(std::ptr::null()) };
+    /// Tokens of that pool (tasks, starts) dropped while its lock was held: given back when its
+    /// `update` ends.
+    static DEFERRED: Cell<(*const Inner, usize, usize)> = const { Cell::new((std::ptr::null(), 0, 0)) };
+}
+
+/// Counts one task as outstanding while it exists.
+#[derive(Debug)]
+pub(crate) struct Outstanding(Weak<Inner>);
+
+impl Outstanding {
+    /// Counts a new task; made only under the lock, where the count lives.
+    fn new(inner: &Arc<Inner>, st: &mut State) -> Outstanding {
+        st.outstanding += 1;
+        Outstanding(Arc::downgrade(inner))
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.give_back(1, 0);
+        }
+    }
+}
+
+/// Counts one worker as being started while it exists.
+#[derive(Debug)]
+pub(crate) struct Starting(Weak<Inner>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.give_back(0, 1);
         }
     }
 }
@@ -73,15 +149,92 @@ impl Inner {
         })
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the state, then wakes whoever waits for a change (the driver waits in `poll`,
+    /// and is woken by the changes that concern it).
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut st = self.lock();
+        let outer = HOLDING.with(|h| h.replace(self));
+        let r = f(&mut st);
+        HOLDING.with(|h| h.set(outer));
+        let (tasks, starts) = DEFERRED.with(|d| match d.get() {
+            (pool, tasks, starts) if std::ptr::eq(pool, self) => {
+                d.set((std::ptr::null(), 0, 0));
+                (tasks, starts)
+            }
+            _ => (0, 0),
+        });
+        st.outstanding -= tasks;
+        st.starting -= starts;
+        let notify = st.waiters > 0;
+        let wake = st.closed && tasks + starts > 0;
+        drop(st);
+        if notify {
+            self.changed.notify_all();
+        }
+        if wake {
+            self.wake_driver();
+        }
+        r
+    }
+
+    /// Reads the state.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Waits until `done` holds, at most `timeout` if given; returns whether it holds.
+    pub(crate) fn wait_until(&self, timeout: Option<Duration>, mut done: impl FnMut(&State) -> bool) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.lock();
+        st.waiters += 1;
+        let held = loop {
+            if done(&st) {
+                break true;
+            }
+            match deadline {
+                None => st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break false;
+                    }
+                    st = self.changed.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+                }
+            }
+        };
+        st.waiters -= 1;
+        held
+    }
+
+    /// A token's count comes back: at once, or at the end of the `update` this thread is in.
+    /// A closed pool's driver is woken: the count may be what it waits for to finish.
+    fn give_back(&self, tasks: usize, starts: usize) {
+        if HOLDING.with(|h| std::ptr::eq(h.get(), self)) {
+            DEFERRED.with(|d| {
+                let (_, t, s) = d.get();
+                d.set((self, t + tasks, s + starts));
+            });
+            return;
+        }
+        let closed = self.update(|st| {
+            st.outstanding -= tasks;
+            st.starting -= starts;
+            st.closed
+        });
+        if closed {
+            self.wake_driver();
+        }
     }
 
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
         self.wake.as_fd()
     }
 
@@ -97,154 +250,190 @@ impl Inner {
     }
 
     /// Queues a task for the driver, or fails it at once if the pool takes no more work.
-    pub(crate) fn submit(&self, task: Task) {
-        let mut st = self.lock();
-        if let Some(failure) = st.refusal() {
-            drop(st);
-            (task.sink)(Delivery::Failed(failure));
-            return;
+    pub(crate) fn submit(self: &Arc<Self>, id: u64, frame: Arc<Vec<u8>>, timeout: Option<Duration>, sink: Sink) {
+        let refused = self.update(|st| match st.refusal() {
+            Some(failure) => Some((sink, failure)),
+            None => {
+                let _counted = Outstanding::new(self, st);
+                st.queue.push_back(Task { id, frame, timeout, sink, _counted });
+                None
+            }
+        });
+        match refused {
+            Some((sink, failure)) => sink.deliver(Delivery::Failed(failure)),
+            None => self.wake_driver(),
         }
-        st.outstanding += 1;
-        st.queue.push_back(task);
-        drop(st);
-        self.wake_driver();
     }
 
-    /// Delivers a task's outcome and counts it done. A sink that panics anyway is contained:
-    /// the driver thread that runs it must live on.
-    pub(crate) fn complete(&self, task: Task, delivery: Delivery) {
-        let sink = task.sink;
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || sink(delivery)));
-        self.finished_one();
-    }
-
-    /// Counts a task done (one that went by the direct path has no sink to call).
-    pub(crate) fn finished_one(&self) {
-        let mut st = self.lock();
-        st.outstanding -= 1;
-        if st.outstanding == 0 {
-            self.changed.notify_all();
-        }
+    /// Takes an idle worker and counts a task for it, for a caller that drives it itself.
+    /// `Err` when the pool takes no work; `Ok(None)` when no worker is idle or tasks queue.
+    pub(crate) fn lease(self: &Arc<Self>) -> std::result::Result<Option<(Worker, Outstanding)>, Failure> {
+        self.update(|st| {
+            if let Some(refusal) = st.refusal() {
+                return Err(refusal);
+            }
+            if !st.queue.is_empty() {
+                return Ok(None);
+            }
+            Ok(st.idle.pop().map(|w| (w, Outstanding::new(self, st))))
+        })
     }
 
     /// Puts tasks that never started back at the front of the queue, in order (or fails them,
     /// after `terminate`).
     pub(crate) fn requeue(&self, tasks: impl DoubleEndedIterator<Item = Task>) {
-        let mut st = self.lock();
-        if st.terminated {
-            drop(st);
-            for task in tasks {
-                self.complete(task, Delivery::Failed(Failure::Terminated));
+        let refused: Vec<Task> = self.update(|st| {
+            if st.terminated {
+                return tasks.collect();
             }
-            return;
+            for task in tasks.rev() {
+                st.queue.push_front(task);
+            }
+            Vec::new()
+        });
+        for task in refused {
+            task.complete(Delivery::Failed(Failure::Terminated));
         }
-        for task in tasks.rev() {
-            st.queue.push_front(task);
-        }
+        self.wake_driver();
     }
 
-    /// Takes back a worker that has nothing in flight: idle again, or replaced if it is due.
+    /// Takes back a worker that has nothing in flight: idle again, retired if the pool is done
+    /// with it, replaced if it is due.
     pub(crate) fn release(self: &Arc<Self>, worker: Worker) {
         let due = worker.retiring || self.config.max_tasks_per_child.is_some_and(|max| worker.done >= max);
         if due {
             self.replace(worker);
             return;
         }
-        let mut st = self.lock();
-        if st.terminated {
-            drop(st);
-            self.forget(worker);
-            return;
-        }
-        let queued = !st.queue.is_empty();
-        st.idle.push(worker);
-        drop(st);
-        self.changed.notify_all();
+        let queued = self.update(|st| {
+            if st.done_with_workers() {
+                retire(st, worker);
+                return true;
+            }
+            st.idle.push(worker);
+            !st.queue.is_empty()
+        });
         if queued {
             self.wake_driver();
         }
     }
 
-    /// Ends a worker (gracefully if it is idle, else it is already dead or killed) and starts
-    /// another in its place, unless the pool is terminated.
+    /// Ends a worker (it is dead, killed, or due to be recycled) and starts another in its
+    /// place, unless the pool is terminated, broken, or closed with no work left.
     pub(crate) fn replace(self: &Arc<Self>, worker: Worker) {
-        let start = {
-            let mut st = self.lock();
-            let start = !st.terminated && st.broken.is_none();
-            if start {
+        let token = self.update(|st| {
+            retire(st, worker);
+            let wanted = !st.done_with_workers() && st.broken.is_none();
+            wanted.then(|| {
                 st.starting += 1;
-            }
-            start
-        };
-        self.forget(worker);
-        if start {
-            let inner = Arc::clone(self);
-            let spawned = std::thread::Builder::new().name("multiproc-respawn".into()).spawn(move || {
-                let index = {
-                    let mut st = inner.lock();
-                    st.started += 1;
-                    st.started - 1
-                };
-                let worker = Worker::start(&inner.config, index);
-                inner.add_started(worker);
+                st.started += 1;
+                (Starting(Arc::downgrade(self)), st.started - 1)
+            })
+        });
+        self.wake_driver();
+        let Some((token, index)) = token else { return };
+        let inner = Arc::clone(self);
+        let spawned = std::thread::Builder::new().name("multiproc-respawn".into()).spawn(move || {
+            let worker = Worker::start(&inner, index);
+            inner.add_started(token, worker);
+        });
+        if let Err(e) = spawned {
+            // the closure, and the token in it, are dropped: the count comes back
+            let reason = format!("could not start a thread to replace a worker: {e}");
+            let failed = self.update(|st| {
+                st.broken = Some(reason.clone());
+                st.queue.drain(..).collect::<Vec<_>>()
             });
-            if spawned.is_err() {
-                let mut st = self.lock();
-                st.starting -= 1;
-                st.broken = Some("could not start a thread to replace a worker".into());
+            for task in failed {
+                task.complete(Delivery::Failed(Failure::Broken(reason.clone())));
             }
         }
     }
 
-    /// Records a worker started by `replace` (or its failure, which breaks the pool: no
-    /// endless respawn loop).
-    pub(crate) fn add_started(&self, worker: Result<Worker>) {
-        let mut st = self.lock();
-        st.starting -= 1;
-        match worker {
-            Ok(w) if st.terminated => {
-                drop(st);
-                drop(w);
-                return;
-            }
-            Ok(w) => {
-                if let Ok(fd) = w.child.pidfd().try_clone_to_owned() {
-                    st.workers.insert(w.pid(), fd);
+    /// Records a worker started by `replace`. A worker whose initializer failed breaks the pool
+    /// (no endless respawn loop), and fails every queued task with the cause.
+    fn add_started(&self, token: Starting, started: std::result::Result<Worker, StartError>) {
+        let pid = started.as_ref().ok().map(Worker::pid);
+        let (late, failed) = self.update(move |st| {
+            let _token = token; // the worker is in its place (or gone) before the count drops
+            match started {
+                Ok(w) if st.terminated => {
+                    st.members.remove(&w.pid());
+                    (Some(w), Vec::new())
                 }
-                st.idle.push(w);
-            }
-            Err(e) => {
-                st.broken = Some(e.to_string());
-                let failed: Vec<Task> = st.queue.drain(..).collect();
-                st.outstanding -= failed.len();
-                let failure = Failure::Broken(e.to_string());
-                drop(st);
-                for task in failed {
-                    (task.sink)(Delivery::Failed(failure.clone()));
+                Ok(w) => {
+                    if st.done_with_workers() {
+                        retire(st, w);
+                    } else {
+                        if let Some(m) = pid.and_then(|p| st.members.get_mut(&p)) {
+                            m.ready = true;
+                        }
+                        st.idle.push(w);
+                    }
+                    (None, Vec::new())
                 }
-                self.changed.notify_all();
-                self.wake_driver();
-                return;
+                Err(StartError::Stopped) => (None, Vec::new()),
+                Err(StartError::Fatal(e)) => {
+                    st.broken = Some(e.to_string());
+                    (None, st.queue.drain(..).collect())
+                }
             }
+        });
+        drop(late); // killed and reaped, outside the lock
+        let reason = self.read(|st| st.broken.clone());
+        for task in failed {
+            task.complete(Delivery::Failed(Failure::Broken(reason.clone().unwrap_or_default())));
         }
-        drop(st);
-        self.changed.notify_all();
         self.wake_driver();
     }
 
-    /// Ends a worker: an idle one is asked to exit (its socket closes), then reaped.
-    pub(crate) fn forget(&self, worker: Worker) {
-        self.lock().workers.remove(&worker.pid());
-        shut_down(vec![worker]);
+    /// Records a worker process as soon as it exists, so that `terminate` can kill it. `false`
+    /// when the pool is already terminated (the caller then drops it).
+    pub(crate) fn enlist(&self, pid: u32, pidfd: BorrowedFd<'_>) -> bool {
+        let pidfd = match pidfd.try_clone_to_owned() {
+            Ok(fd) => Arc::new(fd),
+            Err(_) => return true, // still served; only `terminate` cannot reach it early
+        };
+        self.update(|st| {
+            if st.terminated {
+                return false;
+            }
+            st.members.insert(pid, Member { pidfd, ready: false });
+            true
+        })
     }
 
-    /// Kills every worker (`terminate`): the ones in use notice and fail their tasks.
+    /// Forgets a worker process that never became a member (its start failed).
+    pub(crate) fn delist(&self, pid: u32) {
+        self.update(|st| st.members.remove(&pid));
+    }
+
+    /// Kills every worker process, starting ones too (`terminate`): the ones in use notice
+    /// and fail their tasks.
     pub(crate) fn kill_all(&self) {
-        let st = self.lock();
-        for pidfd in st.workers.values() {
+        self.kill_where(|_| true);
+    }
+
+    /// Kills the workers still starting (their start then fails and is not retried).
+    pub(crate) fn kill_starting(&self) {
+        self.kill_where(|m| !m.ready);
+    }
+
+    fn kill_where(&self, which: impl Fn(&Member) -> bool) {
+        let pidfds: Vec<Arc<OwnedFd>> =
+            self.read(|st| st.members.values().filter(|m| which(m)).map(|m| Arc::clone(&m.pidfd)).collect());
+        for pidfd in pidfds {
             let _ = sys::pidfd_signal(pidfd.as_fd(), Sig::Kill);
         }
     }
+}
+
+/// Sends a worker on its way out: it is told to exit (its socket closes for writing), and the
+/// driver reaps it. A dead one is simply reaped.
+pub(crate) fn retire(st: &mut State, worker: Worker) {
+    st.members.remove(&worker.pid());
+    let _ = rustix::net::shutdown(worker.child.socket(), rustix::net::Shutdown::Write);
+    st.exiting.push(worker);
 }
 
 /// Closes the workers' sockets so that they exit on their own, then reaps them (killing any
@@ -254,7 +443,7 @@ pub(crate) fn shut_down(workers: Vec<Worker>) {
     for w in &workers {
         let _ = rustix::net::shutdown(w.child.socket(), rustix::net::Shutdown::Write);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(1);
     for w in &mut workers {
         if let Ok(None) | Err(_) = w.child.wait_exit(Some(deadline)) {
             w.child.kill_and_reap();

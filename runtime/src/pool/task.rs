@@ -1,12 +1,47 @@
 //! A unit of work on its way through the pool, and how its outcome is delivered.
+//!
+//! Two guards make the pool's bookkeeping hold on every path: a task carries the
+//! [`Outstanding`] token that counts it (made under the pool's lock, given back when the task
+//! is dropped, however that happens), and its [`Sink`] delivers exactly once (a sink dropped
+//! unused delivers [`Failure::Terminated`], so no waiter is left waiting).
 
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::pool::shared::Outstanding;
 use crate::wire::frame::Frame;
 
-/// Receives a task's outcome, once.
-pub(crate) type Sink = Box<dyn FnOnce(Delivery) + Send>;
+/// Receives a task's outcome, exactly once.
+pub(crate) struct Sink(Option<Box<dyn FnOnce(Delivery) + Send>>);
+
+impl Sink {
+    pub(crate) fn new(f: impl FnOnce(Delivery) + Send + 'static) -> Sink {
+        Sink(Some(Box::new(f)))
+    }
+
+    /// A sink that throws the outcome away (the caller reads the reply itself).
+    pub(crate) fn none() -> Sink {
+        Sink(None)
+    }
+
+    /// Delivers the outcome. A sink that panics anyway is contained: the thread that delivers
+    /// (the pool's driver, say) must live on.
+    pub(crate) fn deliver(mut self, delivery: Delivery) {
+        if let Some(f) = self.0.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(delivery)));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                f(Delivery::Failed(Failure::Terminated))
+            }));
+        }
+    }
+}
 
 /// One frame for a worker: a single call, or a batch of calls (a chunk of a map).
 pub(crate) struct Task {
@@ -18,6 +53,17 @@ pub(crate) struct Task {
     /// calls in the frame.
     pub(crate) timeout: Option<Duration>,
     pub(crate) sink: Sink,
+    /// Counts this task as outstanding for as long as it exists.
+    pub(crate) _counted: Outstanding,
+}
+
+impl Task {
+    /// Delivers the outcome; the task is counted done when this returns.
+    pub(crate) fn complete(self, delivery: Delivery) {
+        let Task { sink, _counted, .. } = self;
+        sink.deliver(delivery);
+        drop(_counted);
+    }
 }
 
 impl std::fmt::Debug for Task {
@@ -46,10 +92,12 @@ pub(crate) enum Failure {
     Terminated,
     /// The pool was closed before the task was submitted.
     Closed,
-    /// No worker could be started (the initializer failed).
+    /// No worker can be started (the initializer failed).
     Broken(String),
-    /// The task could not be encoded or sent.
-    Other(String),
+    /// The frame is over the connection's limit.
+    TooLarge { len: u64, max: u64 },
+    /// The arguments could not be encoded.
+    Encode { type_name: String, message: String },
 }
 
 impl Failure {
@@ -63,7 +111,19 @@ impl Failure {
             Failure::Terminated => Error::PoolTerminated,
             Failure::Closed => Error::PoolClosed,
             Failure::Broken(message) => Error::InitializerFailed { message: message.clone() },
-            Failure::Other(message) => Error::BadFrame { reason: message.clone() },
+            Failure::TooLarge { len, max } => Error::FrameTooLarge { len: *len, max: *max },
+            Failure::Encode { type_name, message } => {
+                Error::Encode { what: "arguments", type_name: type_name.clone(), message: message.clone() }
+            }
+        }
+    }
+
+    /// The failure of a task whose frame could not be made.
+    pub(crate) fn unsent(e: Error) -> Failure {
+        match e {
+            Error::FrameTooLarge { len, max } => Failure::TooLarge { len, max },
+            Error::Encode { type_name, message, .. } => Failure::Encode { type_name, message },
+            other => Failure::Encode { type_name: "the arguments".into(), message: other.to_string() },
         }
     }
 }

@@ -4,13 +4,15 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustix::net::SendFlags;
 
 use crate::child::ChildProc;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::pool::config::Config;
+use crate::pool::shared::{Inner, State};
 use crate::pool::task::{Failure, Task};
 use crate::process::fail_error;
 use crate::wire::codec;
@@ -34,47 +36,89 @@ pub(crate) struct Worker {
     pub(crate) retiring: bool,
 }
 
+/// Why a worker could not be started.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// The initializer failed (it returned an error, panicked, or overran the task limit), or
+    /// the worker cannot work at all: the pool must not start more.
+    Fatal(Error),
+    /// The pool stopped wanting it (terminated, or joined with no work left).
+    Stopped,
+}
+
+/// Why one attempt to start a worker failed.
+enum Setback {
+    Fatal(Error),
+    /// The process died, or never answered, before it was ready: a kill from outside (the OOM
+    /// killer, say) is survived by trying again.
+    Died(Error),
+}
+
+/// Starts that die in a row before the pool gives up: a worker killed from outside while it
+/// starts is replaced, but an initializer that crashes every time must not respawn forever.
+const MAX_DEATHS_IN_A_ROW: u32 = 6;
+/// The pause before the first retry; it doubles each time, up to a second.
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+
 impl Worker {
-    /// Starts a worker and runs the initializer in it, if there is one; the initializer's
-    /// failure is this call's error.
-    pub(crate) fn start(config: &Config, index: usize) -> Result<Worker> {
+    /// Starts a worker, runs the initializer in it, and waits until it is ready. A death
+    /// before then is retried (with a growing pause, a bounded number of times in a row); a
+    /// failing initializer is fatal at once.
+    pub(crate) fn start(inner: &Arc<Inner>, index: usize) -> std::result::Result<Worker, StartError> {
+        let mut deaths = 0;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if inner.read(stopped) {
+                return Err(StartError::Stopped);
+            }
+            match Self::attempt(inner, index) {
+                Ok(w) => return Ok(w),
+                Err(Setback::Fatal(e)) => return Err(StartError::Fatal(e)),
+                Err(Setback::Died(_)) if inner.read(stopped) => return Err(StartError::Stopped),
+                Err(Setback::Died(e)) => {
+                    deaths += 1;
+                    if deaths >= MAX_DEATHS_IN_A_ROW {
+                        let message = format!("{deaths} workers in a row died while starting; the last: {e}");
+                        return Err(StartError::Fatal(Error::InitializerFailed { message }));
+                    }
+                    // the pause ends early if the pool stops wanting the worker
+                    inner.wait_until(Some(backoff), stopped);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn attempt(inner: &Inner, index: usize) -> std::result::Result<Worker, Setback> {
+        let config = &inner.config;
         let name = format!("multiproc-w{index}");
         let mut how = config.process.how(false);
         how.name = Some(&name);
         let first = match &config.initializer {
-            Some(init) => Some(init.frame()?),
+            Some(init) => match init.frame() {
+                Ok(f) => Some(f),
+                Err(e) => return Err(Setback::Fatal(e)),
+            },
             None => None,
         };
-        let mut child = ChildProc::spawn(&how, first)?;
-        if let Some(init) = &config.initializer {
-            let mut greeted = false;
-            let deadline = config.task_timeout.map(|limit| Instant::now() + limit);
-            loop {
-                match child.reader.read(deadline) {
-                    Ok(f) if f.kind == Kind::Ready => greeted = true,
-                    Ok(f) => match reply_error(child.pid, &f, &child.executable) {
-                        Some(e) => return Err(Error::InitializerFailed { message: e.to_string() }),
-                        None => {
-                            let (_, body) = message::split_id(&f.payload).unwrap_or((0, &[]));
-                            init.check(body)?;
-                            break;
-                        }
-                    },
-                    Err(RecvError::Failed(e)) => return Err(Error::InitializerFailed { message: e.to_string() }),
-                    Err(RecvError::TimedOut) => {
-                        let limit = config.task_timeout.unwrap_or_default();
-                        let message = format!("it ran longer than the task limit of {limit:?} and was killed");
-                        return Err(Error::InitializerFailed { message });
-                    }
-                    Err(RecvError::Closed) => {
-                        let status = child.wait_exit(None)?.expect("waited without a deadline");
-                        let e = child.death(status, greeted);
-                        return Err(Error::InitializerFailed { message: e.to_string() });
-                    }
-                }
+        let mut child = match ChildProc::spawn(&how, first) {
+            Ok(child) => child,
+            // a full process table, say: worth another try
+            Err(e @ (Error::Spawn { .. } | Error::HandshakeTimedOut { .. } | Error::Io { .. })) => {
+                return Err(Setback::Died(e))
             }
+            Err(e) => return Err(Setback::Fatal(e)),
+        };
+        if !inner.enlist(child.pid, child.pidfd()) {
+            return Err(Setback::Died(Error::PoolTerminated));
         }
-        child.reader.set_nonblocking(true)?;
+        let ready = Self::handshake(config, &mut child)
+            .and_then(|()| child.reader.set_nonblocking(true).map_err(Setback::Fatal));
+        if let Err(setback) = ready {
+            inner.delist(child.pid);
+            child.kill_and_reap();
+            return Err(setback);
+        }
         Ok(Worker {
             child,
             inflight: VecDeque::new(),
@@ -84,6 +128,55 @@ impl Worker {
             head_since: Instant::now(),
             retiring: false,
         })
+    }
+
+    /// Waits for the child's `Ready`, then for the initializer's reply, and classifies what
+    /// happened by what it was: a reply that says the initializer failed is fatal, a death or
+    /// silence is not.
+    fn handshake(config: &Config, child: &mut ChildProc) -> std::result::Result<(), Setback> {
+        let mut greeted = false;
+        let mut init_deadline = None;
+        loop {
+            let deadline = if greeted { init_deadline } else { Some(child.handshake_deadline) };
+            match child.reader.read(deadline) {
+                Ok(f) if f.kind == Kind::Ready => {
+                    greeted = true;
+                    let Some(_) = &config.initializer else { return Ok(()) };
+                    init_deadline = config.task_timeout.map(|limit| Instant::now() + limit);
+                }
+                Ok(f) if !greeted => {
+                    // a refusal (another build, say) comes instead of `Ready`
+                    let e = reply_error(child.pid, &f, &child.executable)
+                        .unwrap_or_else(|| Error::BadFrame { reason: "a reply before the handshake".into() });
+                    return Err(Setback::Fatal(e));
+                }
+                Ok(f) => {
+                    let init = config.initializer.as_ref().expect("a reply after Ready answers the initializer");
+                    if let Some(e) = reply_error(child.pid, &f, &child.executable) {
+                        return Err(Setback::Fatal(Error::InitializerFailed { message: e.to_string() }));
+                    }
+                    let (_, body) = message::split_id(&f.payload).unwrap_or((0, &[]));
+                    return init.check(body).map_err(Setback::Fatal);
+                }
+                Err(RecvError::Failed(e)) => {
+                    return Err(Setback::Fatal(Error::InitializerFailed { message: e.to_string() }))
+                }
+                Err(RecvError::TimedOut) if !greeted => return Err(Setback::Died(child.handshake_timed_out())),
+                Err(RecvError::TimedOut) => {
+                    let limit = config.task_timeout.unwrap_or_default();
+                    let message = format!("it ran longer than the task limit of {limit:?} and was killed");
+                    return Err(Setback::Fatal(Error::InitializerFailed { message }));
+                }
+                Err(RecvError::Closed) => {
+                    let e = match child.wait_exit(None) {
+                        Ok(Some(status)) => child.death(status, greeted),
+                        Ok(None) => Error::NoHandshake { pid: child.pid, executable: child.executable.clone() },
+                        Err(e) => e,
+                    };
+                    return Err(Setback::Died(e));
+                }
+            }
+        }
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -214,4 +307,9 @@ pub(crate) fn reply_error(pid: u32, frame: &Frame, executable: &std::path::Path)
         }),
         other => Some(Error::BadFrame { reason: format!("unexpected {other:?} frame from a worker") }),
     }
+}
+
+/// Whether the pool no longer wants new workers.
+fn stopped(st: &State) -> bool {
+    st.terminated || (st.closed && st.queue.is_empty() && st.outstanding() == 0)
 }

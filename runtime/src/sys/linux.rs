@@ -78,20 +78,27 @@ pub(crate) fn liveness_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
+/// `fcntl`'s command to choose the signal of an async file (`asm-generic/fcntl.h`; the `libc`
+/// crate declares it only for some targets).
+const F_SETSIG: libc::c_int = 10;
+
 /// Makes this process end when the last write end of the pipe `read_end` closes, that is when
-/// the parent dies, however it dies. No thread: the kernel sends `SIGIO` (the pipe is in async
-/// mode and owned by this process), and the default action of `SIGIO` ends the process. A
-/// parent already gone ends the process at once.
+/// the parent dies, however it dies. No thread: the pipe is in async mode and owned by this
+/// process, and `F_SETSIG` makes the kernel signal its hang-up with `SIGKILL` rather than
+/// `SIGIO`, so that the end comes even to a stopped process, or to one whose code ignores or
+/// handles `SIGIO`. A parent already gone ends the process at once.
 pub(crate) fn die_with_writer(read_end: OwnedFd) -> io::Result<()> {
     use std::os::fd::{AsRawFd, IntoRawFd};
     let fd = read_end.as_raw_fd();
-    // SAFETY: setting SIGIO back to its default action has no preconditions.
+    // SAFETY: `fd` is open (owned by `read_end`); F_SETSIG takes a signal number and F_SETOWN
+    // a pid; neither touches memory.
     unsafe {
-        libc::signal(libc::SIGIO, libc::SIG_DFL);
-    }
-    // SAFETY: `fd` is open (owned by `read_end`); F_SETOWN takes a pid and touches no memory.
-    if unsafe { libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) } == -1 {
-        return Err(io::Error::last_os_error());
+        if libc::fcntl(fd, F_SETSIG, libc::SIGKILL) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == -1 {
+            return Err(io::Error::last_os_error());
+        }
     }
     let flags = rustix::fs::fcntl_getfl(&read_end)?;
     rustix::fs::fcntl_setfl(&read_end, flags | rustix::fs::OFlags::ASYNC | rustix::fs::OFlags::NONBLOCK)?;

@@ -31,6 +31,17 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     })
 }
 
+/// The error for a value whose `Serialize` panicked (while the frame it was going into was
+/// encoded).
+pub(crate) fn serialize_panicked(what: &'static str, type_name: &str, message: String) -> Error {
+    Error::Encode { what, type_name: type_name.to_string(), message: format!("its Serialize panicked: {message}") }
+}
+
+/// The error for a value whose `Deserialize` panicked.
+pub(crate) fn deserialize_panicked(what: &'static str, type_name: &str, message: String) -> Error {
+    Error::Decode { what, type_name: type_name.to_string(), message: format!("its Deserialize panicked: {message}") }
+}
+
 /// Decodes a whole buffer as a `T`.
 pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Error> {
     options().deserialize(bytes).map_err(|e| Error::Decode {
@@ -50,6 +61,7 @@ pub struct ValueReader<'a> {
 
 impl<'a> ValueReader<'a> {
     /// Reads `bytes`; `what` names them in errors (`arguments`, `result`).
+    #[inline]
     pub(crate) fn new(bytes: &'a [u8], what: &'static str) -> Self {
         ValueReader { rest: Cell::new(bytes), what }
     }
@@ -65,13 +77,10 @@ impl<'a> ValueReader<'a> {
         })
     }
 
-    /// Takes the next `len` raw bytes.
-    pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], Error> {
-        Tail { rest: &self.rest }.take(len).map_err(|_| Error::Decode {
-            what: self.what,
-            type_name: "bytes".into(),
-            message: format!("{len} bytes announced, {} present", self.rest.get().len()),
-        })
+    /// How many bytes are left to read.
+    #[inline]
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.get().len()
     }
 
     /// Decodes the next value as a byte buffer, in one block.
@@ -80,6 +89,7 @@ impl<'a> ValueReader<'a> {
     }
 
     /// Checks that every byte was used: a longer buffer is not silently a shorter value.
+    #[inline]
     pub(crate) fn finish(self) -> Result<(), Error> {
         match self.rest.get().len() {
             0 => Ok(()),

@@ -24,7 +24,8 @@ pub const MAX_FRAME_LEN: usize = 1 << 30;
 /// The most file descriptors one frame may carry.
 pub const MAX_FDS_PER_FRAME: usize = 16;
 
-const HEADER_LEN: usize = 8;
+/// The bytes of a frame before its payload.
+pub(crate) const HEADER_LEN: usize = 8;
 const MAGIC: u16 = 0x504d; // "MP"
 const READ_CHUNK: usize = 64 * 1024;
 /// Growth step when a large payload arrives: memory follows the bytes actually received.
@@ -92,28 +93,46 @@ impl OutFrame {
         &mut self.buf
     }
 
-    /// Writes the frame, with `fds` attached, blocking until all of it is sent.
-    pub(crate) fn send(mut self, sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
-        let header = header(self.buf.len() - HEADER_LEN, self.kind, fds.len())?;
+    /// The payload's length so far.
+    pub(crate) fn payload_len(&self) -> usize {
+        self.buf.len() - HEADER_LEN
+    }
+
+    /// Whether the payload fits a connection whose frames may carry at most `max` bytes.
+    pub(crate) fn check_len(&self, max: usize) -> Result<(), Error> {
+        check_len(self.payload_len(), max)
+    }
+
+    /// Writes the frame, with `fds` attached, blocking until all of it is sent. `max`: the
+    /// connection's frame limit.
+    pub(crate) fn send(mut self, sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>], max: usize) -> Result<(), Error> {
+        let header = header(self.payload_len(), self.kind, fds.len(), max)?;
         self.buf[..HEADER_LEN].copy_from_slice(&header);
         send_all(sock, &self.buf, fds).map_err(|e| Error::io("could not send a frame to the other process", e))
     }
-}
 
-impl OutFrame {
-    /// The whole frame, header filled in, for a caller that writes it itself (no descriptors).
-    pub(crate) fn into_bytes(mut self) -> Result<Vec<u8>, Error> {
-        let header = header(self.buf.len() - HEADER_LEN, self.kind, 0)?;
+    /// The whole frame, header filled in, for a caller that writes it itself.
+    pub(crate) fn into_bytes(mut self, nfds: usize, max: usize) -> Result<Vec<u8>, Error> {
+        let header = header(self.payload_len(), self.kind, nfds, max)?;
         self.buf[..HEADER_LEN].copy_from_slice(&header);
         Ok(self.buf)
     }
 }
 
-/// The header of a frame, or why it cannot be sent.
-fn header(len: usize, kind: Kind, nfds: usize) -> Result<[u8; HEADER_LEN], Error> {
-    if len > MAX_FRAME_LEN {
-        return Err(Error::FrameTooLarge { len: len as u64, max: MAX_FRAME_LEN as u64 });
+/// A payload of `len` bytes on a connection whose limit is `max` (never above
+/// [`MAX_FRAME_LEN`]).
+#[inline]
+pub(crate) fn check_len(len: usize, max: usize) -> Result<(), Error> {
+    let max = max.min(MAX_FRAME_LEN);
+    match len > max {
+        true => Err(Error::FrameTooLarge { len: len as u64, max: max as u64 }),
+        false => Ok(()),
     }
+}
+
+/// The header of a frame, or why it cannot be sent.
+fn header(len: usize, kind: Kind, nfds: usize, max: usize) -> Result<[u8; HEADER_LEN], Error> {
+    check_len(len, max)?;
     if nfds > MAX_FDS_PER_FRAME {
         return Err(Error::BadFrame {
             reason: format!("{nfds} file descriptors in one frame (at most {MAX_FDS_PER_FRAME})"),
@@ -180,6 +199,8 @@ pub(crate) struct FrameReader {
     fds: VecDeque<OwnedFd>,
     /// A large payload being received directly (header already consumed).
     partial: Option<Partial>,
+    /// The longest payload accepted.
+    max_len: usize,
 }
 
 #[derive(Debug)]
@@ -192,7 +213,20 @@ struct Partial {
 
 impl FrameReader {
     pub(crate) fn new(sock: OwnedFd) -> Self {
-        FrameReader { sock, buf: vec![0; READ_CHUNK], start: 0, end: 0, fds: VecDeque::new(), partial: None }
+        FrameReader {
+            sock,
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+            fds: VecDeque::new(),
+            partial: None,
+            max_len: MAX_FRAME_LEN,
+        }
+    }
+
+    /// Accepts payloads of at most `max` bytes from now on (never more than [`MAX_FRAME_LEN`]).
+    pub(crate) fn set_max_len(&mut self, max: usize) {
+        self.max_len = max.min(MAX_FRAME_LEN);
     }
 
     pub(crate) fn socket(&self) -> BorrowedFd<'_> {
@@ -246,8 +280,8 @@ impl FrameReader {
             return Err(bad(format!("bad magic {magic:#06x}")));
         }
         let kind = Kind::from_u8(kind).ok_or_else(|| bad(format!("unknown frame kind {kind}")))?;
-        if len > MAX_FRAME_LEN {
-            return Err(RecvError::Failed(Error::FrameTooLarge { len: len as u64, max: MAX_FRAME_LEN as u64 }));
+        if len > self.max_len {
+            return Err(RecvError::Failed(Error::FrameTooLarge { len: len as u64, max: self.max_len as u64 }));
         }
         if nfds > MAX_FDS_PER_FRAME {
             return Err(bad(format!("{nfds} file descriptors announced (at most {MAX_FDS_PER_FRAME})")));
@@ -406,10 +440,10 @@ mod tests {
         let writer = thread::spawn(move || {
             let mut f = OutFrame::new(Kind::Call);
             f.payload().extend_from_slice(b"hello");
-            f.send(a.as_fd(), &[]).unwrap();
+            f.send(a.as_fd(), &[], MAX_FRAME_LEN).unwrap();
             let mut f = OutFrame::new(Kind::Return);
             f.payload().extend_from_slice(&big);
-            f.send(a.as_fd(), &[]).unwrap();
+            f.send(a.as_fd(), &[], MAX_FRAME_LEN).unwrap();
             a
         });
         let mut r = FrameReader::new(b);
@@ -425,7 +459,7 @@ mod tests {
     #[test]
     fn a_huge_announced_length_is_refused_without_allocating() {
         let (a, b) = pair();
-        let mut lying = header(0, Kind::Return, 0).unwrap();
+        let mut lying = header(0, Kind::Return, 0, MAX_FRAME_LEN).unwrap();
         lying[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         send_all(a.as_fd(), &lying, &[]).unwrap();
         let mut r = FrameReader::new(b);
@@ -448,7 +482,7 @@ mod tests {
     #[test]
     fn a_truncated_frame_is_a_bad_frame_not_a_clean_close() {
         let (a, b) = pair();
-        let mut bytes = header(100, Kind::Return, 0).unwrap().to_vec();
+        let mut bytes = header(100, Kind::Return, 0, MAX_FRAME_LEN).unwrap().to_vec();
         bytes.extend_from_slice(&[7; 42]);
         send_all(a.as_fd(), &bytes, &[]).unwrap();
         drop(a);
@@ -458,14 +492,16 @@ mod tests {
 
     #[test]
     fn an_oversize_frame_is_refused_before_sending() {
-        assert!(header(MAX_FRAME_LEN, Kind::Call, 0).is_ok());
-        match header(MAX_FRAME_LEN + 1, Kind::Call, 0) {
+        assert!(header(MAX_FRAME_LEN, Kind::Call, 0, MAX_FRAME_LEN).is_ok());
+        match header(MAX_FRAME_LEN + 1, Kind::Call, 0, usize::MAX) {
             Err(Error::FrameTooLarge { len, max }) => {
                 assert_eq!((len, max), (MAX_FRAME_LEN as u64 + 1, MAX_FRAME_LEN as u64))
             }
             other => panic!("expected FrameTooLarge, got {other:?}"),
         }
-        assert!(matches!(header(1, Kind::Call, MAX_FDS_PER_FRAME + 1), Err(Error::BadFrame { .. })));
+        assert!(matches!(header(1, Kind::Call, MAX_FDS_PER_FRAME + 1, MAX_FRAME_LEN), Err(Error::BadFrame { .. })));
+        // a connection's own, lower limit
+        assert!(matches!(header(101, Kind::Call, 0, 100), Err(Error::FrameTooLarge { len: 101, max: 100 })));
     }
 
     #[test]
@@ -476,7 +512,7 @@ mod tests {
         assert!(matches!(r.read(Some(deadline)), Err(RecvError::TimedOut)));
         let mut f = OutFrame::new(Kind::Hello);
         f.payload().push(1);
-        f.send(a.as_fd(), &[]).unwrap();
+        f.send(a.as_fd(), &[], MAX_FRAME_LEN).unwrap();
         let f = r.read(Some(Instant::now() + Duration::from_secs(5))).unwrap();
         assert_eq!(f.payload, vec![1]);
     }
@@ -487,7 +523,7 @@ mod tests {
         let (p_read, p_write) = rustix::pipe::pipe().unwrap();
         let mut f = OutFrame::new(Kind::Call);
         f.payload().push(9);
-        f.send(a.as_fd(), &[p_write.as_fd()]).unwrap();
+        f.send(a.as_fd(), &[p_write.as_fd()], MAX_FRAME_LEN).unwrap();
         drop(p_write);
         let mut r = FrameReader::new(b);
         let mut frame = r.read(None).unwrap();

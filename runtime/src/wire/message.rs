@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::function::ProcessFn;
 use crate::wire::codec;
-use crate::wire::frame::{Kind, OutFrame};
+use crate::wire::frame::{self, Kind, OutFrame, HEADER_LEN};
+use crate::wire::items::{ItemsWriter, TAG_LEN};
 
 /// The protocol version; a child refuses a parent that speaks another one.
 pub(crate) const PROTOCOL: u32 = 1;
@@ -24,6 +25,8 @@ pub(crate) struct Hello {
     pub(crate) name: Option<String>,
     /// Whether the child exits after its first call (a `Process`) or serves many (a pool).
     pub(crate) one_shot: bool,
+    /// The longest frame either side may send on this connection.
+    pub(crate) max_frame_len: u64,
 }
 
 /// Why a panic happened, as the child saw it.
@@ -62,6 +65,11 @@ pub(crate) enum FailReport {
         type_name: String,
         message: String,
     },
+    /// The reply would exceed the connection's frame limit.
+    FrameTooLarge {
+        len: u64,
+        max: u64,
+    },
 }
 
 impl FailReport {
@@ -71,6 +79,7 @@ impl FailReport {
             Error::DuplicateFunction { name } => FailReport::DuplicateFunction { name },
             Error::Decode { what, type_name, message } => FailReport::Decode { what: what.into(), type_name, message },
             Error::Encode { what, type_name, message } => FailReport::Encode { what: what.into(), type_name, message },
+            Error::FrameTooLarge { len, max } => FailReport::FrameTooLarge { len, max },
             other => FailReport::Protocol { message: other.to_string() },
         }
     }
@@ -85,7 +94,11 @@ pub(crate) fn hello_frame(hello: &Hello) -> Result<OutFrame, Error> {
 
 /// A `Call` frame of `F`: task id, function name, then the encoded arguments.
 pub(crate) fn call_frame<F: ProcessFn>(id: u64, args: &F::Args) -> Result<OutFrame, Error> {
-    call_frame_with(id, F::NAME, |out| F::encode_args(args, out))
+    call_frame_with(id, F::NAME, |out| {
+        crate::panic::catch(|| F::encode_args(args, out)).unwrap_or_else(|report| {
+            Err(codec::serialize_panicked("arguments", std::any::type_name::<F::Args>(), report.message))
+        })
+    })
 }
 
 /// A `Call` frame for `name`, its arguments appended by `encode`.
@@ -138,14 +151,26 @@ pub(crate) fn reply_frame<T: Serialize + ?Sized>(
     Ok(f)
 }
 
+/// The start of a chunk, encoded.
+#[derive(Debug)]
+pub(crate) enum BatchFrame {
+    /// A `Batch` frame holding this many items.
+    Frame(OutFrame, usize),
+    /// The first item could not be encoded (or its `Serialize` panicked): it fails alone.
+    BadItem(Error),
+}
+
 /// A `Batch` frame of `F` holding the first items of `items`: at most `max_items`, and no more
-/// once `max_bytes` of arguments are written (but always at least one). Returns how many.
-pub(crate) fn batch_frame_bounded<F: ProcessFn>(
+/// once `max_bytes` of arguments are written (but always at least one), within the frame
+/// limit `max_frame`. It stops before an item that fails to encode or does not fit, which the
+/// next call reports alone as [`BatchFrame::BadItem`].
+pub(crate) fn batch_frame<F: ProcessFn>(
     id: u64,
     items: &[F::Args],
     max_items: usize,
     max_bytes: usize,
-) -> Result<(OutFrame, usize), Error> {
+    max_frame: usize,
+) -> BatchFrame {
     let mut f = OutFrame::with_capacity(Kind::Batch, max_bytes.min(items.len().min(max_items) * 16) + 64);
     let p = f.payload();
     p.extend_from_slice(&id.to_le_bytes());
@@ -153,37 +178,57 @@ pub(crate) fn batch_frame_bounded<F: ProcessFn>(
     p.extend_from_slice(F::NAME.as_bytes());
     let count_at = p.len();
     p.extend_from_slice(&[0; 4]);
+    let mut list = ItemsWriter::new(p);
     let first = p.len();
-    let mut taken = 0;
-    for args in items.iter().take(max_items) {
-        if taken > 0 && p.len() - first >= max_bytes {
-            break;
+    // the longest buffer allowed, with room for a tag per item in case the layout turns tagged
+    let limit = max_frame.min(crate::wire::frame::MAX_FRAME_LEN).saturating_add(HEADER_LEN);
+    // One panic catch for the whole chunk: a `Serialize` that panics ends the chunk before
+    // its item, as an error does.
+    let mut failure = None;
+    let caught = crate::panic::catch(|| {
+        for args in items.iter().take(max_items) {
+            if list.count() > 0 && p.len() - first >= max_bytes {
+                break;
+            }
+            list.begin(p);
+            if let Err(e) = F::encode_args(args, p) {
+                failure = Some(e);
+                return;
+            }
+            let needed = p.len() + TAG_LEN * (list.count() + 1);
+            if needed > limit {
+                failure = Some(too_large(needed - HEADER_LEN, max_frame));
+                return;
+            }
+            list.end(p);
         }
-        F::encode_args(args, p)?;
-        taken += 1;
+    });
+    let failure = match caught {
+        Ok(()) => failure,
+        Err(report) => Some(codec::serialize_panicked("arguments", std::any::type_name::<F::Args>(), report.message)),
+    };
+    if let Some(e) = failure {
+        list.cancel(p);
+        if list.count() == 0 {
+            return BatchFrame::BadItem(e);
+        }
     }
+    let taken = list.count();
     p[count_at..count_at + 4].copy_from_slice(&(taken as u32).to_le_bytes());
-    Ok((f, taken))
+    BatchFrame::Frame(f, taken)
 }
 
-/// Splits a `Batch` payload into id, function name, item count and the items' bytes.
+#[cold]
+fn too_large(len: usize, max: usize) -> Error {
+    frame::check_len(len, max).expect_err("called over the limit")
+}
+
+/// Splits a `Batch` payload into id, function name, item count and the items.
 pub(crate) fn parse_batch(payload: &[u8]) -> Result<(u64, &str, u32, &[u8]), Error> {
     let (id, name, rest) = parse_call(payload)?;
     let count = rest.get(..4).ok_or_else(|| Error::BadFrame { reason: "batch frame: no item count".into() })?;
     Ok((id, name, u32::from_le_bytes(count.try_into().expect("4 bytes")), &rest[4..]))
 }
-
-/// A batch reply whose outputs follow each other: every item succeeded.
-pub(crate) const BATCH_ALL_OK: u8 = 0;
-/// A batch reply with one entry per item: tag ([`ITEM_OK`], [`ITEM_PANIC`], [`ITEM_FAIL`]), u32
-/// length, bytes.
-pub(crate) const BATCH_TAGGED: u8 = 1;
-/// The item returned; its output follows.
-pub(crate) const ITEM_OK: u8 = 0;
-/// The item panicked; a [`PanicReport`] follows.
-pub(crate) const ITEM_PANIC: u8 = 1;
-/// The item could not be called; a [`FailReport`] follows.
-pub(crate) const ITEM_FAIL: u8 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -3,4 +3,5 @@
 pub(crate) mod codec;
 pub(crate) mod frame;
 pub(crate) mod handshake;
+pub(crate) mod items;
 pub(crate) mod message;
