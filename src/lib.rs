@@ -68,8 +68,10 @@
 //!
 //! A [`Pool`] keeps its workers; a call goes over a connection that stays open, several tasks
 //! in flight per worker, maps in chunks. A worker that dies or overruns its
-//! [`task_timeout`](PoolBuilder::task_timeout) fails only the task it was running and is
-//! replaced; a panic fails only its item; dropping the pool finishes the work submitted.
+//! [`task_timeout`](PoolBuilder::task_timeout) fails only the task it was running (one call,
+//! or one chunk of a map) and is replaced; a worker that dies while idle or while it starts is
+//! replaced before it is given work; a panic, or a value that cannot be encoded or decoded,
+//! fails only its item; dropping the pool finishes the work submitted.
 //!
 //! # What a process function can be
 //!
@@ -118,7 +120,10 @@
 //! | `abort()`, a segfault, `kill -9` from outside, the OOM killer | [`Signaled`](Error::Signaled): the signal and its name |
 //! | [`Process::kill`] / [`Process::terminate`] | [`Killed`](Error::Killed), told apart from the above |
 //! | still running at a [`join_timeout`](Process::join_timeout) deadline | [`TimedOut`](Error::TimedOut): the child keeps running |
-//! | an argument whose `Serialize` fails | [`Encode`](Error::Encode), before any process starts |
+//! | an argument whose `Serialize` fails (or panics) | [`Encode`](Error::Encode), before any process starts; in a map, for that item only |
+//! | a result whose `Deserialize` fails (or panics) in the parent | [`Decode`](Error::Decode), for that call or item only |
+//! | an argument or a result over the frame limit | [`FrameTooLarge`](Error::FrameTooLarge), for that call or item; the worker goes on |
+//! | an executable that never answers the handshake | [`HandshakeTimedOut`](Error::HandshakeTimedOut): it is killed |
 //! | another build of the executable | [`BuildMismatch`](Error::BuildMismatch), from the handshake |
 //! | an executable that cannot start | [`Spawn`](Error::Spawn), with the OS error |
 //! | a pool task over its limit | [`TaskTimedOut`](Error::TaskTimedOut): its worker is killed and replaced |

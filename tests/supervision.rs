@@ -351,12 +351,11 @@ fn a_replacement_whose_initializer_fails_breaks_the_pool_at_once() {
 
 /// 7. A stopped worker survived its parent's SIGKILL (SIGIO is not delivered to a stopped
 ///    process), and a function that ignored SIGIO disabled the protection. Run by the test
-///    below in its own process.
+///    below in its own process; it dies as `MULTIPROC_STOPPED_HELPER` says, once the file named
+///    by `MULTIPROC_STOPPED_GO` exists.
 #[test]
 fn stopped_worker_helper() {
-    if std::env::var_os("MULTIPROC_STOPPED_HELPER").is_none() {
-        return;
-    }
+    let Some(how) = std::env::var_os("MULTIPROC_STOPPED_HELPER") else { return };
     let pool = Pool::new(2).unwrap();
     for pid in pool.pids() {
         println!("pid {pid}");
@@ -365,7 +364,17 @@ fn stopped_worker_helper() {
     println!("pid {}", child.pid());
     let _ = child.join_timeout(Duration::from_millis(300)); // let it reach its sleep
     println!("ready");
-    std::thread::sleep(DEADLINE);
+    let go = PathBuf::from(std::env::var_os("MULTIPROC_STOPPED_GO").unwrap());
+    let start = Instant::now();
+    while !go.exists() && start.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match how.to_str() {
+        // no destructor runs: nothing closes the pool or kills the child on the way out
+        Some("exit") => std::process::exit(0),
+        Some("abort") => std::process::abort(),
+        _ => std::thread::sleep(DEADLINE), // killed from outside
+    }
 }
 
 #[process_fn]
@@ -375,14 +384,19 @@ fn ignores_sigio() {
     std::thread::sleep(Duration::from_secs(3600));
 }
 
-#[test]
-fn a_stopped_worker_and_one_that_ignores_sigio_die_with_their_parent() {
+/// Runs the helper, stops one of its workers, ends the helper `how`, and checks that every
+/// child of it ends.
+fn children_die_with_a_parent_that(how: &str) {
     use std::io::{BufRead, BufReader};
+    let go = temp_path(&format!("stopped-go-{how}"));
+    let _ = std::fs::remove_file(&go);
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["stopped_worker_helper", "--exact", "--nocapture", "--test-threads=1"])
-        .env("MULTIPROC_STOPPED_HELPER", "1")
+        .env("MULTIPROC_STOPPED_HELPER", how)
+        .env("MULTIPROC_STOPPED_GO", &go)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut pids = Vec::new();
@@ -397,21 +411,38 @@ fn a_stopped_worker_and_one_that_ignores_sigio_die_with_their_parent() {
     }
     assert_eq!(pids.len(), 3);
     signal(pids[0], libc::SIGSTOP);
-    assert!(
-        common::proc_state(pids[0]) == Some('T') || {
-            std::thread::sleep(Duration::from_millis(50));
-            true
-        }
-    );
-    helper.kill().unwrap();
+    let start = Instant::now();
+    while common::proc_state(pids[0]) != Some('T') && start.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::fs::write(&go, "").unwrap();
+    if how == "kill" {
+        helper.kill().unwrap();
+    }
     common::wait_deadline(&mut helper);
+    let _ = std::fs::remove_file(&go);
     for pid in &pids {
         let ended = common::ends_within(*pid, Duration::from_secs(2));
         if !ended {
             signal(*pid, libc::SIGKILL); // leave nothing behind, then fail
         }
-        assert!(ended, "process {pid} outlived its parent (state {:?})", common::proc_state(*pid));
+        assert!(ended, "process {pid} outlived its parent ({how}; state {:?})", common::proc_state(*pid));
     }
+}
+
+#[test]
+fn a_stopped_worker_and_one_that_ignores_sigio_die_with_their_parent() {
+    children_die_with_a_parent_that("kill");
+}
+
+#[test]
+fn they_die_with_a_parent_that_exits_without_cleaning_up() {
+    children_die_with_a_parent_that("exit");
+}
+
+#[test]
+fn they_die_with_a_parent_that_aborts() {
+    children_die_with_a_parent_that("abort");
 }
 
 /// 4. An executable that is not a multiproc binary and keeps running: `join` waited forever.

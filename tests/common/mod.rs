@@ -48,11 +48,16 @@ pub struct Finished {
 /// Runs a command to completion with a hard deadline (it is killed, and the test fails, if it
 /// overruns).
 pub fn run(cmd: &mut Command) -> Finished {
+    run_for(cmd, DEADLINE)
+}
+
+/// Runs a command to completion, killing it (and failing the test) after `limit`.
+pub fn run_for(cmd: &mut Command, limit: Duration) -> Finished {
     let mut child =
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn helper");
     let out = reader(child.stdout.take().unwrap());
     let err = reader(child.stderr.take().unwrap());
-    let status = wait_deadline(&mut child);
+    let status = wait_until(&mut child, limit);
     Finished { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
 
@@ -65,15 +70,19 @@ pub fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Stri
 }
 
 pub fn wait_deadline(child: &mut Child) -> std::process::ExitStatus {
+    wait_until(child, DEADLINE)
+}
+
+fn wait_until(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        if start.elapsed() > DEADLINE {
+        if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("helper process {} did not finish within {DEADLINE:?}", child.id());
+            panic!("helper process {} did not finish within {limit:?}", child.id());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
