@@ -197,8 +197,9 @@
 pub use multiproc_macros::process_fn;
 
 pub use multiproc_runtime::{
-    init, AsyncResult, Error, Imap, InitOutcome, Output, Pool, PoolBuilder, Process, ProcessBuilder, ProcessFn,
-    Progress, Result, DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
+    init, pipe, pipe_one_way, AsyncResult, Connection, Error, Imap, InitOutcome, JoinableQueue, Output, Pool,
+    PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue, Receiver, Result, Sender,
+    DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
 
 #[cfg(feature = "progress")]

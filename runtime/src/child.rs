@@ -127,12 +127,13 @@ impl ChildProc {
         // wait longer than the handshake's time without progress.
         let sock = proc.reader.socket();
         let _ = rustix::net::sockopt::set_socket_timeout(sock, Timeout::Send, Some(how.handshake_timeout));
-        let mut sent = message::hello_frame(&hello)?.send(sock, &[live_read.as_fd()], how.max_frame_len);
+        let mut hello = message::hello_frame(&hello)?;
+        hello.fds.push(live_read); // ours closes once sent: the child's is then the only one
+        let mut sent = hello.send(sock, how.max_frame_len);
         if let (Ok(()), Some(first)) = (&sent, first) {
-            sent = first.send(sock, &[], how.max_frame_len);
+            sent = first.send(sock, how.max_frame_len);
         }
         let _ = rustix::net::sockopt::set_socket_timeout(sock, Timeout::Send, None);
-        drop(live_read);
         match sent {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
                 proc.kill_and_reap();

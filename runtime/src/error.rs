@@ -243,6 +243,56 @@ pub enum Error {
     /// The handle's result was already taken by an earlier join.
     #[error("this process was already joined and its result taken")]
     AlreadyJoined,
+
+    /// The other end of a pipe is gone: every copy of it was dropped, or its process ended.
+    #[error("the other end of the pipe is closed (dropped, or its process ended); nothing more will arrive")]
+    Disconnected,
+
+    /// Nothing to take: a queue or pipe was empty (within the time given, for a wait).
+    #[error("nothing to take: the queue or pipe was empty{}", waited.map(|w| format!(" for {w:?}")).unwrap_or_default())]
+    Empty {
+        /// How long it was waited for, if at all.
+        waited: Option<Duration>,
+    },
+
+    /// No room: a bounded queue held `maxsize` items, or this producer's buffer in the queue
+    /// was full (within the time given, for a wait).
+    #[error("the queue is full ({}){}", match maxsize { Some(n) => format!("it holds its maximum of {n} items"), None => "this producer's 1 MiB of items waits to be taken".into() }, waited.map(|w| format!(" for {w:?}")).unwrap_or_default())]
+    Full {
+        /// The queue's bound, or `None` when the producer's buffer was what was full.
+        maxsize: Option<usize>,
+        /// How long it was waited for, if at all.
+        waited: Option<Duration>,
+    },
+
+    /// The queue was shut down (`shutdown`): it takes nothing more, and gives nothing more once
+    /// empty (or at once, after an immediate shutdown).
+    #[error("the queue was shut down")]
+    ShutDown,
+
+    /// The queue was closed in this process (`close`).
+    #[error("this process closed the queue; it can no longer put or get here")]
+    QueueClosed,
+
+    /// `task_done` was called more times than items were put.
+    #[error("task_done was called more times than there were items put on the queue")]
+    TaskDoneTooMany,
+
+    /// A queue was given options it cannot work with.
+    #[error("invalid queue options: {reason}")]
+    QueueConfig {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A pipe received another kind of message than the call reads.
+    #[error("expected {expected} and received {found}: match send with recv, and send_bytes with recv_bytes")]
+    MessageKind {
+        /// What the call reads.
+        expected: &'static str,
+        /// What arrived.
+        found: &'static str,
+    },
 }
 
 impl Error {
@@ -251,9 +301,15 @@ impl Error {
     }
 
     /// Returns `true` when a wait ran out and the work goes on: [`Error::TimedOut`],
-    /// [`Error::NotReady`].
+    /// [`Error::NotReady`], and [`Error::Empty`] or [`Error::Full`] after a wait.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::TimedOut { .. } | Error::NotReady { .. })
+        matches!(
+            self,
+            Error::TimedOut { .. }
+                | Error::NotReady { .. }
+                | Error::Empty { waited: Some(_) }
+                | Error::Full { waited: Some(_), .. }
+        )
     }
 
     /// Returns `true` for [`Error::Panicked`].

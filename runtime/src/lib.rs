@@ -3,6 +3,7 @@
 
 #![deny(missing_docs)]
 
+mod channel;
 mod child;
 mod entry;
 mod error;
@@ -19,6 +20,7 @@ mod worker;
 #[doc(hidden)]
 pub mod private;
 
+pub use channel::{pipe, pipe_one_way, wait, Connection, JoinableQueue, Queue, Receiver, Sender, Source, Waitable};
 pub use entry::init;
 pub use error::{Error, Result};
 pub use function::ProcessFn;

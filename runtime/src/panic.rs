@@ -19,8 +19,12 @@ thread_local! {
 }
 
 /// Installs the recording hook once, keeping the previous hook for panics outside tasks.
+#[inline]
 pub(crate) fn install_hook() {
     static ONCE: Once = Once::new();
+    if ONCE.is_completed() {
+        return;
+    }
     ONCE.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
@@ -55,6 +59,7 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
 
 /// Runs `f`, turning a panic into its report (and printing nothing: in a parent, a user's
 /// `Serialize` or `Deserialize` that panics is reported as the error of its call).
+#[inline]
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
     install_hook();
     let outer = CAPTURING.with(|c| c.replace(true));

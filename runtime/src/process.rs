@@ -13,6 +13,7 @@ use crate::output::Output;
 use crate::registry;
 use crate::sys::Sig;
 use crate::wire::codec::{self, ValueReader};
+use crate::wire::fds;
 use crate::wire::frame::{Frame, Kind, OutFrame, RecvError, MAX_FRAME_LEN};
 use crate::wire::handshake::{build_id, hex};
 use crate::wire::message::{self, FailReport, PanicReport};
@@ -264,7 +265,7 @@ impl<T> Process<T> {
                     Kind::Return | Kind::Panic | Kind::Fail => self.reply = Some(frame),
                     other => self.break_off(format!("unexpected {other:?} frame from the child")),
                 },
-                Err(RecvError::Closed) => self.closed = true,
+                Err(RecvError::Closed | RecvError::Truncated) => self.closed = true,
                 Err(RecvError::TimedOut) if handshake.is_some_and(|h| Instant::now() >= h) => {
                     self.child.kill_and_reap();
                     self.joined = true;
@@ -301,7 +302,7 @@ impl<T> Process<T> {
         let (_, body) = message::split_id(&frame.payload)
             .ok_or_else(|| Error::BadFrame { reason: "reply without a task id".into() })?;
         match frame.kind {
-            Kind::Return => (self.decode)(body),
+            Kind::Return => fds::provide(frame.fds, || (self.decode)(body)).0,
             Kind::Panic => {
                 let report: PanicReport = codec::decode("message", body)?;
                 Err(Error::Panicked {
@@ -352,6 +353,11 @@ impl<T> Process<T> {
     /// unless the child had already returned its result.
     pub fn kill(&mut self) -> Result<()> {
         self.child.signal(Sig::Kill)
+    }
+
+    /// The child's pidfd (readable once it has ended), for `wait`.
+    pub(crate) fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.child.pidfd()
     }
 
     /// The read end of the child's stdout, when it was started with [`Output::Piped`]; taken

@@ -4,12 +4,16 @@
 //! A one-shot child (a `Process`) exits after its call; a pool worker serves until its parent
 //! hangs up, and ignores `SIGINT` (Ctrl-C goes to the whole process group: the parent decides).
 
+use std::os::fd::OwnedFd;
+
 use crate::error::Error;
 use crate::function::ProcessFn;
 use crate::panic;
 use crate::registry;
 use crate::sys;
+
 use crate::wire::codec::{self, ValueReader};
+use crate::wire::fds;
 use crate::wire::frame::{FrameReader, Kind, OutFrame, RecvError, HEADER_LEN, MAX_FRAME_LEN};
 use crate::wire::handshake::build_id;
 use crate::wire::items::{ItemsReader, ItemsWriter, ITEM_FAIL, ITEM_PANIC};
@@ -166,7 +170,7 @@ fn serve(reader: &mut FrameReader) -> i32 {
             Err(e) => return refuse(reader, FailReport::Protocol { message: e.to_string() }, EXIT_PROTOCOL),
         },
         Ok(_) | Err(RecvError::Failed(_)) => return EXIT_PROTOCOL,
-        Err(RecvError::Closed) | Err(RecvError::TimedOut) => return 0,
+        Err(RecvError::Closed | RecvError::Truncated | RecvError::TimedOut) => return 0,
     };
     if hello.protocol != PROTOCOL {
         let message = format!("the parent speaks protocol {}, this child {PROTOCOL}", hello.protocol);
@@ -192,33 +196,42 @@ fn serve(reader: &mut FrameReader) -> i32 {
     if let Some(name) = &hello.name {
         sys::set_thread_name(name);
     }
-    if OutFrame::new(Kind::Ready).send(reader.socket(), &[], limit).is_err() {
+    if OutFrame::new(Kind::Ready).send(reader.socket(), limit).is_err() {
         return EXIT_PARENT_GONE;
     }
     loop {
         let frame = match reader.read(None) {
             Ok(f) => f,
-            Err(RecvError::Closed) | Err(RecvError::TimedOut) => return 0,
+            Err(RecvError::Closed | RecvError::Truncated | RecvError::TimedOut) => return 0,
             Err(RecvError::Failed(_)) => return EXIT_PROTOCOL,
         };
         let reply = match frame.kind {
             Kind::Call => match message::parse_call(&frame.payload) {
-                Ok((id, name, args)) => answer(id, name, args, limit),
+                Ok((id, name, args)) => with_handles(frame.fds, || answer(id, name, args, limit)),
                 Err(_) => return EXIT_PROTOCOL,
             },
             Kind::Batch => match message::parse_batch(&frame.payload) {
-                Ok((id, name, count, items)) => answer_batch(id, name, count, items, limit),
+                Ok((id, name, count, items)) => with_handles(frame.fds, || answer_batch(id, name, count, items, limit)),
                 Err(_) => return EXIT_PROTOCOL,
             },
             _ => return EXIT_PROTOCOL,
         };
-        if reply.send(reader.socket(), &[], limit).is_err() {
+        if reply.send(reader.socket(), limit).is_err() {
             return EXIT_PARENT_GONE;
         }
         if hello.one_shot {
             return 0;
         }
     }
+}
+
+/// Runs a call with the descriptors its frame brought on offer to the arguments' handles, and
+/// attaches to the reply the descriptors of the handles in its result. The frame's own copies
+/// close afterwards: the handles made from them hold theirs.
+fn with_handles(received: Vec<OwnedFd>, answer: impl FnOnce() -> OutFrame) -> OutFrame {
+    let ((mut reply, _received), sent) = fds::collect(|| fds::provide(received, answer));
+    reply.fds = sent;
+    reply
 }
 
 /// Makes one call and builds its reply. A result over the connection's frame limit is that
@@ -351,6 +364,6 @@ fn fail_frame(id: u64, report: FailReport) -> OutFrame {
 }
 
 fn refuse(reader: &FrameReader, report: FailReport, code: i32) -> i32 {
-    let _ = fail_frame(0, report).send(reader.socket(), &[], MAX_FRAME_LEN);
+    let _ = fail_frame(0, report).send(reader.socket(), MAX_FRAME_LEN);
     code
 }

@@ -6,6 +6,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::function::ProcessFn;
 use crate::process::{read_whole, ProcessBuilder};
+use std::os::fd::OwnedFd;
+
+use crate::wire::fds;
 use crate::wire::frame::OutFrame;
 use crate::wire::message;
 
@@ -30,6 +33,8 @@ pub(crate) struct Config {
 pub(crate) struct Initializer {
     name: &'static str,
     args: Vec<u8>,
+    /// The descriptors of the handles among the arguments, sent to every worker.
+    fds: Vec<OwnedFd>,
     check: fn(&[u8]) -> Result<()>,
 }
 
@@ -45,8 +50,9 @@ impl Initializer {
         F::Output: InitOutcome,
     {
         let mut bytes = Vec::new();
-        F::encode_args(&args, &mut bytes)?;
-        Ok(Initializer { name: F::NAME, args: bytes, check: check::<F> })
+        let (encoded, fds) = fds::collect(|| F::encode_args(&args, &mut bytes));
+        encoded?;
+        Ok(Initializer { name: F::NAME, args: bytes, fds, check: check::<F> })
     }
 
     /// Checks the initializer's reply body: its `Err`, or a result that does not decode, is
@@ -55,12 +61,16 @@ impl Initializer {
         (self.check)(body)
     }
 
-    /// The call frame that runs it.
+    /// The call frame that runs it, with its own copies of the handles' descriptors.
     pub(crate) fn frame(&self) -> Result<OutFrame> {
-        message::call_frame_with(0, self.name, |out| {
+        let mut frame = message::call_frame_with(0, self.name, |out| {
             out.extend_from_slice(&self.args);
             Ok(())
-        })
+        })?;
+        for fd in &self.fds {
+            frame.fds.push(fd.try_clone().map_err(|e| Error::io("could not duplicate an initializer's handle", e))?);
+        }
+        Ok(frame)
     }
 }
 

@@ -10,6 +10,7 @@ use crate::pool::task::Delivery;
 use crate::pool::worker::reply_error;
 use crate::process::{fail_error, read_whole};
 use crate::wire::codec::{self, deserialize_panicked, ValueReader};
+use crate::wire::fds;
 use crate::wire::frame::{Frame, Kind};
 use crate::wire::items::{ItemsReader, ITEM_OK, ITEM_PANIC};
 use crate::wire::message::{self, PanicReport};
@@ -29,7 +30,7 @@ pub(crate) fn single<F: ProcessFn>(delivery: Delivery, executable: &Path) -> Res
             Some(e) => Err(e),
             None => {
                 let (_, body) = message::split_id(&frame.payload).expect("checked by reply_error");
-                read_one::<F>(body)
+                fds::provide(frame.fds, || read_one::<F>(body)).0
             }
         },
     }
@@ -69,16 +70,18 @@ fn items_of<'f>(
 /// The results of a batch of `n` calls.
 pub(crate) fn batch<F: ProcessFn>(delivery: Delivery, n: usize, executable: &Path) -> Chunk<F::Output> {
     let each = |e: &dyn Fn() -> Error| Chunk::Mixed((0..n).map(|_| Err(e())).collect());
-    let (pid, frame) = match delivery {
+    let (pid, mut frame) = match delivery {
         Delivery::Failed(failure) => return each(&|| failure.to_error()),
         Delivery::Reply { pid, frame } => (pid, frame),
     };
+    let received = std::mem::take(&mut frame.fds);
     let mut items = match items_of(pid, &frame, n, executable) {
         Ok(items) => items,
         // the same error for every item, made afresh for each
         Err(_) => return each(&|| items_of(pid, &frame, n, executable).err().unwrap_or_else(|| bad("unreachable"))),
     };
-    let results: Vec<Result<F::Output>> = (0..n).map(|_| item::<F>(&mut items, pid, executable)).collect();
+    let (results, _) =
+        fds::provide(received, || (0..n).map(|_| item::<F>(&mut items, pid, executable)).collect::<Vec<_>>());
     match results.iter().all(Result::is_ok) {
         true => Chunk::AllOk(results.into_iter().map(|r| r.expect("checked")).collect()),
         false => Chunk::Mixed(results),
@@ -88,24 +91,31 @@ pub(crate) fn batch<F: ProcessFn>(delivery: Delivery, n: usize, executable: &Pat
 /// Decodes a batch whose items all succeeded straight onto `values` and returns `None`; else
 /// leaves `values` as it was and returns one result per item.
 pub(crate) fn batch_into<F: ProcessFn>(
-    delivery: Delivery,
+    mut delivery: Delivery,
     n: usize,
     executable: &Path,
     values: &mut Vec<F::Output>,
 ) -> Option<Vec<Result<F::Output>>> {
-    if let Delivery::Reply { pid, frame } = &delivery {
+    if let Delivery::Reply { pid, frame } = &mut delivery {
+        let received = std::mem::take(&mut frame.fds);
         if let Some((_, region)) = items_of(*pid, frame, n, executable).ok().and_then(|items| items.uniform()) {
             // Every item succeeded, back to back: one pass, one panic catch for the chunk. If
             // anything fails, the slow path below finds which item, decoding each alone.
             let before = values.len();
-            let complete = panic::catch(|| {
-                let mut reader = ValueReader::new(region, "result");
-                (0..n).all(|_| F::read_output(&mut reader).map(|v| values.push(v)).is_ok()) && reader.finish().is_ok()
+            let (complete, received) = fds::provide(received, || {
+                panic::catch(|| {
+                    let mut reader = ValueReader::new(region, "result");
+                    (0..n).all(|_| F::read_output(&mut reader).map(|v| values.push(v)).is_ok())
+                        && reader.finish().is_ok()
+                })
             });
             if matches!(complete, Ok(true)) {
                 return None;
             }
             values.truncate(before);
+            frame.fds = received;
+        } else {
+            frame.fds = received;
         }
     }
     Some(batch::<F>(delivery, n, executable).into_results())

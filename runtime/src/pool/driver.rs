@@ -195,7 +195,9 @@ fn turn(w: &mut Worker) -> Fate {
             }
             Ok(None) => break,
             Err(RecvError::TimedOut) => break,
-            Err(RecvError::Closed) | Err(RecvError::Failed(_)) => return Fate::Gone { timed_out: false },
+            Err(RecvError::Closed | RecvError::Truncated | RecvError::Failed(_)) => {
+                return Fate::Gone { timed_out: false }
+            }
         }
     }
     if w.deadline().is_some_and(|d| Instant::now() >= d) {

@@ -13,7 +13,7 @@ use crate::pool::decode;
 use crate::pool::shared::Inner;
 use crate::pool::task::{Delivery, Failure, Sink, Task};
 use crate::pool::worker::Worker;
-use crate::wire::frame::{Frame, RecvError};
+use crate::wire::frame::{Encoded, Frame, RecvError};
 
 /// How long a blocking call looks for its reply before it sleeps. Measured (W2, 20,000 blocking
 /// `square` calls on 2 workers, this 2-core VM): 41 us per call without, 21 us with 20 us, 19
@@ -21,7 +21,7 @@ use crate::wire::frame::{Frame, RecvError};
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(25);
 
 /// Runs the call on an idle worker if there is one; `None` means "submit it instead".
-pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Vec<u8>>) -> Option<Result<F::Output>> {
+pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Encoded>) -> Option<Result<F::Output>> {
     loop {
         let (mut w, counted) = match inner.lease() {
             Err(refusal) => return Some(Err(refusal.to_error())),

@@ -250,7 +250,7 @@ impl Pool {
         while !rest.is_empty() {
             let id = inner.next_id();
             let (frame, len) = match message::batch_frame::<F>(id, rest, max_items, max_bytes, max_frame) {
-                BatchFrame::Frame(frame, len) => (frame.into_bytes(0, max_frame).map_err(Failure::unsent), len),
+                BatchFrame::Frame(frame, len) => (frame.finish(max_frame).map_err(Failure::unsent), len),
                 BatchFrame::BadItem(e) => (Err(Failure::unsent(e)), 1),
             };
             rest = &rest[len..];

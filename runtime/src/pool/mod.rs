@@ -28,6 +28,7 @@ use crate::function::ProcessFn;
 use crate::output::Output;
 use crate::process::ProcessBuilder;
 use crate::registry;
+use crate::wire::frame::Encoded;
 use crate::wire::message;
 use config::{Config, Initializer};
 use shared::{shut_down, Inner};
@@ -299,7 +300,7 @@ impl Pool {
         let _ = f;
         registry::lookup(F::NAME)?;
         let id = self.inner.next_id();
-        let frame = Arc::new(message::call_frame::<F>(id, &args)?.into_bytes(0, self.frame_limit())?);
+        let frame = Arc::new(message::call_frame::<F>(id, &args)?.finish(self.frame_limit())?);
         if let Some(result) = lease::call::<F>(&self.inner, id, Arc::clone(&frame)) {
             return result;
         }
@@ -316,7 +317,7 @@ impl Pool {
         let id = self.inner.next_id();
         let frame = registry::lookup(F::NAME)
             .and_then(|_| message::call_frame::<F>(id, &args))
-            .and_then(|frame| frame.into_bytes(0, self.frame_limit()));
+            .and_then(|frame| frame.finish(self.frame_limit()));
         match frame {
             Ok(frame) => self.submit_frame::<F>(id, Arc::new(frame)),
             Err(e) => AsyncResult::done(Err(e)),
@@ -327,7 +328,7 @@ impl Pool {
         self.inner.config.process.frame_limit()
     }
 
-    fn submit_frame<F: ProcessFn>(&self, id: u64, frame: Arc<Vec<u8>>) -> AsyncResult<F::Output>
+    fn submit_frame<F: ProcessFn>(&self, id: u64, frame: Arc<Encoded>) -> AsyncResult<F::Output>
     where
         F::Output: Send + 'static,
     {

@@ -21,6 +21,7 @@ use crate::pool::config::Config;
 use crate::pool::task::{Delivery, Failure, Sink, Task};
 use crate::pool::worker::{StartError, Worker};
 use crate::sys::{self, Sig};
+use crate::wire::frame::Encoded;
 
 /// A pool, shared.
 #[derive(Debug)]
@@ -250,7 +251,7 @@ impl Inner {
     }
 
     /// Queues a task for the driver, or fails it at once if the pool takes no more work.
-    pub(crate) fn submit(self: &Arc<Self>, id: u64, frame: Arc<Vec<u8>>, timeout: Option<Duration>, sink: Sink) {
+    pub(crate) fn submit(self: &Arc<Self>, id: u64, frame: Arc<Encoded>, timeout: Option<Duration>, sink: Sink) {
         let refused = self.update(|st| match st.refusal() {
             Some(failure) => Some((sink, failure)),
             None => {

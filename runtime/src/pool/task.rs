@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::pool::shared::Outstanding;
-use crate::wire::frame::Frame;
+use crate::wire::frame::{Encoded, Frame};
 
 /// Receives a task's outcome, exactly once.
 pub(crate) struct Sink(Option<Box<dyn FnOnce(Delivery) + Send>>);
@@ -46,9 +46,9 @@ impl Drop for Sink {
 /// One frame for a worker: a single call, or a batch of calls (a chunk of a map).
 pub(crate) struct Task {
     pub(crate) id: u64,
-    /// The whole frame, shared with the out-queue of the worker it went to, so that a task
-    /// whose worker died before running it can go to another.
-    pub(crate) frame: std::sync::Arc<Vec<u8>>,
+    /// The whole frame and its descriptors, shared with the out-queue of the worker it went
+    /// to, so that a task whose worker died before running it can go to another.
+    pub(crate) frame: std::sync::Arc<Encoded>,
     /// The most it may run before its worker is killed: the pool's per-call limit times the
     /// calls in the frame.
     pub(crate) timeout: Option<Duration>,

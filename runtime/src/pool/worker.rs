@@ -16,7 +16,7 @@ use crate::pool::shared::{Inner, State};
 use crate::pool::task::{Failure, Task};
 use crate::process::fail_error;
 use crate::wire::codec;
-use crate::wire::frame::{Frame, Kind, RecvError};
+use crate::wire::frame::{self, Encoded, Frame, Kind, RecvError};
 use crate::wire::message::{self, PanicReport};
 
 /// A live worker.
@@ -26,7 +26,7 @@ pub(crate) struct Worker {
     /// Tasks sent (or queued to send), oldest first: the worker runs them in this order.
     pub(crate) inflight: VecDeque<Task>,
     /// Bytes not yet written: whole frames, and how much of the first is sent.
-    outq: VecDeque<std::sync::Arc<Vec<u8>>>,
+    outq: VecDeque<std::sync::Arc<Encoded>>,
     sent: usize,
     /// Tasks it has finished.
     pub(crate) done: u64,
@@ -167,7 +167,7 @@ impl Worker {
                     let message = format!("it ran longer than the task limit of {limit:?} and was killed");
                     return Err(Setback::Fatal(Error::InitializerFailed { message }));
                 }
-                Err(RecvError::Closed) => {
+                Err(RecvError::Closed | RecvError::Truncated) => {
                     let e = match child.wait_exit(None) {
                         Ok(Some(status)) => child.death(status, greeted),
                         Ok(None) => Error::NoHandshake { pid: child.pid, executable: child.executable.clone() },
@@ -207,18 +207,18 @@ impl Worker {
     /// Writes what it can without blocking. An error means the worker is gone.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         while let Some(front) = self.outq.front() {
-            match rustix::net::send(self.child.socket(), &front[self.sent..], SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
-            {
+            let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+            match frame::send_part(self.child.socket(), &front.bytes, &front.fds, self.sent, flags) {
                 Ok(n) => {
                     self.sent += n;
-                    if self.sent == front.len() {
+                    if self.sent == front.bytes.len() {
                         self.outq.pop_front();
                         self.sent = 0;
                     }
                 }
-                Err(rustix::io::Errno::AGAIN) => return Ok(()),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())

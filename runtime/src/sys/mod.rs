@@ -2,5 +2,6 @@
 //! lives here, each with a `// SAFETY:` line.
 
 mod linux;
+pub(crate) mod shm;
 
 pub(crate) use linux::*;

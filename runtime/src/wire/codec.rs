@@ -31,6 +31,20 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     })
 }
 
+/// Appends the encoding of `value` to a writer.
+#[inline]
+pub(crate) fn encode_to<T: Serialize + ?Sized, W: io::Write>(
+    what: &'static str,
+    value: &T,
+    out: W,
+) -> Result<(), Error> {
+    options().serialize_into(out, value).map_err(|e| Error::Encode {
+        what,
+        type_name: std::any::type_name::<T>().to_string(),
+        message: e.to_string(),
+    })
+}
+
 /// The error for a value whose `Serialize` panicked (while the frame it was going into was
 /// encoded).
 pub(crate) fn serialize_panicked(what: &'static str, type_name: &str, message: String) -> Error {

@@ -1,10 +1,11 @@
 //! Length-prefixed frames over a stream socket, with file descriptors alongside.
 //!
-//! A frame is an 8-byte header, `len: u32 LE | kind: u8 | nfds: u8 | magic: u16 LE`, then
-//! `len` payload bytes. `nfds` file descriptors travel with the header as `SCM_RIGHTS`; the
-//! reader queues every descriptor it receives and hands each frame the ones it announced. A
-//! length over [`MAX_FRAME_LEN`] is refused on both sides, and a reader never allocates for a
-//! length before the bytes arrive.
+//! A frame is an 8-byte header, `len: u32 LE | kind: u8 | magic: u8 | nfds: u16 LE`, then
+//! `len` payload bytes. `nfds` file descriptors travel with the frame's first bytes as
+//! `SCM_RIGHTS`, at most [`FDS_PER_MESSAGE`] with each byte (the kernel's limit per message);
+//! the reader queues every descriptor it receives and hands each frame the ones it announced.
+//! A length over the connection's limit ([`MAX_FRAME_LEN`] at most) is refused on both sides,
+//! and a reader never allocates for a length before the bytes arrive.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -21,12 +22,14 @@ use crate::sys;
 
 /// The largest payload a frame may carry: 1 GiB.
 pub const MAX_FRAME_LEN: usize = 1 << 30;
-/// The most file descriptors one frame may carry.
-pub const MAX_FDS_PER_FRAME: usize = 16;
+/// The most file descriptors one frame may carry: the handles passed in one call or result.
+pub const MAX_FDS_PER_FRAME: usize = 1024;
+/// The most descriptors one `sendmsg` carries (the kernel's `SCM_MAX_FD`).
+pub(crate) const FDS_PER_MESSAGE: usize = 253;
 
 /// The bytes of a frame before its payload.
 pub(crate) const HEADER_LEN: usize = 8;
-const MAGIC: u16 = 0x504d; // "MP"
+const MAGIC: u8 = 0x4d; // "M"
 const READ_CHUNK: usize = 64 * 1024;
 /// Growth step when a large payload arrives: memory follows the bytes actually received.
 const GROW_STEP: usize = 16 << 20;
@@ -51,6 +54,10 @@ pub(crate) enum Kind {
     Batch = 7,
     /// Child to parent: the results of a batch.
     BatchReturn = 8,
+    /// Over a pipe: a typed message.
+    Message = 9,
+    /// Over a pipe: raw bytes (`send_bytes`).
+    Bytes = 10,
 }
 
 impl Kind {
@@ -64,6 +71,8 @@ impl Kind {
             6 => Kind::Ready,
             7 => Kind::Batch,
             8 => Kind::BatchReturn,
+            9 => Kind::Message,
+            10 => Kind::Bytes,
             _ => return None,
         })
     }
@@ -75,6 +84,15 @@ impl Kind {
 pub(crate) struct OutFrame {
     buf: Vec<u8>,
     kind: Kind,
+    /// The descriptors it carries: those of the handles in its payload, and any other.
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// A frame ready to be written, by a caller that writes it in pieces (the pool's driver).
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
 }
 
 impl OutFrame {
@@ -85,7 +103,7 @@ impl OutFrame {
     pub(crate) fn with_capacity(kind: Kind, payload: usize) -> Self {
         let mut buf = Vec::with_capacity(HEADER_LEN + payload);
         buf.resize(HEADER_LEN, 0);
-        OutFrame { buf, kind }
+        OutFrame { buf, kind, fds: Vec::new() }
     }
 
     /// The payload buffer, to append to.
@@ -103,19 +121,19 @@ impl OutFrame {
         check_len(self.payload_len(), max)
     }
 
-    /// Writes the frame, with `fds` attached, blocking until all of it is sent. `max`: the
+    /// Writes the frame and its descriptors, blocking until all of it is sent. `max`: the
     /// connection's frame limit.
-    pub(crate) fn send(mut self, sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>], max: usize) -> Result<(), Error> {
-        let header = header(self.payload_len(), self.kind, fds.len(), max)?;
-        self.buf[..HEADER_LEN].copy_from_slice(&header);
-        send_all(sock, &self.buf, fds).map_err(|e| Error::io("could not send a frame to the other process", e))
+    pub(crate) fn send(self, sock: BorrowedFd<'_>, max: usize) -> Result<(), Error> {
+        let encoded = self.finish(max)?;
+        send_all(sock, &encoded.bytes, &encoded.fds)
+            .map_err(|e| Error::io("could not send a frame to the other process", e))
     }
 
     /// The whole frame, header filled in, for a caller that writes it itself.
-    pub(crate) fn into_bytes(mut self, nfds: usize, max: usize) -> Result<Vec<u8>, Error> {
-        let header = header(self.payload_len(), self.kind, nfds, max)?;
+    pub(crate) fn finish(mut self, max: usize) -> Result<Encoded, Error> {
+        let header = header(self.payload_len(), self.kind, self.fds.len(), max)?;
         self.buf[..HEADER_LEN].copy_from_slice(&header);
-        Ok(self.buf)
+        Ok(Encoded { bytes: self.buf, fds: self.fds })
     }
 }
 
@@ -141,33 +159,46 @@ fn header(len: usize, kind: Kind, nfds: usize, max: usize) -> Result<[u8; HEADER
     let mut h = [0; HEADER_LEN];
     h[0..4].copy_from_slice(&(len as u32).to_le_bytes());
     h[4] = kind as u8;
-    h[5] = nfds as u8;
-    h[6..8].copy_from_slice(&MAGIC.to_le_bytes());
+    h[5] = MAGIC;
+    h[6..8].copy_from_slice(&(nfds as u16).to_le_bytes());
     Ok(h)
 }
 
-fn send_all(sock: BorrowedFd<'_>, mut bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    if !fds.is_empty() {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        control.push(SendAncillaryMessage::ScmRights(fds));
-        let n = loop {
-            match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
-                Ok(n) => break n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        bytes = &bytes[n..];
-    }
-    while !bytes.is_empty() {
-        match rustix::net::send(sock, bytes, SendFlags::NOSIGNAL) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
+/// Writes a whole frame, its descriptors with its first bytes, blocking as needed.
+pub(crate) fn send_all(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match send_part(sock, bytes, fds, sent, SendFlags::NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Writes more of a frame of which `sent` bytes are out: one `sendmsg` of one byte for each
+/// group of [`FDS_PER_MESSAGE`] descriptors (byte `i` carries group `i`), then the rest at once.
+/// Returns how many bytes went out.
+pub(crate) fn send_part(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[OwnedFd],
+    sent: usize,
+    flags: SendFlags,
+) -> io::Result<usize> {
+    let groups = fds.len().div_ceil(FDS_PER_MESSAGE);
+    let result = if sent < groups {
+        let group: Vec<BorrowedFd<'_>> =
+            fds.chunks(FDS_PER_MESSAGE).nth(sent).expect("a group per byte").iter().map(|fd| fd.as_fd()).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&group));
+        rustix::net::sendmsg(sock, &[IoSlice::new(&bytes[sent..sent + 1])], &mut control, flags)
+    } else {
+        rustix::net::send(sock, &bytes[sent..], flags)
+    };
+    result.map_err(io::Error::from)
 }
 
 /// A frame that arrived.
@@ -183,6 +214,9 @@ pub(crate) struct Frame {
 pub(crate) enum RecvError {
     /// The peer closed the connection cleanly between two frames.
     Closed,
+    /// The peer closed the connection in the middle of a frame (it died while writing): the
+    /// part that came is dropped.
+    Truncated,
     /// The deadline passed; whatever was read so far is kept for the next call.
     TimedOut,
     /// The peer broke the protocol or the connection failed.
@@ -245,7 +279,17 @@ impl FrameReader {
         }
     }
 
-    /// Reads the next frame if one is complete without waiting (the socket is non-blocking).
+    /// Whether a whole frame is already buffered (a `poll` on the socket would not show it).
+    pub(crate) fn has_frame(&self) -> bool {
+        if self.partial.is_some() || self.end - self.start < HEADER_LEN {
+            return false;
+        }
+        let h = &self.buf[self.start..self.start + HEADER_LEN];
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        self.end - self.start - HEADER_LEN >= len
+    }
+
+    /// Reads the next frame if one is complete, without waiting.
     pub(crate) fn try_read(&mut self) -> Result<Option<Frame>, RecvError> {
         loop {
             if let Some(frame) = self.try_take()? {
@@ -275,9 +319,9 @@ impl FrameReader {
         }
         let h = &self.buf[self.start..self.start + HEADER_LEN];
         let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        let (kind, nfds, magic) = (h[4], h[5] as usize, u16::from_le_bytes([h[6], h[7]]));
+        let (kind, magic, nfds) = (h[4], h[5], u16::from_le_bytes([h[6], h[7]]) as usize);
         if magic != MAGIC {
-            return Err(bad(format!("bad magic {magic:#06x}")));
+            return Err(bad(format!("bad magic {magic:#04x}")));
         }
         let kind = Kind::from_u8(kind).ok_or_else(|| bad(format!("unknown frame kind {kind}")))?;
         if len > self.max_len {
@@ -313,7 +357,7 @@ impl FrameReader {
             self.wait(deadline)?;
         }
         loop {
-            match self.recv_some() {
+            match self.recv_some(!wait) {
                 Ok(()) => return Ok(true),
                 Err(RecvError::TimedOut) if !wait => return Ok(false),
                 // a non-blocking socket with nothing yet: wait for it
@@ -331,8 +375,9 @@ impl FrameReader {
         }
     }
 
-    /// One read; `TimedOut` stands for "would block".
-    fn recv_some(&mut self) -> Result<(), RecvError> {
+    /// One read (not waiting, with `now`); `TimedOut` stands for "would block".
+    fn recv_some(&mut self, now: bool) -> Result<(), RecvError> {
+        let flags = if now { RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT } else { RecvFlags::CMSG_CLOEXEC };
         let direct = self.partial.as_ref().is_some_and(|p| p.len - p.payload.len() >= READ_CHUNK);
         let n = if direct {
             let p = self.partial.as_mut().expect("checked above");
@@ -342,7 +387,7 @@ impl FrameReader {
             }
             let spare = p.payload.spare_capacity_mut();
             let limit = spare.len().min(want);
-            let n = recv_with_fds(self.sock.as_fd(), &mut spare[..limit], &mut self.fds)?;
+            let n = recv_with_fds(self.sock.as_fd(), &mut spare[..limit], &mut self.fds, flags)?;
             // SAFETY: `recv_with_fds` initialised the first `n` bytes of the spare capacity.
             unsafe { p.payload.set_len(p.payload.len() + n) };
             n
@@ -356,7 +401,7 @@ impl FrameReader {
                 self.start = 0;
             }
             let spare = as_uninit(&mut self.buf[self.end..]);
-            let n = recv_with_fds(self.sock.as_fd(), spare, &mut self.fds)?;
+            let n = recv_with_fds(self.sock.as_fd(), spare, &mut self.fds, flags)?;
             self.end += n;
             n
         };
@@ -364,7 +409,7 @@ impl FrameReader {
             return Err(if self.partial.is_none() && self.start == self.end {
                 RecvError::Closed
             } else {
-                bad("the connection closed in the middle of a frame".into())
+                RecvError::Truncated
             });
         }
         Ok(())
@@ -394,14 +439,15 @@ fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [MaybeUninit<u8>],
     fds: &mut VecDeque<OwnedFd>,
+    flags: RecvFlags,
 ) -> Result<usize, RecvError> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     // SAFETY: the kernel only writes into the buffer; the bytes it reports are initialised.
     let iov_buf = unsafe { &mut *(buf as *mut [MaybeUninit<u8>] as *mut [u8]) };
     let mut iov = [IoSliceMut::new(iov_buf)];
     loop {
-        match rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
             Ok(msg) => {
                 for m in control.drain() {
                     if let RecvAncillaryMessage::ScmRights(received) = m {
@@ -409,7 +455,11 @@ fn recv_with_fds(
                     }
                 }
                 if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
-                    return Err(bad("too many file descriptors arrived at once".into()));
+                    return Err(RecvError::Failed(Error::io(
+                        "descriptors sent to this process were dropped: it has too many open files \
+                         (raise its limit, ulimit -n)",
+                        io::Error::from_raw_os_error(libc::EMFILE),
+                    )));
                 }
                 return Ok(msg.bytes);
             }
@@ -440,10 +490,10 @@ mod tests {
         let writer = thread::spawn(move || {
             let mut f = OutFrame::new(Kind::Call);
             f.payload().extend_from_slice(b"hello");
-            f.send(a.as_fd(), &[], MAX_FRAME_LEN).unwrap();
+            f.send(a.as_fd(), MAX_FRAME_LEN).unwrap();
             let mut f = OutFrame::new(Kind::Return);
             f.payload().extend_from_slice(&big);
-            f.send(a.as_fd(), &[], MAX_FRAME_LEN).unwrap();
+            f.send(a.as_fd(), MAX_FRAME_LEN).unwrap();
             a
         });
         let mut r = FrameReader::new(b);
@@ -480,14 +530,14 @@ mod tests {
     }
 
     #[test]
-    fn a_truncated_frame_is_a_bad_frame_not_a_clean_close() {
+    fn a_truncated_frame_is_told_apart_from_a_clean_close() {
         let (a, b) = pair();
         let mut bytes = header(100, Kind::Return, 0, MAX_FRAME_LEN).unwrap().to_vec();
         bytes.extend_from_slice(&[7; 42]);
         send_all(a.as_fd(), &bytes, &[]).unwrap();
         drop(a);
         let mut r = FrameReader::new(b);
-        assert!(matches!(r.read(None), Err(RecvError::Failed(Error::BadFrame { .. }))));
+        assert!(matches!(r.read(None), Err(RecvError::Truncated)));
     }
 
     #[test]
@@ -512,7 +562,7 @@ mod tests {
         assert!(matches!(r.read(Some(deadline)), Err(RecvError::TimedOut)));
         let mut f = OutFrame::new(Kind::Hello);
         f.payload().push(1);
-        f.send(a.as_fd(), &[], MAX_FRAME_LEN).unwrap();
+        f.send(a.as_fd(), MAX_FRAME_LEN).unwrap();
         let f = r.read(Some(Instant::now() + Duration::from_secs(5))).unwrap();
         assert_eq!(f.payload, vec![1]);
     }
@@ -523,8 +573,8 @@ mod tests {
         let (p_read, p_write) = rustix::pipe::pipe().unwrap();
         let mut f = OutFrame::new(Kind::Call);
         f.payload().push(9);
-        f.send(a.as_fd(), &[p_write.as_fd()], MAX_FRAME_LEN).unwrap();
-        drop(p_write);
+        f.fds.push(p_write);
+        f.send(a.as_fd(), MAX_FRAME_LEN).unwrap();
         let mut r = FrameReader::new(b);
         let mut frame = r.read(None).unwrap();
         assert_eq!(frame.fds.len(), 1);
@@ -534,5 +584,40 @@ mod tests {
         let mut got = [0u8; 32];
         let n = rustix::io::read(&p_read, &mut got).unwrap();
         assert_eq!(&got[..n], b"through the socket");
+    }
+}
+
+#[cfg(test)]
+mod many_fds {
+    use super::*;
+
+    #[test]
+    fn a_frame_carries_more_descriptors_than_one_message_can() {
+        let (a, b) = sys::socketpair().unwrap();
+        let n = 600; // three messages' worth
+        let pipes: Vec<(OwnedFd, OwnedFd)> = (0..n).map(|_| rustix::pipe::pipe().unwrap()).collect();
+        let mut f = OutFrame::new(Kind::Call);
+        f.payload().extend_from_slice(b"many");
+        f.fds = pipes.iter().map(|(_, w)| w.try_clone().unwrap()).collect();
+        let writer = std::thread::spawn(move || {
+            f.send(a.as_fd(), MAX_FRAME_LEN).unwrap();
+            let mut g = OutFrame::new(Kind::Return);
+            g.payload().push(1);
+            g.send(a.as_fd(), MAX_FRAME_LEN).unwrap();
+            a
+        });
+        let mut r = FrameReader::new(b);
+        let frame = r.read(None).unwrap();
+        assert_eq!((&frame.payload[..], frame.fds.len()), (&b"many"[..], n));
+        // in order: descriptor i is the write end of pipe i
+        for (i, fd) in frame.fds.iter().enumerate() {
+            rustix::io::write(fd, &[i as u8]).unwrap();
+            let mut got = [0u8; 1];
+            rustix::io::read(&pipes[i].0, &mut got).unwrap();
+            assert_eq!(got[0], i as u8);
+        }
+        assert!(r.read(None).unwrap().fds.is_empty(), "the next frame brings none of them");
+        drop(writer.join().unwrap());
+        assert!(header(1, Kind::Call, MAX_FDS_PER_FRAME + 1, MAX_FRAME_LEN).is_err());
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::function::ProcessFn;
 use crate::wire::codec;
+use crate::wire::fds;
 use crate::wire::frame::{self, Kind, OutFrame, HEADER_LEN};
 use crate::wire::items::{ItemsWriter, TAG_LEN};
 
@@ -94,11 +95,16 @@ pub(crate) fn hello_frame(hello: &Hello) -> Result<OutFrame, Error> {
 
 /// A `Call` frame of `F`: task id, function name, then the encoded arguments.
 pub(crate) fn call_frame<F: ProcessFn>(id: u64, args: &F::Args) -> Result<OutFrame, Error> {
-    call_frame_with(id, F::NAME, |out| {
-        crate::panic::catch(|| F::encode_args(args, out)).unwrap_or_else(|report| {
-            Err(codec::serialize_panicked("arguments", std::any::type_name::<F::Args>(), report.message))
+    let (frame, fds) = fds::collect(|| {
+        call_frame_with(id, F::NAME, |out| {
+            crate::panic::catch(|| F::encode_args(args, out)).unwrap_or_else(|report| {
+                Err(codec::serialize_panicked("arguments", std::any::type_name::<F::Args>(), report.message))
+            })
         })
-    })
+    });
+    let mut frame = frame?;
+    frame.fds = fds;
+    Ok(frame)
 }
 
 /// A `Call` frame for `name`, its arguments appended by `encode`.
@@ -183,25 +189,27 @@ pub(crate) fn batch_frame<F: ProcessFn>(
     // the longest buffer allowed, with room for a tag per item in case the layout turns tagged
     let limit = max_frame.min(crate::wire::frame::MAX_FRAME_LEN).saturating_add(HEADER_LEN);
     // One panic catch for the whole chunk: a `Serialize` that panics ends the chunk before
-    // its item, as an error does.
+    // its item, as an error does. Handles put their descriptors in the frame's table.
     let mut failure = None;
-    let caught = crate::panic::catch(|| {
-        for args in items.iter().take(max_items) {
-            if list.count() > 0 && p.len() - first >= max_bytes {
-                break;
+    let (caught, fds) = fds::collect(|| {
+        crate::panic::catch(|| {
+            for args in items.iter().take(max_items) {
+                if list.count() > 0 && p.len() - first >= max_bytes {
+                    break;
+                }
+                list.begin(p);
+                if let Err(e) = F::encode_args(args, p) {
+                    failure = Some(e);
+                    return;
+                }
+                let needed = p.len() + TAG_LEN * (list.count() + 1);
+                if needed > limit {
+                    failure = Some(too_large(needed - HEADER_LEN, max_frame));
+                    return;
+                }
+                list.end(p);
             }
-            list.begin(p);
-            if let Err(e) = F::encode_args(args, p) {
-                failure = Some(e);
-                return;
-            }
-            let needed = p.len() + TAG_LEN * (list.count() + 1);
-            if needed > limit {
-                failure = Some(too_large(needed - HEADER_LEN, max_frame));
-                return;
-            }
-            list.end(p);
-        }
+        })
     });
     let failure = match caught {
         Ok(()) => failure,
@@ -215,6 +223,9 @@ pub(crate) fn batch_frame<F: ProcessFn>(
     }
     let taken = list.count();
     p[count_at..count_at + 4].copy_from_slice(&(taken as u32).to_le_bytes());
+    // A failed item may have left descriptors in the table: they go along unused, and are
+    // closed by the receiver.
+    f.fds = fds;
     BatchFrame::Frame(f, taken)
 }
 

@@ -1,0 +1,10 @@
+//! Channels between processes: pipes (two typed ends) and queues (any number of producers and
+//! consumers). Both are handles: they cross to a child as ordinary arguments.
+
+pub(crate) mod pipe;
+mod queue;
+mod wait;
+
+pub use pipe::{pipe, pipe_one_way, Connection, Receiver, Sender};
+pub use queue::{JoinableQueue, Queue};
+pub use wait::{wait, Source, Waitable};

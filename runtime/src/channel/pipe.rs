@@ -1,0 +1,470 @@
+//! Pipes: two connected ends, typed per direction (Python's `Pipe`).
+//!
+//! A pipe is a Unix socketpair. Each message is a frame (the same framing as calls to a
+//! child), so handles inside a message travel as descriptors with it, and a message over the
+//! frame limit is refused before anything is sent. An end that is dropped, or whose process
+//! ends, closes its socket: the other end's `recv` returns [`Error::Disconnected`] at once.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::wire::codec;
+use crate::wire::fds;
+use crate::wire::frame::{Frame, FrameReader, Kind, OutFrame, RecvError, MAX_FRAME_LEN};
+
+/// One end's socket: read under one lock, written under another, so that one thread can wait
+/// for a message while another sends.
+pub(crate) struct End {
+    reader: Mutex<FrameReader>,
+    /// A duplicate of the socket, for writing.
+    writer: Mutex<OwnedFd>,
+    /// The reader's socket, to wait on without its lock.
+    raw: RawFd,
+}
+
+impl fmt::Debug for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("End").finish_non_exhaustive()
+    }
+}
+
+impl End {
+    fn new(sock: OwnedFd) -> Result<End> {
+        let writer = sock.try_clone().map_err(|e| Error::io("could not duplicate a pipe's socket", e))?;
+        let raw = sock.as_raw_fd();
+        Ok(End { reader: Mutex::new(FrameReader::new(sock)), writer: Mutex::new(writer), raw })
+    }
+
+    fn reader(&self) -> MutexGuard<'_, FrameReader> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The socket, to wait on.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `raw` is the reader's socket, which is owned by `self` and closed only when
+        // `self` is dropped; the borrow cannot outlive `self`.
+        unsafe { BorrowedFd::borrow_raw(self.raw) }
+    }
+
+    /// Whether a whole message is already buffered (the socket would not show it).
+    pub(crate) fn buffered(&self) -> bool {
+        self.reader.try_lock().is_ok_and(|r| r.has_frame())
+    }
+
+    fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let (frame, fds) = fds::collect(|| {
+            let mut frame = OutFrame::new(Kind::Message);
+            crate::panic::catch(|| codec::encode_into("message", value, frame.payload()))
+                .unwrap_or_else(|r| Err(codec::serialize_panicked("message", std::any::type_name::<T>(), r.message)))
+                .map(|()| frame)
+        });
+        let mut frame = frame?;
+        frame.fds = fds;
+        self.send_frame(frame)
+    }
+
+    fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        let mut frame = OutFrame::with_capacity(Kind::Bytes, bytes.len());
+        frame.payload().extend_from_slice(bytes);
+        self.send_frame(frame)
+    }
+
+    fn send_frame(&self, frame: OutFrame) -> Result<()> {
+        frame.check_len(MAX_FRAME_LEN)?;
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        match frame.send(writer.as_fd(), MAX_FRAME_LEN) {
+            Err(Error::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)) =>
+            {
+                Err(Error::Disconnected)
+            }
+            other => other,
+        }
+    }
+
+    /// The next frame, waiting until `deadline` (forever with `None`; not at all with `Some`
+    /// of the past). The lock is held only while reading, never while waiting, so several
+    /// threads may wait on one end and each deadline holds.
+    fn recv_frame(&self, wait: Wait) -> Result<Frame> {
+        let deadline = wait.deadline();
+        loop {
+            match self.reader().try_read() {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) | Err(RecvError::TimedOut) => {}
+                Err(RecvError::Closed | RecvError::Truncated) => return Err(Error::Disconnected),
+                Err(RecvError::Failed(e)) => return Err(e),
+            }
+            let fd = self.fd();
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Empty { waited: wait.timeout() });
+            }
+            sys::wait_readable(fd, deadline).map_err(|e| Error::io("could not wait on a pipe", e))?;
+        }
+    }
+
+    fn recv<T: DeserializeOwned>(&self, wait: Wait) -> Result<T> {
+        let frame = self.recv_frame(wait)?;
+        match frame.kind {
+            Kind::Message => {
+                let payload = frame.payload;
+                fds::provide(frame.fds, || {
+                    crate::panic::catch(|| codec::decode::<T>("message", &payload)).unwrap_or_else(|r| {
+                        Err(codec::deserialize_panicked("message", std::any::type_name::<T>(), r.message))
+                    })
+                })
+                .0
+            }
+            other => Err(Error::MessageKind { expected: "a message (send)", found: kind_name(other) }),
+        }
+    }
+
+    fn recv_bytes(&self, wait: Wait) -> Result<Vec<u8>> {
+        let frame = self.recv_frame(wait)?;
+        match frame.kind {
+            Kind::Bytes => Ok(frame.payload),
+            other => Err(Error::MessageKind { expected: "bytes (send_bytes)", found: kind_name(other) }),
+        }
+    }
+
+    fn poll(&self, timeout: Duration) -> Result<bool> {
+        if self.buffered() {
+            return Ok(true);
+        }
+        sys::wait_readable(self.fd(), Some(Instant::now() + timeout)).map_err(|e| Error::io("could not poll a pipe", e))
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Message => "a message (send)",
+        Kind::Bytes => "bytes (send_bytes)",
+        _ => "a frame that is not a pipe message",
+    }
+}
+
+/// How long a receive may wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    /// Until something comes.
+    Forever,
+    /// Not at all.
+    Now,
+    /// At most this long (from now).
+    For(Duration, Instant),
+}
+
+impl Wait {
+    pub(crate) fn at_most(timeout: Duration) -> Wait {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => Wait::For(timeout, deadline),
+            None => Wait::Forever,
+        }
+    }
+
+    pub(crate) fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Forever => None,
+            Wait::Now => Some(Instant::now()),
+            Wait::For(_, deadline) => Some(deadline),
+        }
+    }
+
+    /// The time asked for, for the error when it runs out.
+    pub(crate) fn timeout(self) -> Option<Duration> {
+        match self {
+            Wait::For(timeout, _) => Some(timeout),
+            _ => None,
+        }
+    }
+}
+
+/// Creates a pipe: two connected ends. The first sends `A` and receives `B`, the second sends
+/// `B` and receives `A` (for one type both ways, `A` = `B`). Python's `Pipe()`.
+///
+/// Either end can be passed to a `#[process_fn]` as an argument, or sent over another pipe.
+///
+/// # Examples
+///
+/// ```
+/// # extern crate multiproc_runtime as multiproc;
+/// use multiproc::{pipe, process_fn, Connection};
+///
+/// /// Answers each number with its square, until the other end hangs up.
+/// #[process_fn]
+/// fn squarer(conn: Connection<u64>) {
+///     while let Ok(x) = conn.recv() {
+///         conn.send(x * x).unwrap();
+///     }
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let (here, there) = pipe::<u64, u64>()?;
+/// let child = squarer.spawn(there)?;
+/// for x in 1..4 {
+///     here.send(x)?;
+///     assert_eq!(here.recv()?, x * x);
+/// }
+/// drop(here); // the child's recv ends with Disconnected, and it returns
+/// child.join()?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn pipe<A, B>() -> Result<(Connection<A, B>, Connection<B, A>)> {
+    let (a, b) = sys::socketpair().map_err(|e| Error::io("could not create a pipe", e))?;
+    Ok((Connection::from_socket(a)?, Connection::from_socket(b)?))
+}
+
+/// Creates a one-way pipe: what the [`Sender`] sends, the [`Receiver`] receives. Python's
+/// `Pipe(duplex=False)`, which also returns the receiving end first.
+///
+/// # Examples
+///
+/// ```
+/// # extern crate multiproc_runtime as multiproc;
+/// let (rx, tx) = multiproc::pipe_one_way::<String>()?;
+/// tx.send("hello".to_string())?;
+/// assert_eq!(rx.recv()?, "hello");
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub fn pipe_one_way<T>() -> Result<(Receiver<T>, Sender<T>)> {
+    let (r, w) = sys::socketpair().map_err(|e| Error::io("could not create a pipe", e))?;
+    // the kernel holds each end to its direction
+    let _ = rustix::net::shutdown(&r, rustix::net::Shutdown::Write);
+    let _ = rustix::net::shutdown(&w, rustix::net::Shutdown::Read);
+    Ok((
+        Receiver { end: Arc::new(End::new(r)?), _types: PhantomData },
+        Sender { end: Arc::new(End::new(w)?), _types: PhantomData },
+    ))
+}
+
+/// One end of a [`pipe`]: sends `S`, receives `R` (Python's `Connection`).
+///
+/// Clones share the end; it closes when the last clone (in every process that has one) is
+/// dropped. One thread may wait in `recv` while another sends.
+pub struct Connection<S, R = S> {
+    end: Arc<End>,
+    _types: PhantomData<fn(S) -> R>,
+}
+
+/// The sending end of a [`pipe_one_way`].
+pub struct Sender<T> {
+    end: Arc<End>,
+    _types: PhantomData<fn(T)>,
+}
+
+/// The receiving end of a [`pipe_one_way`].
+pub struct Receiver<T> {
+    end: Arc<End>,
+    _types: PhantomData<fn() -> T>,
+}
+
+impl<S, R> Connection<S, R> {
+    fn from_socket(sock: OwnedFd) -> Result<Self> {
+        Ok(Connection { end: Arc::new(End::new(sock)?), _types: PhantomData })
+    }
+
+    pub(crate) fn end(&self) -> &End {
+        &self.end
+    }
+}
+
+impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
+    /// Sends a message: encoded here (an error if that fails, or if it is over the frame
+    /// limit), and written before this returns. [`Error::Disconnected`] if the other end is
+    /// gone.
+    pub fn send(&self, message: impl Borrow<S>) -> Result<()> {
+        self.end.send(message.borrow())
+    }
+
+    /// Waits for the next message. [`Error::Disconnected`] once the other end is gone and
+    /// every message it sent has been received.
+    pub fn recv(&self) -> Result<R> {
+        self.end.recv(Wait::Forever)
+    }
+
+    /// Waits at most `timeout` for the next message: [`Error::Empty`] if none came.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<R> {
+        self.end.recv(Wait::at_most(timeout))
+    }
+
+    /// The next message if one is there now: [`Error::Empty`] if not.
+    pub fn try_recv(&self) -> Result<R> {
+        self.end.recv(Wait::Now)
+    }
+
+    /// Whether something can be received within `timeout`: a message, or the other end's
+    /// closing (Python's `poll`).
+    pub fn poll(&self, timeout: Duration) -> Result<bool> {
+        self.end.poll(timeout)
+    }
+
+    /// Sends raw bytes, for the other end's [`recv_bytes`](Connection::recv_bytes).
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.end.send_bytes(bytes)
+    }
+
+    /// Waits for bytes sent with [`send_bytes`](Connection::send_bytes).
+    pub fn recv_bytes(&self) -> Result<Vec<u8>> {
+        self.end.recv_bytes(Wait::Forever)
+    }
+
+    /// Closes this end (in this process): the same as dropping it.
+    pub fn close(self) {}
+}
+
+impl<T: Serialize> Sender<T> {
+    /// Sends a message; see [`Connection::send`].
+    pub fn send(&self, message: impl Borrow<T>) -> Result<()> {
+        self.end.send(message.borrow())
+    }
+
+    /// Sends raw bytes, for the receiver's [`recv_bytes`](Receiver::recv_bytes).
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.end.send_bytes(bytes)
+    }
+
+    /// Closes this end (in this process): the same as dropping it.
+    pub fn close(self) {}
+}
+
+impl<T: DeserializeOwned> Receiver<T> {
+    /// Waits for the next message; see [`Connection::recv`].
+    pub fn recv(&self) -> Result<T> {
+        self.end.recv(Wait::Forever)
+    }
+
+    /// Waits at most `timeout` for the next message: [`Error::Empty`] if none came.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
+        self.end.recv(Wait::at_most(timeout))
+    }
+
+    /// The next message if one is there now: [`Error::Empty`] if not.
+    pub fn try_recv(&self) -> Result<T> {
+        self.end.recv(Wait::Now)
+    }
+
+    /// Whether something can be received within `timeout`.
+    pub fn poll(&self, timeout: Duration) -> Result<bool> {
+        self.end.poll(timeout)
+    }
+
+    /// Waits for bytes sent with [`Sender::send_bytes`].
+    pub fn recv_bytes(&self) -> Result<Vec<u8>> {
+        self.end.recv_bytes(Wait::Forever)
+    }
+
+    /// Closes this end (in this process): the same as dropping it.
+    pub fn close(self) {}
+}
+
+impl<T> Receiver<T> {
+    pub(crate) fn end(&self) -> &End {
+        &self.end
+    }
+}
+
+macro_rules! handle_impls {
+    ($ty:ident < $($p:ident),* >, $what:literal) => {
+        impl<$($p),*> Clone for $ty<$($p),*> {
+            fn clone(&self) -> Self {
+                $ty { end: Arc::clone(&self.end), _types: PhantomData }
+            }
+        }
+
+        impl<$($p),*> fmt::Debug for $ty<$($p),*> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct($what).field("fd", &self.end.fd()).finish()
+            }
+        }
+
+        /// Crosses to another process as its socket, with the frame that carries it.
+        impl<$($p),*> Serialize for $ty<$($p),*> {
+            fn serialize<Z: Serializer>(&self, s: Z) -> std::result::Result<Z::Ok, Z::Error> {
+                fds::serialize(self.end.fd(), s)
+            }
+        }
+
+        impl<'de, $($p),*> Deserialize<'de> for $ty<$($p),*> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let fd = fds::deserialize(d)?;
+                let end = End::new(fd).map_err(serde::de::Error::custom)?;
+                Ok($ty { end: Arc::new(end), _types: PhantomData })
+            }
+        }
+    };
+}
+
+handle_impls!(Connection<S, R>, "Connection");
+handle_impls!(Sender<T>, "Sender");
+handle_impls!(Receiver<T>, "Receiver");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_go_both_ways_typed() {
+        let (a, b) = pipe::<String, u32>().unwrap();
+        a.send("four".to_string()).unwrap();
+        assert_eq!(b.recv().unwrap(), "four");
+        b.send(4).unwrap();
+        assert_eq!(a.recv().unwrap(), 4);
+        assert!(matches!(a.try_recv(), Err(Error::Empty { waited: None })));
+        let start = Instant::now();
+        assert!(matches!(a.recv_timeout(Duration::from_millis(30)), Err(Error::Empty { waited: Some(_) })));
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert!(!a.poll(Duration::ZERO).unwrap());
+        b.send_bytes(b"raw").unwrap();
+        assert!(a.poll(Duration::from_secs(5)).unwrap());
+        assert!(matches!(a.recv(), Err(Error::MessageKind { .. })), "bytes are not a message");
+        b.send(5).unwrap();
+        assert!(matches!(a.recv_bytes(), Err(Error::MessageKind { .. })));
+    }
+
+    #[test]
+    fn a_dropped_end_is_disconnected_for_the_other_at_once() {
+        let (a, b) = pipe::<u8, u8>().unwrap();
+        a.send(1).unwrap();
+        drop(a);
+        assert_eq!(b.recv().unwrap(), 1, "what was sent before arrives");
+        assert!(matches!(b.recv(), Err(Error::Disconnected)));
+        assert!(matches!(b.send(2), Err(Error::Disconnected)));
+    }
+
+    #[test]
+    fn a_one_way_pipe_goes_one_way() {
+        let (rx, tx) = pipe_one_way::<Vec<u8>>().unwrap();
+        tx.send(vec![1, 2, 3]).unwrap();
+        assert_eq!(rx.recv().unwrap(), [1, 2, 3]);
+        drop(tx);
+        assert!(matches!(rx.recv(), Err(Error::Disconnected)));
+    }
+
+    #[test]
+    fn a_handle_is_an_error_outside_a_frame() {
+        let (a, _b) = pipe::<u8, u8>().unwrap();
+        let mut out = Vec::new();
+        let err = codec::encode_into("value", &a, &mut out).unwrap_err();
+        assert!(err.to_string().contains("cannot be serialized anywhere else"), "{err}");
+        assert!(out.is_empty(), "nothing written");
+    }
+
+    #[test]
+    fn a_pipe_end_travels_over_another_pipe() {
+        let (a, b) = pipe::<Connection<u8, u8>, u8>().unwrap();
+        let (x, y) = pipe::<u8, u8>().unwrap();
+        a.send(y).unwrap();
+        let y = b.recv().unwrap();
+        x.send(9).unwrap();
+        assert_eq!(y.recv().unwrap(), 9);
+    }
+}

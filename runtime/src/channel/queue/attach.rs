@@ -1,0 +1,354 @@
+//! A queue as one process sees it: its memory mapped once, however many handles of it the
+//! process holds or receives, and this process's place among the queue's participants.
+//!
+//! **Who is alive.** Each process that uses a queue takes a participant slot, and holds a lock
+//! on the slot's byte of the queue's memfd through an open file description of its own. The
+//! kernel drops that lock when the process dies, however it dies, so "is participant `p` alive"
+//! is one `fcntl` away, with no pid that could be reused. Lanes and locks name their holder by
+//! slot and generation: a holder found dead is replaced, and what it held is taken back.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::channel::queue::layout::*;
+use crate::error::{Error, Result};
+use crate::sys::shm::{self, Mapping};
+
+/// A queue's memory, mapped in this process.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) fd: OwnedFd,
+    /// Rung for threads in `multiproc::wait` when an item comes.
+    pub(crate) doorbell: OwnedFd,
+    map: Mapping,
+    identity: (u64, u64),
+    /// This process's participant slot, its generation, and the description holding its lock.
+    pub(crate) me: u32,
+    pub(crate) generation: u32,
+    private: OwnedFd,
+    /// `close()` was called in this process.
+    pub(crate) closed: AtomicBool,
+    /// Lanes this process's threads hold, to give back when the last handle goes.
+    bound: Mutex<Vec<(usize, u64)>>,
+    /// Per lane, what a producer here last knew of the space freed.
+    pub(crate) released_seen: [AtomicU64; LANES],
+    /// Per lane, what a consumer here last read of the tail: more items than that are taken
+    /// without reading the producer's cache line again.
+    pub(crate) tail_seen: [AtomicU64; LANES],
+}
+
+/// Every queue mapped in this process, by the identity of its memfd: a handle received again
+/// and again maps nothing new.
+fn registry() -> &'static Mutex<Registry> {
+    static REGISTRY: std::sync::OnceLock<Mutex<Registry>> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+type Registry = HashMap<(u64, u64), Weak<Shared>>;
+
+impl Shared {
+    /// Makes a new queue's memory.
+    pub(crate) fn create(maxsize: usize, flags: u32) -> Result<Arc<Shared>> {
+        let io = |e| Error::io("could not create a queue's shared memory", e);
+        let fd = shm::memfd("multiproc-queue", MAPPED).map_err(io)?;
+        let map = Mapping::new(fd.as_fd(), MAPPED as usize).map_err(io)?;
+        // SAFETY: the mapping is MAPPED bytes of zeros, larger than a Header, page-aligned, and
+        // nobody else has it yet; zeros are a valid Header but for the fields set here.
+        let header = unsafe { &mut *(map.ptr() as *mut Header) };
+        header.flags = flags;
+        header.maxsize = maxsize as u64;
+        init_robust_mutex(&mut header.producers.0)?;
+        header.magic.store(MAGIC, Release);
+        let doorbell = shm::eventfd().map_err(io)?;
+        Shared::attach_mapped(fd, doorbell, map)
+    }
+
+    /// Uses a queue whose memfd and doorbell arrived with a handle.
+    pub(crate) fn open(fd: OwnedFd, doorbell: OwnedFd) -> Result<Arc<Shared>> {
+        let (len, identity) = shm::file_identity(fd.as_fd()).map_err(|e| Error::io("could not inspect a queue", e))?;
+        if let Some(shared) =
+            registry().lock().unwrap_or_else(|p| p.into_inner()).get(&identity).and_then(Weak::upgrade)
+        {
+            return Ok(shared); // the descriptors that came close here: this process has its own
+        }
+        if len < MAPPED {
+            return Err(not_a_queue("its memory is too small"));
+        }
+        let map = Mapping::new(fd.as_fd(), MAPPED as usize).map_err(|e| Error::io("could not map a queue", e))?;
+        // SAFETY: the mapping is at least a Header long and page-aligned.
+        let header = unsafe { &*(map.ptr() as *const Header) };
+        if header.magic.load(Acquire) != MAGIC {
+            return Err(not_a_queue("its memory does not hold a queue of this version"));
+        }
+        Shared::attach_mapped(fd, doorbell, map)
+    }
+
+    fn attach_mapped(fd: OwnedFd, doorbell: OwnedFd, map: Mapping) -> Result<Arc<Shared>> {
+        let (_, identity) = shm::file_identity(fd.as_fd()).map_err(|e| Error::io("could not inspect a queue", e))?;
+        let private = shm::reopen(fd.as_fd()).map_err(|e| Error::io("could not open a queue's memory again", e))?;
+        // SAFETY: checked by the callers: a mapped, initialized Header.
+        let header = unsafe { &*(map.ptr() as *const Header) };
+        let (me, generation) = join(header, &private)?;
+        let shared = Arc::new(Shared {
+            fd,
+            doorbell,
+            map,
+            identity,
+            me,
+            generation,
+            private,
+            closed: AtomicBool::new(false),
+            bound: Mutex::new(Vec::new()),
+            released_seen: std::array::from_fn(|_| AtomicU64::new(0)),
+            tail_seen: std::array::from_fn(|_| AtomicU64::new(0)),
+        });
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        reg.retain(|_, w| w.strong_count() > 0);
+        // Two threads may have raced to map the same queue: the first one's stands.
+        if let Some(first) = reg.get(&identity).and_then(Weak::upgrade) {
+            return Ok(first);
+        }
+        reg.insert(identity, Arc::downgrade(&shared));
+        Ok(shared)
+    }
+
+    #[inline]
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with an initialized Header (checked when mapped) and lives
+        // as long as `self`; every field is shared through atomics (or set before sharing).
+        unsafe { &*(self.map.ptr() as *const Header) }
+    }
+
+    /// The start of lane `i`'s ring.
+    #[inline]
+    pub(crate) fn ring(&self, i: usize) -> *mut u8 {
+        debug_assert!(i < LANES && self.map.len() as u64 >= MAPPED);
+        // SAFETY: RINGS_AT + (i + 1) * LANE_CAP <= MAPPED, the mapping's length.
+        unsafe { self.map.ptr().add((RINGS_AT + i as u64 * LANE_CAP) as usize) }
+    }
+
+    /// A process-wide key for this queue.
+    pub(crate) fn key(&self) -> (u64, u64) {
+        self.identity
+    }
+
+    /// This process's owner word, with `tag`.
+    pub(crate) fn owner(&self, tag: u64) -> u64 {
+        owner_word(self.me, self.generation, tag)
+    }
+
+    /// Whether the holder named by an owner word is alive.
+    pub(crate) fn alive(&self, word: u64) -> bool {
+        let Some((p, generation)) = owner_of(word) else { return false };
+        if p == self.me && generation == self.generation & 0xff_ffff {
+            return true;
+        }
+        let Some(slot) = self.header().participants.get(p as usize) else { return false };
+        let state = slot.state.load(Acquire);
+        if state & 1 == 0 || (state >> 1) & 0xff_ffff != generation {
+            return false; // gone, or its slot has a new owner
+        }
+        // an error here must not make a live holder look dead
+        shm::byte_locked_elsewhere(self.private.as_fd(), p as u64).unwrap_or(true)
+    }
+
+    /// Takes back what dead participants left registered (sleepers, pollers).
+    pub(crate) fn sweep_dead(&self) {
+        let h = self.header();
+        for (p, slot) in h.participants.iter().enumerate() {
+            let state = slot.state.load(Acquire);
+            if state & 1 == 0 || p as u32 == self.me {
+                continue;
+            }
+            let word = owner_word(p as u32, state >> 1, 0);
+            if !self.alive(word) {
+                forget_registrations(h, slot);
+            }
+        }
+    }
+
+    /// Records a lane one of this process's threads took.
+    pub(crate) fn note_bound(&self, lane: usize, owner: u64) {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner()).push((lane, owner));
+    }
+
+    /// Gives back a lane a thread held (it exits, or the queue is closed here).
+    pub(crate) fn unbind(&self, lane: usize, owner: u64) {
+        let _ = self.header().lanes[lane].producer.0.owner.compare_exchange(owner, 0, Release, Relaxed);
+        self.bound.lock().unwrap_or_else(|p| p.into_inner()).retain(|b| *b != (lane, owner));
+    }
+
+    /// Gives back every lane this process's threads hold.
+    pub(crate) fn unbind_all(&self) {
+        let bound = std::mem::take(&mut *self.bound.lock().unwrap_or_else(|p| p.into_inner()));
+        for (lane, owner) in bound {
+            let _ = self.header().lanes[lane].producer.0.owner.compare_exchange(owner, 0, Release, Relaxed);
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // this thread's cache must not match another queue later mapped at this address
+        let here = self as *const Shared as usize;
+        LAST.with(|l| {
+            if l.get().0 == here {
+                l.set((0, 0, 0));
+            }
+        });
+        self.unbind_all();
+        let h = self.header();
+        let slot = &h.participants[self.me as usize];
+        forget_registrations(h, slot);
+        slot.state.store((self.generation << 1) & !1, Release);
+        shm::unlock_byte(self.private.as_fd(), self.me as u64);
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if reg.get(&self.identity).is_some_and(|w| w.strong_count() == 0) {
+            reg.remove(&self.identity);
+        }
+    }
+}
+
+/// Takes a participant slot: the first whose byte no live process holds.
+fn join(header: &Header, private: &OwnedFd) -> Result<(u32, u32)> {
+    for (p, slot) in header.participants.iter().enumerate() {
+        // Holding the byte proves no live process has the slot (a live one holds its byte
+        // for as long as it takes part): only then is the slot ours to take.
+        match shm::lock_byte(private.as_fd(), p as u64) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => return Err(Error::io("could not lock a queue participant's byte", e)),
+        }
+        let old = slot.state.load(Acquire);
+        if old & 1 == 1 {
+            forget_registrations(header, slot); // a dead process's
+        }
+        let generation = ((old >> 1) + 1) & 0xff_ffff;
+        slot.pid.store(std::process::id(), Relaxed);
+        slot.state.store((generation << 1) | 1, Release);
+        return Ok((p as u32, generation));
+    }
+    Err(Error::io("could not join a queue", std::io::Error::other(format!("{PARTICIPANTS} processes use it already"))))
+}
+
+/// Takes a participant's sleepers and pollers out of the totals.
+fn forget_registrations(header: &Header, slot: &Participant) {
+    let waits = [&header.items.0, &header.space.0, &header.done.0];
+    for (kind, waiters) in waits.iter().enumerate() {
+        let n = slot.sleeping[kind].swap(0, AcqRel);
+        if n > 0 {
+            let _ = waiters.sleepers.fetch_update(AcqRel, Acquire, |s| Some(s.saturating_sub(n)));
+        }
+    }
+    let n = slot.polling.swap(0, AcqRel);
+    if n > 0 {
+        let _ = header.items.0.pollers.fetch_update(AcqRel, Acquire, |s| Some(s.saturating_sub(n)));
+    }
+}
+
+fn not_a_queue(why: &str) -> Error {
+    Error::Decode { what: "message", type_name: "Queue".into(), message: format!("not a multiproc queue: {why}") }
+}
+
+/// Initializes a process-shared, robust mutex in place (its holder's death is told to the next
+/// locker instead of deadlocking it).
+fn init_robust_mutex(m: &mut libc::pthread_mutex_t) -> Result<()> {
+    // SAFETY: the attribute object is initialized before use and destroyed after; `m` points
+    // into writable shared memory that nobody else uses yet.
+    unsafe {
+        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+        libc::pthread_mutexattr_init(&mut attr);
+        libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
+        libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
+        let r = libc::pthread_mutex_init(m, &attr);
+        libc::pthread_mutexattr_destroy(&mut attr);
+        match r {
+            0 => Ok(()),
+            e => Err(Error::io("could not make a queue's lock", std::io::Error::from_raw_os_error(e))),
+        }
+    }
+}
+
+thread_local! {
+    /// The lanes this thread holds, one per queue.
+    static LANES_HELD: RefCell<Held> = RefCell::new(Held::default());
+    /// This thread's tag in owner words.
+    static TAG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Lanes held by one thread; given back when the thread ends.
+#[derive(Default)]
+struct Held(Vec<HeldLane>);
+
+/// One lane a thread holds: in which queue, and as whom.
+struct HeldLane {
+    key: (u64, u64),
+    shared: Weak<Shared>,
+    lane: usize,
+    owner: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for held in self.0.drain(..) {
+            if let Some(shared) = held.shared.upgrade() {
+                shared.unbind(held.lane, held.owner);
+            }
+        }
+    }
+}
+
+/// This thread's tag: a number of its own within the process.
+pub(crate) fn thread_tag() -> u64 {
+    TAG.with(|t| {
+        if t.get() == 0 {
+            static NEXT: AtomicU64 = AtomicU64::new(1);
+            t.set(NEXT.fetch_add(1, Relaxed));
+        }
+        t.get()
+    })
+}
+
+thread_local! {
+    /// The last queue this thread put into, by address, and its lane there: the common case in
+    /// one comparison.
+    static LAST: Cell<(usize, usize, u64)> = const { Cell::new((0, 0, 0)) };
+}
+
+/// The lane this thread holds in `shared`, if any.
+#[inline]
+pub(crate) fn held_lane(shared: &Shared) -> Option<(usize, u64)> {
+    let here = shared as *const Shared as usize;
+    let (at, lane, owner) = LAST.with(Cell::get);
+    if at == here {
+        return Some((lane, owner));
+    }
+    let key = shared.key();
+    let found = LANES_HELD.with(|h| h.borrow().0.iter().find(|l| l.key == key).map(|l| (l.lane, l.owner)));
+    if let Some((lane, owner)) = found {
+        LAST.with(|l| l.set((here, lane, owner)));
+    }
+    found
+}
+
+/// Records that this thread holds `lane` of `shared`.
+pub(crate) fn hold_lane(shared: &Arc<Shared>, lane: usize, owner: u64) {
+    let key = shared.key();
+    LANES_HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        h.0.retain(|l| l.key != key && l.shared.strong_count() > 0);
+        h.0.push(HeldLane { key, shared: Arc::downgrade(shared), lane, owner });
+    });
+    LAST.with(|l| l.set((Arc::as_ptr(shared) as usize, lane, owner)));
+    shared.note_bound(lane, owner);
+}
+
+/// Forgets this thread's lane in `shared` (it was taken back).
+pub(crate) fn drop_lane(shared: &Shared) {
+    let key = shared.key();
+    LANES_HELD.with(|h| h.borrow_mut().0.retain(|l| l.key != key));
+    LAST.with(|l| l.set((0, 0, 0)));
+}

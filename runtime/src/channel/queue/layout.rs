@@ -1,0 +1,267 @@
+//! What a queue's shared memory holds, and where.
+//!
+//! ```text
+//! 0          header: waits, shutdown, counts, the producers' lock, participants, lane meta
+//! RINGS_AT   lane 0's ring, lane 1's ring, ... (LANE_CAP bytes each; pages touched on use)
+//! BLOBS_AT   items too large for a ring, one after another (written and read with pwrite/pread,
+//!            holes punched once taken)
+//! ```
+//!
+//! Positions in a lane (`tail`, `head`) are one word each: the item count in the top 24 bits,
+//! the byte position in the low 40, both counting up and wrapping; a lane never holds 2^23
+//! items or 2^39 bytes, so differences are exact. One word means one store publishes an item or
+//! takes one: a process killed between two stores cannot leave them disagreeing.
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// Marks a queue's memory, with the layout's version in its last byte.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPQUEUE\x01");
+/// Lanes a thread can have to itself.
+pub(crate) const PRIVATE_LANES: usize = 64;
+/// The lane producers share, under a lock, when every private lane is taken.
+pub(crate) const SHARED_LANE: usize = PRIVATE_LANES;
+pub(crate) const LANES: usize = PRIVATE_LANES + 1;
+/// Processes that can use one queue at once.
+pub(crate) const PARTICIPANTS: usize = 256;
+/// The bytes of one lane's ring.
+pub(crate) const LANE_CAP: u64 = 1 << 20;
+/// Larger encoded items are stored apart (blobs), so a ring holds many items.
+pub(crate) const INLINE_MAX: usize = 64 * 1024;
+/// A consumer tells the producer about freed space at least this often.
+pub(crate) const RELEASE_EVERY: u64 = LANE_CAP / 8;
+/// Bytes before an item's bytes in a ring: its length and kind.
+pub(crate) const RECORD_HEADER: u64 = 8;
+/// A record's kind: the item's bytes follow.
+pub(crate) const INLINE: u32 = 1;
+/// A record's kind: where the item is stored apart follows (offset, length).
+pub(crate) const BLOB: u32 = 2;
+
+pub(crate) const HEADER_SIZE: u64 = (std::mem::size_of::<Header>() as u64).next_multiple_of(4096);
+pub(crate) const RINGS_AT: u64 = HEADER_SIZE;
+pub(crate) const BLOBS_AT: u64 = RINGS_AT + LANES as u64 * LANE_CAP;
+/// What every process maps: the header and the rings.
+pub(crate) const MAPPED: u64 = BLOBS_AT;
+
+/// The queue's flags.
+pub(crate) const JOINABLE: u32 = 1;
+
+/// Keeps what it holds on a cache line of its own.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub(crate) struct Line<T>(pub(crate) T);
+
+/// One kind of wait: a futex word bumped on every wake-up, and who is asleep on it.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Waiters {
+    pub(crate) seq: AtomicU32,
+    /// Threads registered to sleep on `seq`.
+    pub(crate) sleepers: AtomicU32,
+    /// Threads in `multiproc::wait` on this queue (the doorbell eventfd is rung for them).
+    pub(crate) pollers: AtomicU32,
+}
+
+/// A `JoinableQueue`'s counts: unfinished = `put` - `done`.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Counts {
+    /// Items put; written only under the producers' lock.
+    pub(crate) put: AtomicU64,
+    /// `task_done` calls.
+    pub(crate) done: AtomicU64,
+    /// A put in progress (under the lock), for the next holder to finish if its process died:
+    /// `lane + 1` (0: none), the lane's tail before, and `put` before.
+    pub(crate) pending_lane: AtomicU64,
+    pub(crate) pending_tail: AtomicU64,
+    pub(crate) pending_put: AtomicU64,
+}
+
+/// A process using the queue.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Participant {
+    /// `generation << 1 | in use`.
+    pub(crate) state: AtomicU32,
+    pub(crate) pid: AtomicU32,
+    /// Its threads registered as sleepers (items, space, done) and pollers: taken back from
+    /// the totals if it dies registered.
+    pub(crate) sleeping: [AtomicU32; 3],
+    pub(crate) polling: AtomicU32,
+}
+
+/// A lane, seen by its producer.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct ProducerSide {
+    /// Who has the lane: 0, or an owner word.
+    pub(crate) owner: AtomicU64,
+    /// Where the next item goes; stored once the item is wholly written (publishes it).
+    pub(crate) tail: AtomicU64,
+    /// The shared lane's lock: 0, or an owner word.
+    pub(crate) lock: AtomicU64,
+}
+
+/// A lane, seen by its consumers.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct ConsumerSide {
+    /// Held while one consumer takes an item: 0, or an owner word.
+    pub(crate) lock: AtomicU64,
+    /// The next item to take; stored once it is taken.
+    pub(crate) head: AtomicU64,
+}
+
+/// How far the producer may write: told by the consumers now and then, not at every item, so
+/// that the two sides do not fight over one cache line.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Released {
+    pub(crate) pos: AtomicU64,
+    /// Set by a producer short of space: the next consumer tells it at once.
+    pub(crate) wanted: AtomicU32,
+}
+
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Lane {
+    pub(crate) producer: Line<ProducerSide>,
+    pub(crate) consumer: Line<ConsumerSide>,
+    pub(crate) released: Line<Released>,
+}
+
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Header {
+    /// [`MAGIC`], written last when the queue is made.
+    pub(crate) magic: AtomicU64,
+    pub(crate) flags: u32,
+    /// 0: no bound.
+    pub(crate) maxsize: u64,
+    pub(crate) items: Line<Waiters>,
+    pub(crate) space: Line<Waiters>,
+    pub(crate) done: Line<Waiters>,
+    /// 0 open, [`SHUTDOWN`] or [`SHUTDOWN_NOW`].
+    pub(crate) shutdown: Line<AtomicU32>,
+    pub(crate) counts: Line<Counts>,
+    /// Serializes producers of bounded and joinable queues (a robust, process-shared mutex).
+    pub(crate) producers: Line<libc::pthread_mutex_t>,
+    /// The next free byte of the blob area.
+    pub(crate) blob_end: Line<AtomicU64>,
+    /// Lanes ever given to a producer: the ones consumers look at.
+    pub(crate) active: Line<[AtomicU64; LANES.div_ceil(64)]>,
+    pub(crate) participants: [Participant; PARTICIPANTS],
+    pub(crate) lanes: [Lane; LANES],
+}
+
+pub(crate) const SHUTDOWN: u32 = 1;
+pub(crate) const SHUTDOWN_NOW: u32 = 2;
+
+/// Which kind of sleep a participant is registered for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sleep {
+    Items = 0,
+    Space = 1,
+    Done = 2,
+}
+
+// The layout fits and is aligned, checked when compiling.
+const _: () = {
+    assert!(std::mem::align_of::<Lane>() == 64);
+    assert!(RINGS_AT.is_multiple_of(4096));
+    assert!(HEADER_SIZE < 1 << 20);
+    assert!(LANE_CAP.is_multiple_of(8) && LANE_CAP.is_power_of_two());
+    assert!((INLINE_MAX as u64) + RECORD_HEADER < RELEASE_EVERY);
+};
+
+const POS_BITS: u32 = 40;
+const POS_MASK: u64 = (1 << POS_BITS) - 1;
+const ITEMS_MASK: u64 = (1 << (64 - POS_BITS)) - 1;
+
+/// A position word's byte position.
+#[inline]
+pub(crate) fn pos(word: u64) -> u64 {
+    word & POS_MASK
+}
+
+/// A position word's item count.
+#[inline]
+pub(crate) fn count(word: u64) -> u64 {
+    word >> POS_BITS
+}
+
+/// The word after one more item of `bytes` bytes.
+#[inline]
+pub(crate) fn advance(word: u64, bytes: u64) -> u64 {
+    (((count(word) + 1) & ITEMS_MASK) << POS_BITS) | ((pos(word) + bytes) & POS_MASK)
+}
+
+/// Items between two position words.
+#[inline]
+pub(crate) fn items_between(head: u64, tail: u64) -> u64 {
+    count(tail).wrapping_sub(count(head)) & ITEMS_MASK
+}
+
+/// Whether position word `later` has items past `earlier` (rather than being behind it: a
+/// lane never holds half the count's range).
+#[inline]
+pub(crate) fn is_ahead(earlier: u64, later: u64) -> bool {
+    let d = items_between(earlier, later);
+    d != 0 && d <= ITEMS_MASK / 2
+}
+
+/// Bytes between two byte positions.
+#[inline]
+pub(crate) fn bytes_between(from: u64, to: u64) -> u64 {
+    to.wrapping_sub(from) & POS_MASK
+}
+
+/// The bytes a record of an item of `len` bytes takes in a ring.
+#[inline]
+pub(crate) fn record_len(len: usize) -> u64 {
+    (RECORD_HEADER + len as u64).next_multiple_of(8)
+}
+
+/// An owner word: participant, its generation, and a tag (the thread, for a lane).
+#[inline]
+pub(crate) fn owner_word(participant: u32, generation: u32, tag: u64) -> u64 {
+    ((participant as u64 + 1) << 48) | ((generation as u64 & 0xff_ffff) << 24) | (tag & 0xff_ffff)
+}
+
+/// The participant and generation of an owner word.
+#[inline]
+pub(crate) fn owner_of(word: u64) -> Option<(u32, u32)> {
+    match word >> 48 {
+        0 => None,
+        p => Some((p as u32 - 1, ((word >> 24) & 0xff_ffff) as u32)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_words_count_and_wrap() {
+        let w = advance(advance(0, 16), 24);
+        assert_eq!((count(w), pos(w)), (2, 40));
+        assert_eq!(items_between(0, w), 2);
+        // across both wraps
+        let near = ((ITEMS_MASK) << POS_BITS) | (POS_MASK - 7);
+        let after = advance(near, 16);
+        assert_eq!((count(after), pos(after)), (0, 8));
+        assert_eq!(items_between(near, after), 1);
+        assert_eq!(bytes_between(pos(near), pos(after)), 16);
+        assert!(is_ahead(near, after) && !is_ahead(after, near) && !is_ahead(w, w));
+        assert_eq!(record_len(1), 16);
+        assert_eq!(record_len(8), 16);
+        assert_eq!(record_len(9), 24);
+    }
+
+    #[test]
+    fn owner_words_name_their_participant() {
+        assert_eq!(owner_of(0), None);
+        let w = owner_word(255, 0xabcdef, 7);
+        assert_eq!(owner_of(w), Some((255, 0xabcdef)));
+        assert_ne!(owner_word(0, 1, 1), owner_word(0, 1, 2));
+    }
+}

@@ -1,0 +1,509 @@
+//! Queues between any number of producer and consumer processes (Python's `Queue`,
+//! `JoinableQueue`), in shared memory.
+//!
+//! Where items live: in the queue's own memfd, mapped by every process that holds a handle
+//! (the handle carries the memfd's descriptor). Each producing thread writes into a lane of its
+//! own; consumers take from any lane. See `lane.rs` for the protocol, and why a process killed
+//! at any instant neither corrupts the queue nor leaves it locked.
+
+mod attach;
+mod lane;
+mod layout;
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub(crate) use attach::Shared;
+
+use crate::channel::pipe::Wait;
+use crate::error::{Error, Result};
+use crate::wire::{codec, fds};
+
+/// A queue of `T`s shared by processes: any number put, any number get. Python's
+/// `multiprocessing.Queue`.
+///
+/// Pass it to a `#[process_fn]` as an argument (clone it first to keep one); every handle, in
+/// every process, is the same queue. Items are encoded when they are put: a `put` that returned
+/// has its item in the queue, even if its process exits on the next line.
+///
+/// # Order
+///
+/// Items put by one thread come out in the order they were put. Items put by different threads
+/// (or processes) interleave in no promised order. (Python promises order per process; here two
+/// threads of one process are two producers.)
+///
+/// # Bounds
+///
+/// [`Queue::bounded`] holds at most `maxsize` items: a `put` then waits for room, a `try_put`
+/// gives [`Error::Full`]. [`Queue::new`] has no bound on items; each producing thread may have up
+/// to 1 MiB of small encoded items waiting, past which its `put` waits for consumers (items
+/// over 64 KiB are stored apart and do not count; they are bounded by memory only).
+///
+/// # What a process killed at any instant can lose
+///
+/// Nothing that was put (a producer killed in the middle of a `put` leaves no partial item:
+/// the item is visible whole or not at all), and the queue stays usable by the others. The one
+/// item a consumer was taking at that instant is lost if the kill came after it was taken and
+/// before `get` returned; killed earlier, the item stays for the next consumer. A large item
+/// (stored apart) whose producer dies before publishing it keeps its memory until the queue is
+/// freed.
+///
+/// # Examples
+///
+/// ```
+/// # extern crate multiproc_runtime as multiproc;
+/// use multiproc::{process_fn, Queue};
+///
+/// #[process_fn]
+/// fn producer(q: Queue<String>) {
+///     q.put("Hello from child".to_string()).unwrap();
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let q = Queue::new()?;
+/// producer.spawn(q.clone())?.join()?;
+/// assert_eq!(q.get()?, "Hello from child");
+/// # Ok(())
+/// # }
+/// ```
+pub struct Queue<T> {
+    shared: Arc<Shared>,
+    _items: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue { shared: Arc::clone(&self.shared), _items: PhantomData }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue").field("len", &self.shared.len()).field("maxsize", &self.maxsize()).finish()
+    }
+}
+
+/// Where an item is encoded before it is copied in: on the stack while it is small.
+struct Encoded {
+    small: [u8; 64],
+    len: usize,
+    large: Vec<u8>,
+}
+
+impl Encoded {
+    fn bytes(&self) -> &[u8] {
+        match self.large.is_empty() {
+            true => &self.small[..self.len],
+            false => &self.large,
+        }
+    }
+}
+
+impl std::io::Write for Encoded {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.large.is_empty() && self.len + buf.len() <= self.small.len() {
+            self.small[self.len..self.len + buf.len()].copy_from_slice(buf);
+            self.len += buf.len();
+            return Ok(());
+        }
+        if self.large.is_empty() {
+            self.large.extend_from_slice(&self.small[..self.len]);
+        }
+        self.large.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// A new, unbounded queue.
+    pub fn new() -> Result<Queue<T>> {
+        Self::make(0, 0)
+    }
+
+    /// A new queue that holds at most `maxsize` items (Python's `Queue(maxsize)`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueConfig`] for a `maxsize` of zero.
+    pub fn bounded(maxsize: usize) -> Result<Queue<T>> {
+        if maxsize == 0 {
+            return Err(Error::QueueConfig { reason: "a bounded queue needs room for at least one item".into() });
+        }
+        Self::make(maxsize, 0)
+    }
+
+    fn make(maxsize: usize, flags: u32) -> Result<Queue<T>> {
+        Ok(Queue { shared: Shared::create(maxsize, flags)?, _items: PhantomData })
+    }
+
+    /// Puts an item, waiting for room if the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] if the item cannot be serialized (the queue is as before; an item that
+    /// holds a handle such as another queue cannot go through a queue: pass handles as
+    /// arguments), [`Error::FrameTooLarge`] over 1 GiB, [`Error::ShutDown`],
+    /// [`Error::QueueClosed`].
+    pub fn put(&self, item: impl Borrow<T>) -> Result<()> {
+        self.put_with(item.borrow(), Wait::Forever)
+    }
+
+    /// Puts an item, waiting at most `timeout` for room: [`Error::Full`] if none came.
+    pub fn put_timeout(&self, item: impl Borrow<T>, timeout: Duration) -> Result<()> {
+        self.put_with(item.borrow(), Wait::at_most(timeout))
+    }
+
+    /// Puts an item if there is room now: [`Error::Full`] if not (Python's `put_nowait`).
+    pub fn try_put(&self, item: impl Borrow<T>) -> Result<()> {
+        self.put_with(item.borrow(), Wait::Now)
+    }
+
+    fn put_with(&self, item: &T, wait: Wait) -> Result<()> {
+        let mut buf = Encoded { small: [0; 64], len: 0, large: Vec::new() };
+        crate::panic::catch(|| codec::encode_to("item", item, &mut buf))
+            .unwrap_or_else(|r| Err(codec::serialize_panicked("item", std::any::type_name::<T>(), r.message)))?;
+        let bytes = buf.bytes();
+        crate::wire::frame::check_len(bytes.len(), crate::wire::frame::MAX_FRAME_LEN)?;
+        self.shared.put_bytes(bytes, wait)
+    }
+
+    /// Takes the next item, waiting for one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] if the item cannot be deserialized as a `T` (it is taken all the
+    /// same), [`Error::ShutDown`] once the queue is shut down and empty, [`Error::QueueClosed`].
+    pub fn get(&self) -> Result<T> {
+        self.get_with(Wait::Forever)
+    }
+
+    /// Takes the next item, waiting at most `timeout`: [`Error::Empty`] if none came.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_with(Wait::at_most(timeout))
+    }
+
+    /// Takes the next item if there is one now: [`Error::Empty`] if not (Python's
+    /// `get_nowait`).
+    pub fn try_get(&self) -> Result<T> {
+        self.get_with(Wait::Now)
+    }
+
+    fn get_with(&self, wait: Wait) -> Result<T> {
+        let mut item = None;
+        self.shared.take(wait, |bytes| {
+            item =
+                Some(crate::panic::catch(|| codec::decode::<T>("item", bytes)).unwrap_or_else(|r| {
+                    Err(codec::deserialize_panicked("item", std::any::type_name::<T>(), r.message))
+                }))
+        })?;
+        item.expect("take hands over an item when it returns Ok")
+    }
+}
+
+impl<T> Queue<T> {
+    /// How many items are in the queue now (others may put and take meanwhile: Python's
+    /// `qsize`).
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Whether the queue is empty now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a bounded queue is full now.
+    pub fn is_full(&self) -> bool {
+        self.maxsize().is_some_and(|max| self.len() >= max)
+    }
+
+    /// The bound of a [`bounded`](Queue::bounded) queue.
+    pub fn maxsize(&self) -> Option<usize> {
+        match self.shared.header().maxsize {
+            0 => None,
+            n => Some(n as usize),
+        }
+    }
+
+    /// Stops this process from using the queue: later `put`s and `get`s here give
+    /// [`Error::QueueClosed`]. Other processes go on; items already put stay. Python's
+    /// `close()`.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Release);
+        self.shared.unbind_all();
+    }
+
+    /// Shuts the queue down, for every process (Python 3.13's `Queue.shutdown`): `put` gives
+    /// [`Error::ShutDown`] from now on, and `get` once the queue is empty; blocked callers wake
+    /// up. With `immediate`, the items left are dropped (and counted done, for a
+    /// [`JoinableQueue`]) and `get` gives `ShutDown` at once.
+    pub fn shutdown(&self, immediate: bool) {
+        self.shared.shutdown(immediate);
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// A [`Queue`] that counts unfinished work: every item put is one task, [`task_done`] marks one
+/// done, and [`join`] waits until all are. Python's `JoinableQueue`.
+///
+/// It derefs to its `Queue` for `put`, `get` and the rest.
+///
+/// [`task_done`]: JoinableQueue::task_done
+/// [`join`]: JoinableQueue::join
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// A new, unbounded joinable queue.
+    pub fn new() -> Result<JoinableQueue<T>> {
+        Ok(JoinableQueue { queue: Queue::make(0, layout::JOINABLE)? })
+    }
+
+    /// A new joinable queue that holds at most `maxsize` items.
+    pub fn bounded(maxsize: usize) -> Result<JoinableQueue<T>> {
+        if maxsize == 0 {
+            return Err(Error::QueueConfig { reason: "a bounded queue needs room for at least one item".into() });
+        }
+        Ok(JoinableQueue { queue: Queue::make(maxsize, layout::JOINABLE)? })
+    }
+}
+
+impl<T> JoinableQueue<T> {
+    /// Marks one item taken from the queue as processed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskDoneTooMany`] when every item put is done already.
+    pub fn task_done(&self) -> Result<()> {
+        self.queue.shared.task_done()
+    }
+
+    /// Waits until every item put has been marked done.
+    pub fn join(&self) -> Result<()> {
+        self.queue.shared.join(Wait::Forever)
+    }
+
+    /// Waits at most `timeout` until every item put has been marked done:
+    /// [`Error::NotReady`] if some are not.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
+        self.queue.shared.join(Wait::at_most(timeout))
+    }
+
+    /// Items put and not yet marked done.
+    pub fn unfinished(&self) -> u64 {
+        self.queue.shared.unfinished()
+    }
+}
+
+impl<T> std::ops::Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+    fn deref(&self) -> &Queue<T> {
+        &self.queue
+    }
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue { queue: self.queue.clone() }
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinableQueue").field("len", &self.len()).field("unfinished", &self.unfinished()).finish()
+    }
+}
+
+/// Crosses to another process as its memfd and doorbell, with the frame that carries it.
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&FdRef(self.shared.fd.as_fd()))?;
+        t.serialize_element(&FdRef(self.shared.doorbell.as_fd()))?;
+        t.end()
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (memfd, doorbell) = <(FdOwned, FdOwned)>::deserialize(d)?;
+        let shared = Shared::open(memfd.0, doorbell.0).map_err(serde::de::Error::custom)?;
+        Ok(Queue { shared, _items: PhantomData })
+    }
+}
+
+impl<T> Serialize for JoinableQueue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.queue.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let queue = Queue::deserialize(d)?;
+        if queue.shared.header().flags & layout::JOINABLE == 0 {
+            return Err(serde::de::Error::custom("a plain Queue arrived where a JoinableQueue was expected"));
+        }
+        Ok(JoinableQueue { queue })
+    }
+}
+
+/// A descriptor, serialized as its index in the frame's table.
+struct FdRef<'a>(std::os::fd::BorrowedFd<'a>);
+
+impl Serialize for FdRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        fds::serialize(self.0, s)
+    }
+}
+
+/// A descriptor taken from the frame's table.
+struct FdOwned(std::os::fd::OwnedFd);
+
+impl<'de> Deserialize<'de> for FdOwned {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        fds::deserialize(d).map(FdOwned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn items_come_out_in_order_and_the_errors_say_why() {
+        let q = Queue::<String>::new().unwrap();
+        assert!(matches!(q.try_get(), Err(Error::Empty { waited: None })));
+        for i in 0..1000 {
+            q.put(format!("item {i}")).unwrap();
+        }
+        assert_eq!(q.len(), 1000);
+        for i in 0..1000 {
+            assert_eq!(q.get().unwrap(), format!("item {i}"));
+        }
+        assert!(q.is_empty());
+        let start = Instant::now();
+        assert!(matches!(q.get_timeout(Duration::from_millis(50)), Err(Error::Empty { waited: Some(_) })));
+        assert!(start.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_bounded_queue_refuses_what_does_not_fit() {
+        let q = Queue::<u64>::bounded(2).unwrap();
+        q.put(1u64).unwrap();
+        q.try_put(2u64).unwrap();
+        assert!(q.is_full());
+        assert!(matches!(q.try_put(3u64), Err(Error::Full { maxsize: Some(2), waited: None })));
+        assert!(matches!(q.put_timeout(3u64, Duration::from_millis(20)), Err(Error::Full { .. })));
+        assert_eq!(q.get().unwrap(), 1);
+        q.try_put(3u64).unwrap();
+        assert_eq!((q.get().unwrap(), q.get().unwrap()), (2, 3));
+        assert!(matches!(Queue::<u8>::bounded(0), Err(Error::QueueConfig { .. })));
+    }
+
+    #[test]
+    fn large_items_and_items_larger_than_a_lane() {
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+        q.put(&big).unwrap();
+        q.put(vec![1u8; 70_000]).unwrap();
+        q.put(vec![2u8; 10]).unwrap();
+        assert!(q.get().unwrap() == big);
+        assert_eq!(q.get().unwrap(), vec![1u8; 70_000]);
+        assert_eq!(q.get().unwrap(), vec![2u8; 10]);
+    }
+
+    #[test]
+    fn threads_put_and_get_concurrently_and_nothing_is_lost() {
+        let q = Queue::<(u32, u32)>::new().unwrap();
+        let producers: Vec<_> = (0..4)
+            .map(|p| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000 {
+                        q.put((p, i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let consumers: Vec<_> = (0..3)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    while let Ok(item) = q.get_timeout(Duration::from_millis(500)) {
+                        got.push(item);
+                    }
+                    got
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        let mut all: Vec<(u32, u32)> = consumers.into_iter().flat_map(|c| c.join().unwrap()).collect();
+        assert_eq!(all.len(), 80_000);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 80_000, "each item exactly once");
+    }
+
+    #[test]
+    fn joinable_counts_and_shutdown() {
+        let q = JoinableQueue::<u8>::new().unwrap();
+        q.put(1u8).unwrap();
+        q.put(2u8).unwrap();
+        assert_eq!(q.unfinished(), 2);
+        assert!(q.join_timeout(Duration::from_millis(10)).is_err());
+        q.get().unwrap();
+        q.task_done().unwrap();
+        q.get().unwrap();
+        q.task_done().unwrap();
+        assert!(matches!(q.task_done(), Err(Error::TaskDoneTooMany)));
+        q.join().unwrap();
+
+        q.put(3u8).unwrap();
+        q.shutdown(false);
+        assert!(matches!(q.put(4u8), Err(Error::ShutDown)));
+        assert_eq!(q.get().unwrap(), 3, "a graceful shutdown still gives what is there");
+        assert!(matches!(q.get(), Err(Error::ShutDown)));
+        q.task_done().unwrap();
+        q.join().unwrap();
+    }
+
+    #[test]
+    fn an_item_that_holds_a_handle_cannot_go_through_a_queue() {
+        let q = Queue::<Queue<u8>>::new().unwrap();
+        let inner = Queue::<u8>::new().unwrap();
+        let err = q.put(&inner).unwrap_err();
+        assert!(
+            matches!(err, Error::Encode { .. }) && err.to_string().contains("cannot be serialized anywhere else"),
+            "{err}"
+        );
+        assert!(q.is_empty());
+    }
+}

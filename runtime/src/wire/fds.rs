@@ -1,0 +1,125 @@
+//! The file descriptors that travel with a frame, and how handles (queues, pipe ends, ...)
+//! serialize as indices into them.
+//!
+//! While a frame is encoded, a table for its descriptors exists on this thread
+//! ([`collect`]): a handle's `Serialize` puts a duplicate of its descriptor there and writes
+//! the index. While a frame is decoded, the descriptors it brought are on offer ([`provide`]):
+//! a handle's `Deserialize` reads the index and takes a duplicate. Outside a frame neither table
+//! exists, so serializing a handle anywhere else (to a file, as JSON, into a `Queue`) is an
+//! error that says why, never bytes that mean nothing elsewhere.
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use crate::wire::frame::MAX_FDS_PER_FRAME;
+
+/// Why a handle cannot be serialized or deserialized here.
+pub(crate) const OUTSIDE_A_FRAME: &str = "a multiproc handle (Queue, Connection, ...) holds file descriptors, and \
+     can only cross to another process as an argument or result of a #[process_fn], or over a \
+     Connection; it cannot be serialized anywhere else (a file, JSON, a Queue's items)";
+
+thread_local! {
+    static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+}
+
+#[derive(Default)]
+struct Outgoing {
+    fds: Vec<OwnedFd>,
+    /// The descriptor each entry was duplicated from: a handle serialized twice is sent once.
+    sources: Vec<RawFd>,
+}
+
+/// Runs `encode` with a descriptor table open on this thread; returns its result and the
+/// descriptors the handles it serialized put there.
+pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    let outer = OUTGOING.with(|o| o.replace(Some(Outgoing::default())));
+    let result = encode();
+    let table = OUTGOING.with(|o| o.replace(outer)).unwrap_or_default();
+    (result, table.fds)
+}
+
+/// Runs `decode` with `fds` on offer to the handles it deserializes; gives them back after
+/// (a handle takes a duplicate, so a value can be decoded again).
+pub(crate) fn provide<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    let outer = INCOMING.with(|i| i.replace(Some(fds)));
+    let result = decode();
+    let fds = INCOMING.with(|i| i.replace(outer)).unwrap_or_default();
+    (result, fds)
+}
+
+/// Puts (a duplicate of) `fd` in the table of the frame being encoded, and returns its index.
+pub(crate) fn share(fd: BorrowedFd<'_>) -> Result<u32, String> {
+    OUTGOING.with(|o| {
+        let mut o = o.borrow_mut();
+        let table = o.as_mut().ok_or_else(|| OUTSIDE_A_FRAME.to_string())?;
+        if let Some(at) = table.sources.iter().position(|s| *s == fd.as_raw_fd()) {
+            return Ok(at as u32);
+        }
+        if table.fds.len() >= MAX_FDS_PER_FRAME {
+            return Err(format!(
+                "one message can carry at most {MAX_FDS_PER_FRAME} handles' descriptors; pass the rest in another"
+            ));
+        }
+        let dup = fd.try_clone_to_owned().map_err(|e| format!("could not duplicate a handle's descriptor: {e}"))?;
+        table.sources.push(fd.as_raw_fd());
+        table.fds.push(dup);
+        Ok(table.fds.len() as u32 - 1)
+    })
+}
+
+/// Takes (a duplicate of) descriptor `index` of the frame being decoded.
+pub(crate) fn take(index: u32) -> Result<OwnedFd, String> {
+    INCOMING.with(|i| {
+        let i = i.borrow();
+        let fds = i.as_ref().ok_or_else(|| OUTSIDE_A_FRAME.to_string())?;
+        let fd = fds
+            .get(index as usize)
+            .ok_or_else(|| format!("a handle names descriptor {index}, and its message brought {}", fds.len()))?;
+        fd.as_fd().try_clone_to_owned().map_err(|e| format!("could not duplicate a received descriptor: {e}"))
+    })
+}
+
+/// Serializes a descriptor as its index in the frame's table (for a handle's `Serialize`).
+pub(crate) fn serialize<S: serde::Serializer>(fd: BorrowedFd<'_>, s: S) -> Result<S::Ok, S::Error> {
+    let index = share(fd).map_err(serde::ser::Error::custom)?;
+    s.serialize_u32(index)
+}
+
+/// Deserializes a descriptor from its index (for a handle's `Deserialize`).
+pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+    // Refuse before reading anything: outside a frame the bytes are not ours to interpret.
+    if INCOMING.with(|i| i.borrow().is_none()) {
+        return Err(serde::de::Error::custom(OUTSIDE_A_FRAME));
+    }
+    let index = <u32 as serde::Deserialize>::deserialize(d)?;
+    take(index).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_descriptor_goes_out_once_and_comes_back_as_often_as_named() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let ((a, b, c), fds) = collect(|| (share(r.as_fd()), share(w.as_fd()), share(r.as_fd())));
+        assert_eq!((a, b, c), (Ok(0), Ok(1), Ok(0)));
+        assert_eq!(fds.len(), 2);
+        let ((x, y), fds) = provide(fds, || (take(1).unwrap(), take(1).unwrap()));
+        assert_eq!(fds.len(), 2, "the table keeps its own");
+        rustix::io::write(&x, b"via x").unwrap();
+        drop((x, y, w, fds));
+        let mut buf = [0u8; 16];
+        assert_eq!(rustix::io::read(&r, &mut buf).unwrap(), 5);
+    }
+
+    #[test]
+    fn outside_a_frame_a_handle_is_an_error_not_bytes() {
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        assert!(share(r.as_fd()).unwrap_err().contains("cannot be serialized anywhere else"));
+        assert!(take(0).is_err());
+        let (outside, _) = provide(Vec::new(), || take(0));
+        assert!(outside.unwrap_err().contains("brought 0"));
+    }
+}
