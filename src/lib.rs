@@ -197,8 +197,8 @@
 pub use multiproc_macros::process_fn;
 
 pub use multiproc_runtime::{
-    init, pipe, pipe_one_way, AsyncResult, Connection, Error, Imap, InitOutcome, JoinableQueue, Output, Pool,
-    PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue, Receiver, Result, Sender,
+    init, pipe, pipe_one_way, wait, AsyncResult, Connection, Error, Imap, InitOutcome, JoinableQueue, Output, Pool,
+    PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue, Receiver, Result, Sender, Waitable,
     DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
 

@@ -421,13 +421,15 @@ fn children_die_with_a_parent_that(how: &str) {
     }
     common::wait_deadline(&mut helper);
     let _ = std::fs::remove_file(&go);
-    for pid in &pids {
-        let ended = common::ends_within(*pid, Duration::from_secs(2));
-        if !ended {
-            signal(*pid, libc::SIGKILL); // leave nothing behind, then fail
-        }
-        assert!(ended, "process {pid} outlived its parent ({how}; state {:?})", common::proc_state(*pid));
+    let survivors: Vec<(u32, Option<char>)> = pids
+        .iter()
+        .filter(|pid| !common::ends_within(**pid, Duration::from_secs(2)))
+        .map(|pid| (*pid, common::proc_state(*pid)))
+        .collect();
+    for (pid, _) in &survivors {
+        signal(*pid, libc::SIGKILL); // leave nothing behind, then fail
     }
+    assert!(survivors.is_empty(), "processes outlived their parent ({how}): {survivors:?}");
 }
 
 #[test]

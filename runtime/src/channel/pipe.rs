@@ -73,6 +73,7 @@ impl End {
     }
 
     fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        crate::wire::frame::check_len(bytes.len(), MAX_FRAME_LEN)?; // before copying a byte
         let mut frame = OutFrame::with_capacity(Kind::Bytes, bytes.len());
         frame.payload().extend_from_slice(bytes);
         self.send_frame(frame)

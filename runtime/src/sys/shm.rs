@@ -168,6 +168,10 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
     let _ = rustix::thread::futex::wait(word, rustix::thread::futex::Flags::empty(), expected, ts.as_ref());
 }
 
+/// Wakes every sleeper: the kernel reads the count as an `int`, and stops after the first
+/// waiter for a negative one (as `u32::MAX` would be).
+pub(crate) const WAKE_ALL: u32 = i32::MAX as u32;
+
 /// Wakes up to `n` processes or threads sleeping on `word`; returns how many woke.
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
     rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), n).unwrap_or(0)

@@ -493,7 +493,7 @@ impl Shared {
         let waiters = waiters(h, kind);
         if waiters.sleepers.load(Relaxed) > 0 {
             waiters.seq.fetch_add(1, Release);
-            shm::futex_wake(&waiters.seq, if all { u32::MAX } else { 1 });
+            shm::futex_wake(&waiters.seq, if all { shm::WAKE_ALL } else { 1 });
         }
         if kind == Sleep::Items && waiters.pollers.load(Relaxed) > 0 {
             shm::ring(self.doorbell_ref());

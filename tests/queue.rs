@@ -1,0 +1,424 @@
+//! Queues between processes: the tutorial's example, every method and error, many producers
+//! and consumers, and processes killed at any instant. Every wait has a hard deadline.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::{join, signal, within, DEADLINE};
+use multiproc::{pipe_one_way, process_fn, Error, JoinableQueue, Queue, Sender};
+use serde::{Deserialize, Serialize, Serializer};
+
+#[process_fn]
+fn hello(q: Queue<String>) {
+    q.put("Hello from child".to_string()).unwrap();
+}
+
+#[process_fn]
+fn receive(q: Queue<String>) -> String {
+    q.get().unwrap()
+}
+
+#[test]
+fn one_process_puts_and_another_gets_as_in_the_tutorial() {
+    within(DEADLINE, || {
+        let q = Queue::new().unwrap();
+        let getter = receive.spawn(q.clone()).unwrap(); // waits in get first
+        let putter = hello.spawn(q.clone()).unwrap();
+        join(putter).unwrap();
+        assert_eq!(join(getter).unwrap(), "Hello from child");
+        assert!(q.is_empty());
+    });
+}
+
+#[process_fn]
+fn produce(q: Queue<Option<(u32, u32)>>, producer: u32, n: u32) {
+    for i in 0..n {
+        q.put(Some((producer, i))).unwrap();
+    }
+}
+
+#[process_fn]
+fn consume(q: Queue<Option<(u32, u32)>>) -> Vec<(u32, u32)> {
+    let mut got = Vec::new();
+    while let Some(item) = q.get().unwrap() {
+        got.push(item);
+    }
+    got
+}
+
+#[test]
+fn many_producers_and_consumers_deliver_every_item_exactly_once_in_order_per_producer() {
+    within(DEADLINE, || {
+        const N: u32 = 50_000;
+        let q = Queue::new().unwrap();
+        let consumers: Vec<_> = (0..4).map(|_| consume.spawn(q.clone()).unwrap()).collect();
+        let producers: Vec<_> = (0..4).map(|p| produce.spawn(q.clone(), p, N).unwrap()).collect();
+        for p in producers {
+            join(p).unwrap();
+        }
+        for _ in 0..4 {
+            q.put(None).unwrap(); // one end marker per consumer
+        }
+        let mut seen = HashSet::new();
+        for c in consumers {
+            let got = join(c).unwrap();
+            // FIFO per producer: what one consumer got of a producer is in the order it was put
+            let mut last: BTreeMap<u32, u32> = BTreeMap::new();
+            for &(p, i) in &got {
+                if let Some(prev) = last.insert(p, i) {
+                    assert!(i > prev, "producer {p}: {i} after {prev}");
+                }
+                assert!(seen.insert((p, i)), "({p}, {i}) delivered twice");
+            }
+        }
+        assert_eq!(seen.len(), 4 * N as usize, "every item delivered");
+        assert!(q.is_empty());
+    });
+}
+
+#[process_fn]
+fn get_with_timeout(q: Queue<u64>, ms: u64) -> Option<u64> {
+    match q.get_timeout(Duration::from_millis(ms)) {
+        Ok(v) => Some(v),
+        Err(Error::Empty { waited: Some(_) }) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[process_fn]
+fn put_blocking(q: Queue<u64>, v: u64) {
+    q.put(v).unwrap();
+}
+
+#[process_fn]
+fn drain_after(q: Queue<u64>, ms: u64, n: usize) -> Vec<u64> {
+    std::thread::sleep(Duration::from_millis(ms));
+    (0..n).map(|_| q.get().unwrap()).collect()
+}
+
+#[test]
+fn bounded_queues_block_and_refuse_across_processes() {
+    within(DEADLINE, || {
+        let q = Queue::<u64>::bounded(2).unwrap();
+        assert_eq!(q.maxsize(), Some(2));
+        q.put(1u64).unwrap();
+        q.put(2u64).unwrap();
+        assert!(q.is_full() && q.len() == 2);
+        assert!(matches!(q.try_put(3u64), Err(Error::Full { maxsize: Some(2), waited: None })));
+        let start = Instant::now();
+        let err = q.put_timeout(3u64, Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(err, Error::Full { .. }) && err.is_timeout(), "{err:?}");
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        // a child blocked in put goes on when another process makes room
+        let blocked = put_blocking.spawn(q.clone(), 3).unwrap();
+        let drainer = drain_after.spawn(q.clone(), 200, 3).unwrap();
+        join(blocked).unwrap();
+        assert_eq!(join(drainer).unwrap(), [1, 2, 3]);
+        assert!(q.is_empty() && !q.is_full());
+        // timeouts on get, in a child
+        assert_eq!(join(get_with_timeout.spawn(q.clone(), 50).unwrap()).unwrap(), None);
+        q.put(9u64).unwrap();
+        assert_eq!(join(get_with_timeout.spawn(q.clone(), 5_000).unwrap()).unwrap(), Some(9));
+    });
+}
+
+/// Serializes only while `ok`.
+#[derive(Debug)]
+struct Picky(bool);
+
+impl Serialize for Picky {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            true => s.serialize_bool(true),
+            false => Err(serde::ser::Error::custom("picky refuses")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        bool::deserialize(d).map(Picky)
+    }
+}
+
+#[test]
+fn a_value_that_cannot_be_serialized_is_an_error_from_put_and_the_queue_is_as_before() {
+    // Python's feeder thread drops such an item in silence (F9) and wedges a bounded queue.
+    let q = Queue::<Picky>::bounded(1).unwrap();
+    let err = q.put(Picky(false)).unwrap_err();
+    assert!(matches!(&err, Error::Encode { message, .. } if message.contains("picky refuses")), "{err:?}");
+    assert!(q.is_empty());
+    q.try_put(Picky(true)).unwrap(); // the one slot is still free
+    assert!(q.try_get().unwrap().0);
+}
+
+#[process_fn]
+fn put_big_then_exit(q: Queue<Vec<u8>>, len: usize) {
+    q.put(vec![7u8; len]).unwrap();
+}
+
+#[test]
+fn a_child_that_put_a_large_item_can_be_joined_before_the_item_is_taken() {
+    // Python: joining such a child before draining the queue deadlocks (F8).
+    within(DEADLINE, || {
+        let q = Queue::new().unwrap();
+        join(put_big_then_exit.spawn(q.clone(), 64 * 1024).unwrap()).unwrap();
+        join(put_big_then_exit.spawn(q.clone(), 5 << 20).unwrap()).unwrap(); // larger than a ring
+        assert_eq!(q.get().unwrap().len(), 64 * 1024);
+        assert!(q.get().unwrap().iter().all(|b| *b == 7));
+    });
+}
+
+/// An item whose contents say whether it is whole: a seed, and bytes derived from it.
+fn checked_item(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = seed.to_le_bytes().to_vec();
+    v.extend((0..len).map(|i| (seed as usize).wrapping_mul(31).wrapping_add(i) as u8));
+    v
+}
+
+fn is_whole(item: &[u8]) -> bool {
+    let seed = u64::from_le_bytes(item[..8].try_into().unwrap());
+    item[8..].iter().enumerate().all(|(i, b)| *b == (seed as usize).wrapping_mul(31).wrapping_add(i) as u8)
+}
+
+#[process_fn]
+fn put_forever(q: Queue<serde_bytes::ByteBuf>, seed: u64) {
+    for k in 0.. {
+        // inline items and large ones (stored apart), so that a kill lands in either
+        let len = if k % 4 == 3 { 100_000 } else { 20_000 + (k % 7) * 1000 };
+        q.put(serde_bytes::ByteBuf::from(checked_item(seed * 1_000_000 + k as u64, len))).unwrap();
+    }
+}
+
+#[test]
+fn a_producer_killed_in_the_middle_of_a_put_100_times_leaves_no_partial_item() {
+    within(Duration::from_secs(120), || {
+        let q = Queue::new().unwrap();
+        let mut taken = 0;
+        for round in 0..100u64 {
+            let mut child = put_forever.spawn(q.clone(), round).unwrap();
+            // take while it puts, so that it is writing (not waiting for room) when killed
+            let until = Instant::now() + Duration::from_micros(300 + 100 * (round % 30));
+            while Instant::now() < until || taken == 0 {
+                if let Ok(item) = q.try_get() {
+                    assert!(is_whole(&item), "round {round}: a partial item was visible");
+                    taken += 1;
+                }
+            }
+            child.kill().unwrap();
+            assert!(matches!(child.join_timeout(DEADLINE), Err(Error::Killed { .. })));
+            while let Ok(item) = q.try_get() {
+                assert!(is_whole(&item), "round {round}: a partial item was visible");
+                taken += 1;
+            }
+        }
+        assert!(taken >= 100);
+        // and the queue still works, for a new producer and this consumer
+        join(put_big_then_exit.spawn(Queue::<Vec<u8>>::new().unwrap(), 10).unwrap()).unwrap();
+        q.put(serde_bytes::ByteBuf::from(checked_item(1, 10))).unwrap();
+        assert!(is_whole(&q.get().unwrap()));
+    });
+}
+
+#[process_fn]
+fn get_one(q: Queue<u64>) -> u64 {
+    q.get().unwrap()
+}
+
+#[test]
+fn a_consumer_killed_while_blocked_in_get_costs_nothing_and_takes_nothing() {
+    within(DEADLINE, || {
+        let q = Queue::<u64>::new().unwrap();
+        let mut blocked = get_one.spawn(q.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let ticks = common::cpu_ticks(blocked.pid());
+        assert!(ticks <= 5, "a consumer blocked in get used {ticks} ticks of CPU");
+        blocked.kill().unwrap();
+        assert!(matches!(blocked.join_timeout(DEADLINE), Err(Error::Killed { .. })));
+        q.put(42u64).unwrap();
+        assert_eq!(join(get_one.spawn(q.clone()).unwrap()).unwrap(), 42);
+        q.put(43u64).unwrap();
+        assert_eq!(q.get().unwrap(), 43);
+    });
+}
+
+#[process_fn]
+fn put_when_room(q: Queue<u64>) {
+    q.put(2u64).unwrap();
+}
+
+#[test]
+fn a_producer_blocked_on_a_full_queue_costs_nothing() {
+    within(DEADLINE, || {
+        let q = Queue::<u64>::bounded(1).unwrap();
+        q.put(1u64).unwrap();
+        let blocked = put_when_room.spawn(q.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let ticks = common::cpu_ticks(blocked.pid());
+        assert!(ticks <= 5, "a producer blocked in put used {ticks} ticks of CPU");
+        assert_eq!(q.get().unwrap(), 1);
+        join(blocked).unwrap();
+        assert_eq!(q.get().unwrap(), 2);
+    });
+}
+
+#[process_fn]
+fn forward_all(q: Queue<u64>, out: Sender<u64>) {
+    loop {
+        let v = q.get().unwrap();
+        out.send(v).unwrap();
+    }
+}
+
+#[test]
+fn consumers_killed_while_taking_lose_at_most_the_item_in_hand_and_never_duplicate() {
+    within(Duration::from_secs(120), || {
+        const N: u64 = 200_000;
+        let q = Queue::<u64>::new().unwrap();
+        let (rx, tx) = pipe_one_way::<u64>().unwrap();
+        let feeder = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    q.put(i).unwrap();
+                }
+            })
+        };
+        let mut kills = 0;
+        let mut seen = HashSet::new();
+        let mut consumer = forward_all.spawn(q.clone(), tx.clone()).unwrap();
+        let start = Instant::now();
+        while seen.len() as u64 + kills < N || !q.is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(100), "stalled at {} items", seen.len());
+            match rx.recv_timeout(Duration::from_millis(2)) {
+                Ok(v) => assert!(seen.insert(v), "{v} delivered twice"),
+                Err(Error::Empty { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+            if seen.len() as u64 > (kills + 1) * 8_000 && kills < 20 {
+                consumer.kill().unwrap(); // wherever it is: in get, holding a lane, sending
+                let _ = consumer.join_timeout(DEADLINE);
+                kills += 1;
+                consumer = forward_all.spawn(q.clone(), tx.clone()).unwrap();
+            }
+            if feeder.is_finished() && q.is_empty() && rx.poll(Duration::from_millis(200)).map(|r| !r).unwrap_or(true) {
+                break;
+            }
+        }
+        feeder.join().unwrap();
+        consumer.kill().unwrap();
+        while let Ok(v) = rx.recv_timeout(Duration::from_millis(100)) {
+            assert!(seen.insert(v), "{v} delivered twice");
+        }
+        let lost = N - seen.len() as u64;
+        assert!(lost <= kills, "{lost} items lost to {kills} kills");
+        assert!(kills >= 10, "only {kills} kills happened");
+    });
+}
+
+#[process_fn]
+fn worker(q: JoinableQueue<u64>, results: Queue<u64>) {
+    loop {
+        match q.get() {
+            Ok(v) => {
+                results.put(v * 2).unwrap();
+                q.task_done().unwrap();
+            }
+            Err(Error::ShutDown) => return,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_joinable_queue_counts_tasks_done_across_processes() {
+    within(DEADLINE, || {
+        let q = JoinableQueue::<u64>::new().unwrap();
+        let results = Queue::new().unwrap();
+        let workers: Vec<_> = (0..3).map(|_| worker.spawn(q.clone(), results.clone()).unwrap()).collect();
+        for i in 0..1000 {
+            q.put(i).unwrap();
+        }
+        q.join_timeout(DEADLINE).unwrap();
+        assert_eq!(q.unfinished(), 0);
+        assert_eq!(results.len(), 1000);
+        let mut sum = 0;
+        while let Ok(v) = results.try_get() {
+            sum += v;
+        }
+        assert_eq!(sum, 999 * 1000);
+        assert!(matches!(q.task_done(), Err(Error::TaskDoneTooMany)));
+        q.shutdown(false); // the workers' blocked gets wake up with ShutDown
+        for w in workers {
+            join(w).unwrap();
+        }
+    });
+}
+
+#[process_fn]
+fn get_until_shut_down(q: Queue<u8>) -> Vec<u8> {
+    let mut got = Vec::new();
+    loop {
+        match q.get() {
+            Ok(v) => got.push(v),
+            Err(Error::ShutDown) => return got,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn shutdown_wakes_blocked_processes_and_immediate_drains() {
+    within(DEADLINE, || {
+        let q = Queue::<u8>::new().unwrap();
+        let blocked = get_until_shut_down.spawn(q.clone()).unwrap();
+        q.put(1u8).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        q.shutdown(false);
+        assert_eq!(join(blocked).unwrap(), [1]);
+        assert!(matches!(q.put(2u8), Err(Error::ShutDown)));
+
+        let j = JoinableQueue::<u8>::new().unwrap();
+        for i in 0..5 {
+            j.put(i).unwrap();
+        }
+        j.shutdown(true);
+        assert!(matches!(j.get(), Err(Error::ShutDown)), "immediate: nothing more comes");
+        assert!(j.is_empty());
+        j.join_timeout(DEADLINE).unwrap(); // the drained items count as done
+    });
+}
+
+#[test]
+fn close_stops_this_process_only() {
+    within(DEADLINE, || {
+        let q = Queue::<String>::new().unwrap();
+        let other = q.clone();
+        q.close();
+        assert!(matches!(q.put("x".to_string()), Err(Error::QueueClosed)));
+        assert!(matches!(other.get_timeout(Duration::from_millis(1)), Err(Error::QueueClosed)));
+        // other processes still use it: one puts, another gets
+        join(hello.spawn(q.clone()).unwrap()).unwrap();
+        assert_eq!(join(receive.spawn(q.clone()).unwrap()).unwrap(), "Hello from child");
+        let _ = signal;
+    });
+}
+
+#[test]
+fn shutdown_wakes_every_consumer_asleep_in_get() {
+    // Waking "all" once woke only the first sleeper (the kernel reads the count as an int).
+    within(DEADLINE, || {
+        let q = Queue::<u8>::new().unwrap();
+        let sleepers: Vec<_> = (0..4).map(|_| get_until_shut_down.spawn(q.clone()).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(300)); // all asleep in get by now
+        for s in &sleepers {
+            assert_eq!(common::proc_state(s.pid()), Some('S'));
+        }
+        q.shutdown(false);
+        for s in sleepers {
+            assert!(join(s).unwrap().is_empty());
+        }
+    });
+}
