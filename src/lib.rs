@@ -147,6 +147,47 @@
 //! | `apply_async`, `map_async`, `AsyncResult.get(timeout)` | [`Pool::apply_async`], [`Pool::map_async`], [`AsyncResult::wait_timeout`] |
 //! | `imap`, `imap_unordered` | [`Pool::imap`], [`Pool::imap_unordered`] (lazy, bounded) |
 //! | `close`, `join`, `terminate` | [`Pool::close`], [`Pool::join`], [`Pool::terminate`] |
+//! | `Queue()`, `Queue(maxsize)`, `JoinableQueue()` | [`Queue::new`], [`Queue::bounded`], [`JoinableQueue::new`] |
+//! | `put`, `get` (`block`, `timeout`, `_nowait`) | [`Queue::put`], [`Queue::get`], `*_timeout`, `try_*` |
+//! | `Pipe()`, `Pipe(duplex=False)` | [`pipe`], [`pipe_one_way`] |
+//! | `send`, `recv`, `poll`, `send_bytes`, `recv_bytes` | [`Connection::send`], [`Connection::recv`], [`Connection::poll`], ... |
+//! | `connection.wait(objects, timeout)` | [`wait`] |
+//!
+//! # Queues and pipes
+//!
+//! Processes share no memory: they talk through a [`Queue`] (any number of producers and
+//! consumers) or a [`pipe`] (two typed ends). Both are handles, passed to a child as ordinary
+//! arguments (alone or inside a struct, a `Vec`, an `Option`), returned by children, given to
+//! pool tasks: each crosses as file descriptors, with the frame that carries it.
+//!
+//! ```
+//! use multiproc::{process_fn, Queue};
+//!
+//! #[process_fn]
+//! fn producer(q: Queue<String>) {
+//!     q.put("Hello from child".to_string()).unwrap();
+//! }
+//!
+//! #[process_fn]
+//! fn consumer(q: Queue<String>) -> String {
+//!     q.get().unwrap()
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let q = Queue::new()?;
+//! let p1 = producer.spawn(q.clone())?;
+//! let p2 = consumer.spawn(q)?;
+//! p1.join()?;
+//! assert_eq!(p2.join()?, "Hello from child");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A `put` that returned has its item in the queue (no feeder thread), a value that cannot be
+//! serialized is an error from `put`, and a process killed at any instant leaves the queue
+//! whole; see [`Queue`] for what can be lost. A pipe end whose other end is gone gives
+//! [`Error::Disconnected`] at once. [`wait`] waits on many pipe ends, queues and processes from
+//! one thread.
 //!
 //! # Platforms
 //!

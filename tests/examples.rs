@@ -90,3 +90,21 @@ fn pool_async_shows_async_starmap_a_timeout_and_failures_as_data() {
     );
     assert!(!out.stderr.contains("panicked"), "a task's panic leaked to stderr:\n{}", out.stderr);
 }
+
+#[test]
+fn queue_prints_exactly_the_tutorials_output() {
+    let out = example("queue");
+    assert_eq!(out.stdout, "Hello from child\n");
+}
+
+#[test]
+fn pipe_holds_a_conversation_until_the_parent_hangs_up() {
+    let out = example("pipe");
+    assert_eq!(
+        out.stdout,
+        "asked Square(12), got Square(144)\n\
+         asked Reverse(\"multiproc\"), got Reverse(\"corpitlum\")\n\
+         asked Square(7), got Square(49)\n\
+         the child answered 3 questions\n"
+    );
+}

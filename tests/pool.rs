@@ -452,7 +452,6 @@ fn ctrl_c_helper() {
 
 #[test]
 fn ctrl_c_ends_the_program_without_noise_from_the_workers() {
-    use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let mut helper = Command::new(std::env::current_exe().unwrap())
@@ -465,16 +464,7 @@ fn ctrl_c_ends_the_program_without_noise_from_the_workers() {
         .spawn()
         .unwrap();
     let stderr = common::reader(helper.stderr.take().unwrap());
-    let mut pids = Vec::new();
-    for line in BufReader::new(helper.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some((_, pid)) = line.split_once("pid ") {
-            pids.push(pid.parse::<u32>().unwrap());
-        }
-        if line.contains("ready") {
-            break;
-        }
-    }
+    let pids = common::pids_until_ready(helper.stdout.take().unwrap());
     assert_eq!(pids.len(), 2);
     std::thread::sleep(Duration::from_millis(300)); // let the map start
                                                     // SAFETY: kill(2) on the helper's process group, as a terminal's Ctrl-C does.

@@ -387,7 +387,6 @@ fn ignores_sigio() {
 /// Runs the helper, stops one of its workers, ends the helper `how`, and checks that every
 /// child of it ends.
 fn children_die_with_a_parent_that(how: &str) {
-    use std::io::{BufRead, BufReader};
     let go = temp_path(&format!("stopped-go-{how}"));
     let _ = std::fs::remove_file(&go);
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
@@ -399,16 +398,7 @@ fn children_die_with_a_parent_that(how: &str) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut pids = Vec::new();
-    for line in BufReader::new(helper.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some((_, pid)) = line.split_once("pid ") {
-            pids.push(pid.parse::<u32>().unwrap());
-        }
-        if line.contains("ready") {
-            break;
-        }
-    }
+    let pids = common::pids_until_ready(helper.stdout.take().unwrap());
     assert_eq!(pids.len(), 3);
     signal(pids[0], libc::SIGSTOP);
     let start = Instant::now();

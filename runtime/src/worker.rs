@@ -73,47 +73,18 @@ pub(crate) fn invoke_batch<F: ProcessFn>(items: &mut ItemsReader<'_>, count: u32
         let caught = panic::catch(|| match uniform {
             Some((len, region)) => {
                 let mut reader = ValueReader::new(&region[next as usize * len..], "arguments");
-                while next < count {
-                    batch.begin();
-                    let args = match F::decode_args(&mut reader) {
-                        Ok(args) if reader.remaining() == region.len() - (next as usize + 1) * len => args,
-                        Ok(_) => {
-                            failure = Some(misread(len, region.len() - (next as usize) * len - reader.remaining()));
-                            return;
-                        }
-                        Err(e) => {
-                            failure = Some(e);
-                            return;
-                        }
-                    };
-                    let output = F::call(args);
-                    if let Err(e) = F::encode_output(&output, batch.out()) {
-                        failure = Some(e);
-                        return;
+                run_items::<F>(&mut next, count, batch, &mut failure, |item| {
+                    let args = F::decode_args(&mut reader)?;
+                    let read = region.len() - item as usize * len - reader.remaining();
+                    match read == len {
+                        true => Ok(args),
+                        false => Err(misread(len, read)),
                     }
-                    batch.end_ok();
-                    next += 1;
-                }
+                })
             }
-            None => {
-                while next < count {
-                    batch.begin();
-                    let args = match items.next_item().and_then(|(_, bytes)| decode_args::<F>(bytes)) {
-                        Ok(args) => args,
-                        Err(e) => {
-                            failure = Some(e);
-                            return;
-                        }
-                    };
-                    let output = F::call(args);
-                    if let Err(e) = F::encode_output(&output, batch.out()) {
-                        failure = Some(e);
-                        return;
-                    }
-                    batch.end_ok();
-                    next += 1;
-                }
-            }
+            None => run_items::<F>(&mut next, count, batch, &mut failure, |_| {
+                items.next_item().and_then(|(_, bytes)| decode_args::<F>(bytes))
+            }),
         });
         match (caught, failure) {
             (Ok(()), None) => break,
@@ -122,6 +93,34 @@ pub(crate) fn invoke_batch<F: ProcessFn>(items: &mut ItemsReader<'_>, count: u32
         }
         // the tagged reader is past the failed item already; the uniform one restarts after it
         next += 1;
+    }
+}
+
+/// Calls `F` on items `next..count`, each one's arguments from `args_of(item)`, appending the
+/// outputs to the batch; stops at the first failure (`failure`), with `next` at its item.
+#[inline(always)]
+fn run_items<F: ProcessFn>(
+    next: &mut u32,
+    count: u32,
+    batch: &mut Batch<'_>,
+    failure: &mut Option<Error>,
+    mut args_of: impl FnMut(u32) -> Result<F::Args, Error>,
+) {
+    while *next < count {
+        batch.begin();
+        let output = match args_of(*next) {
+            Ok(args) => F::call(args),
+            Err(e) => {
+                *failure = Some(e);
+                return;
+            }
+        };
+        if let Err(e) = F::encode_output(&output, batch.out()) {
+            *failure = Some(e);
+            return;
+        }
+        batch.end_ok();
+        *next += 1;
     }
 }
 

@@ -148,3 +148,19 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+/// Reads the `pid N` lines a helper prints, up to its `ready` line.
+pub fn pids_until_ready(out: impl Read) -> Vec<u32> {
+    use std::io::BufRead;
+    let mut pids = Vec::new();
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.unwrap();
+        if let Some((_, pid)) = line.split_once("pid ") {
+            pids.push(pid.parse::<u32>().unwrap());
+        }
+        if line.contains("ready") {
+            break;
+        }
+    }
+    pids
+}

@@ -24,11 +24,41 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
-    options().serialize_into(out, value).map_err(|e| Error::Encode {
+    options().serialize_into(Append(out), value).map_err(|e| Error::Encode {
         what,
         type_name: std::any::type_name::<T>().to_string(),
         message: e.to_string(),
     })
+}
+
+/// A `Vec` to append to, whose writes are inlined into the encoder whatever the size of the
+/// function around it: a `map` encodes millions of small values, a few bytes each (measured, W3:
+/// 2 ns per item when the `Vec`'s own writes were left out of line).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl io::Write for Append<'_> {
+    #[inline(always)]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    #[inline(always)]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.reserve(buf.len());
+        let len = self.0.len();
+        // SAFETY: `reserve` made room for `buf.len()` more bytes past `len`; they are written
+        // (a non-overlapping copy from `buf`) before the length covers them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.0.as_mut_ptr().add(len), buf.len());
+            self.0.set_len(len + buf.len());
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Appends the encoding of `value` to a writer.

@@ -35,9 +35,12 @@ const FIRST_SLEEP: Duration = Duration::from_millis(1);
 /// How long a lock may be seen held, with work waiting behind it, before its holder is
 /// checked for being alive.
 const SUSPECT_AFTER: Duration = Duration::from_millis(2);
-/// How long a `get` on an empty queue looks again before it sleeps: when producer and
-/// consumer run neck and neck, the next item comes within microseconds, and sleeping would make
-/// every `put` pay for a wake-up. Bounded, so a queue that stays empty costs nothing.
+/// How long a `get` on an empty queue (or a `put` short of room) looks again before it sleeps:
+/// when producer and consumer run neck and neck, the next item comes within microseconds, and
+/// sleeping would make every `put` pay for a wake-up. It yields between looks, so that with more
+/// processes than cores the ones it waits for get the CPU (measured, 4 producers x 4 consumers on
+/// 2 cores: 4-6 M msgs/s spinning, 18-26 M yielding; 1 x 1 the same, 37-38 M). Bounded, so a
+/// queue that stays empty costs nothing.
 const SPIN: Duration = Duration::from_micros(20);
 
 impl Shared {
@@ -275,9 +278,7 @@ impl Shared {
             if !matches!(wait, Wait::Now) && !sleeper.registered {
                 let until = *spin_until.get_or_insert_with(|| Instant::now() + SPIN);
                 if Instant::now() < until {
-                    for _ in 0..32 {
-                        std::hint::spin_loop();
-                    }
+                    std::thread::yield_now();
                     continue;
                 }
             }
@@ -323,9 +324,7 @@ impl Shared {
             if !matches!(wait, Wait::Now) && !sleeper.registered {
                 let until = *spin_until.get_or_insert_with(|| Instant::now() + SPIN);
                 if Instant::now() < until {
-                    for _ in 0..32 {
-                        std::hint::spin_loop();
-                    }
+                    std::thread::yield_now();
                     continue;
                 }
             }

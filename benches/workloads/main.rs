@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use multiproc::{process_fn, Output, Pool, ProcessBuilder};
 
+mod channels;
+
 /// Set in the environment of the floor's child: exit at once.
 const FLOOR_ENV: &str = "MULTIPROC_BENCH_EXIT_AT_ONCE";
 /// Set in the environment of the echo floor's child: echo length-prefixed blocks on stdin.
 const ECHO_ENV: &str = "MULTIPROC_BENCH_ECHO";
-const REPETITIONS: usize = 5;
+pub(crate) const REPETITIONS: usize = 5;
 
 #[process_fn]
 fn add(a: u64, b: u64) -> u64 {
@@ -50,6 +52,9 @@ fn main() {
         echo_stdin();
         return;
     }
+    if channels::floor_child() {
+        return;
+    }
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w.eq_ignore_ascii_case(name));
     if run("W1") {
@@ -63,6 +68,12 @@ fn main() {
     }
     if run("W5") {
         w5();
+    }
+    if run("W6") {
+        channels::w6();
+    }
+    if run("W9") {
+        channels::w9(Echo::start);
     }
 }
 
@@ -80,14 +91,14 @@ fn echo_stdin() {
     }
 }
 
-/// A child of this executable echoing blocks over a socketpair: the floor of W2 and W3.
-struct Echo {
+/// A child of this executable echoing blocks over a socketpair: the floor of W2, W3 and W9.
+pub(crate) struct Echo {
     sock: UnixStream,
     child: Child,
 }
 
 impl Echo {
-    fn start() -> Echo {
+    pub(crate) fn start() -> Echo {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let child = Command::new(std::env::current_exe().unwrap())
             .env(ECHO_ENV, "1")
@@ -98,7 +109,7 @@ impl Echo {
     }
 
     /// Sends `block` and reads it back.
-    fn round_trip(&mut self, block: &mut [u8]) {
+    pub(crate) fn round_trip(&mut self, block: &mut [u8]) {
         self.sock.write_all(&(block.len() as u32).to_le_bytes()).unwrap();
         self.sock.write_all(block).unwrap();
         self.sock.read_exact(block).unwrap();
@@ -245,12 +256,12 @@ fn w5() {
     println!("W5 speedup 2 workers vs in-process sequential: {:.2}x", seq / two);
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
 
-fn report(id: &str, what: &str, ours: f64, floor: f64, unit: &str) {
+pub(crate) fn report(id: &str, what: &str, ours: f64, floor: f64, unit: &str) {
     println!("{id} {what} ours={ours:.3} floor={floor:.3} unit={unit} ratio={:.2}", ours / floor);
 }
 
