@@ -422,3 +422,45 @@ fn shutdown_wakes_every_consumer_asleep_in_get() {
         }
     });
 }
+
+#[process_fn]
+fn put_joinable_forever(q: JoinableQueue<u64>, base: u64) {
+    for i in 0.. {
+        q.put(base + i).unwrap();
+    }
+}
+
+#[test]
+fn producers_killed_while_they_hold_the_lock_of_a_joinable_queue_leave_its_count_right() {
+    // A bounded joinable queue: producers take turns under a robust lock, and count each item
+    // before it is visible. Killed at any point of that, the next holder puts the count right:
+    // join neither hangs on a count too high nor lets task_done run past it.
+    within(Duration::from_secs(120), || {
+        let q = JoinableQueue::<u64>::bounded(64).unwrap();
+        let mut taken = 0u64;
+        for round in 0..40u64 {
+            let mut a = put_joinable_forever.spawn(q.clone(), round << 32).unwrap();
+            let mut b = put_joinable_forever.spawn(q.clone(), (round << 32) | 1 << 31).unwrap();
+            let until = Instant::now() + Duration::from_micros(500 + 100 * (round % 20));
+            while Instant::now() < until || taken == 0 {
+                if q.try_get().is_ok() {
+                    q.task_done().unwrap();
+                    taken += 1;
+                }
+            }
+            a.kill().unwrap();
+            b.kill().unwrap();
+            let _ = (a.join_timeout(DEADLINE), b.join_timeout(DEADLINE));
+            while q.try_get().is_ok() {
+                q.task_done().unwrap();
+                taken += 1;
+            }
+            q.join_timeout(DEADLINE).unwrap_or_else(|e| panic!("round {round}: {e}, {} unfinished", q.unfinished()));
+            assert_eq!(q.unfinished(), 0);
+            assert!(matches!(q.task_done(), Err(Error::TaskDoneTooMany)));
+        }
+        assert!(taken > 40);
+        q.put(1u64).unwrap(); // the lock works after 80 deaths
+        assert_eq!(q.unfinished(), 1);
+    });
+}

@@ -473,6 +473,34 @@ mod tests {
     }
 
     #[test]
+    fn more_producing_threads_than_lanes_share_one_and_lose_nothing() {
+        let q = Queue::<(u32, u32)>::new().unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(80));
+        let producers: Vec<_> = (0..80)
+            .map(|t| {
+                let (q, barrier) = (q.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait(); // all 80 hold a lane, or share the last one, at once
+                    for i in 0..500 {
+                        q.put((t, i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut last = vec![None; 80];
+        for _ in 0..80 * 500 {
+            let (t, i) = q.get_timeout(Duration::from_secs(30)).unwrap();
+            assert!(last[t as usize].is_none_or(|prev| prev < i), "thread {t}: {i} out of order");
+            last[t as usize] = Some(i);
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert!(last.iter().all(|l| *l == Some(499)));
+        assert!(q.is_empty());
+    }
+
+    #[test]
     fn joinable_counts_and_shutdown() {
         let q = JoinableQueue::<u8>::new().unwrap();
         q.put(1u8).unwrap();
