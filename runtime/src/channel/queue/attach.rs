@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     /// Per lane, what a consumer here last read of the tail: more items than that are taken
     /// without reading the producer's cache line again.
     pub(crate) tail_seen: [AtomicU64; LANES],
+    /// Wake-ups in a row from this process that woke nobody.
+    pub(crate) futile_wakes: std::sync::atomic::AtomicU32,
 }
 
 /// Every queue mapped in this process, by the identity of its memfd: a handle received again
@@ -104,6 +106,7 @@ impl Shared {
             bound: Mutex::new(Vec::new()),
             released_seen: std::array::from_fn(|_| AtomicU64::new(0)),
             tail_seen: std::array::from_fn(|_| AtomicU64::new(0)),
+            futile_wakes: std::sync::atomic::AtomicU32::new(0),
         });
         let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
         reg.retain(|_, w| w.strong_count() > 0);

@@ -42,6 +42,8 @@ const SUSPECT_AFTER: Duration = Duration::from_millis(2);
 /// 2 cores: 4-6 M msgs/s spinning, 18-26 M yielding; 1 x 1 the same, 37-38 M). Bounded, so a
 /// queue that stays empty costs nothing.
 const SPIN: Duration = Duration::from_micros(20);
+/// Wake-ups in a row that woke nobody before the registrations of dead processes are swept.
+const FUTILE_WAKES: u32 = 64;
 
 impl Shared {
     /// Refuses work on a queue closed here, or shut down.
@@ -486,13 +488,21 @@ impl Shared {
         self.sweep_dead();
     }
 
-    /// Wakes sleepers of `kind`, if any are registered: one, or all.
+    /// Wakes sleepers of `kind`, if any are registered: one, or all. A run of wake-ups that
+    /// woke nobody means a registered sleeper may be dead (killed in its sleep): its
+    /// registration is taken back, so that puts stop paying a system call each.
     pub(crate) fn wake(&self, kind: Sleep, all: bool) {
         let h = self.header();
         let waiters = waiters(h, kind);
         if waiters.sleepers.load(Relaxed) > 0 {
             waiters.seq.fetch_add(1, Release);
-            shm::futex_wake(&waiters.seq, if all { shm::WAKE_ALL } else { 1 });
+            let woke = shm::futex_wake(&waiters.seq, if all { shm::WAKE_ALL } else { 1 });
+            if woke > 0 {
+                self.futile_wakes.store(0, Relaxed);
+            } else if self.futile_wakes.fetch_add(1, Relaxed) + 1 >= FUTILE_WAKES {
+                self.futile_wakes.store(0, Relaxed);
+                self.sweep_dead();
+            }
         }
         if kind == Sleep::Items && waiters.pollers.load(Relaxed) > 0 {
             shm::ring(self.doorbell_ref());

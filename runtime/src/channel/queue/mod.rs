@@ -523,6 +523,31 @@ mod tests {
         q.join().unwrap();
     }
 
+    #[crate::process_fn(crate = crate)]
+    fn wait_for_one(q: Queue<u64>) -> u64 {
+        q.get().unwrap()
+    }
+
+    #[test]
+    fn a_consumer_killed_in_its_sleep_stops_costing_each_put_a_wake_up() {
+        let q = Queue::<u64>::new().unwrap();
+        let mut sleeper = wait_for_one.spawn(q.clone()).unwrap();
+        let registered = || q.shared.header().items.0.sleepers.load(Relaxed);
+        let start = Instant::now();
+        while registered() == 0 {
+            assert!(start.elapsed() < Duration::from_secs(30), "the child never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sleeper.kill().unwrap();
+        let _ = sleeper.join_timeout(Duration::from_secs(30));
+        assert_eq!(registered(), 1, "the dead child is still registered");
+        for i in 0..100u64 {
+            q.put(i).unwrap();
+        }
+        assert_eq!(registered(), 0, "its registration was taken back");
+        assert_eq!(q.len(), 100);
+    }
+
     #[test]
     fn an_item_that_holds_a_handle_cannot_go_through_a_queue() {
         let q = Queue::<Queue<u8>>::new().unwrap();
