@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{join, signal, within, DEADLINE};
+use common::{join, within, DEADLINE};
 use multiproc::{pipe, pipe_one_way, process_fn, wait, Connection, Error, Queue, Sender, Waitable};
 use serde::{Deserialize, Serialize};
 
@@ -234,6 +234,5 @@ fn a_pipe_end_serves_a_child_that_was_started_long_before() {
         assert_eq!(client.recv().unwrap(), Response::Sum(4));
         drop(client);
         assert_eq!(join(child).unwrap(), 1);
-        let _ = signal;
     });
 }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{join, signal, within, DEADLINE};
+use common::{join, within, DEADLINE};
 use multiproc::{pipe_one_way, process_fn, Error, JoinableQueue, Queue, Sender};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -402,7 +402,6 @@ fn close_stops_this_process_only() {
         // other processes still use it: one puts, another gets
         join(hello.spawn(q.clone()).unwrap()).unwrap();
         assert_eq!(join(receive.spawn(q.clone()).unwrap()).unwrap(), "Hello from child");
-        let _ = signal;
     });
 }
 

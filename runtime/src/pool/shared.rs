@@ -168,10 +168,8 @@ impl Inner {
             }
             _ => (0, 0),
         });
-        st.outstanding -= tasks;
-        st.starting -= starts;
+        let wake = take_back(&mut st, tasks, starts);
         let notify = st.waiters > 0;
-        let wake = st.closed && tasks + starts > 0;
         drop(st);
         if notify {
             self.changed.notify_all();
@@ -212,7 +210,6 @@ impl Inner {
     }
 
     /// A token's count comes back: at once, or at the end of the `update` this thread is in.
-    /// A closed pool's driver is woken: the count may be what it waits for to finish.
     fn give_back(&self, tasks: usize, starts: usize) {
         if HOLDING.with(|h| std::ptr::eq(h.get(), self)) {
             DEFERRED.with(|d| {
@@ -221,12 +218,7 @@ impl Inner {
             });
             return;
         }
-        let closed = self.update(|st| {
-            st.outstanding -= tasks;
-            st.starting -= starts;
-            st.closed
-        });
-        if closed {
+        if self.update(|st| take_back(st, tasks, starts)) {
             self.wake_driver();
         }
     }
@@ -427,6 +419,14 @@ impl Inner {
             let _ = sys::pidfd_signal(pidfd.as_fd(), Sig::Kill);
         }
     }
+}
+
+/// Takes tokens' counts back; `true` when a closed pool's driver must hear of it (the counts
+/// may be what it waits for to finish).
+fn take_back(st: &mut State, tasks: usize, starts: usize) -> bool {
+    st.outstanding -= tasks;
+    st.starting -= starts;
+    st.closed && tasks + starts > 0
 }
 
 /// Sends a worker on its way out: it is told to exit (its socket closes for writing), and the

@@ -92,13 +92,13 @@ impl<T> fmt::Debug for Queue<T> {
 }
 
 /// Where an item is encoded before it is copied in: on the stack while it is small.
-struct Encoded {
+struct ItemBytes {
     small: [u8; 64],
     len: usize,
     large: Vec<u8>,
 }
 
-impl Encoded {
+impl ItemBytes {
     fn bytes(&self) -> &[u8] {
         match self.large.is_empty() {
             true => &self.small[..self.len],
@@ -107,7 +107,7 @@ impl Encoded {
     }
 }
 
-impl std::io::Write for Encoded {
+impl std::io::Write for ItemBytes {
     #[inline]
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.write_all(buf).map(|()| buf.len())
@@ -177,7 +177,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_with(&self, item: &T, wait: Wait) -> Result<()> {
-        let mut buf = Encoded { small: [0; 64], len: 0, large: Vec::new() };
+        let mut buf = ItemBytes { small: [0; 64], len: 0, large: Vec::new() };
         crate::panic::catch(|| codec::encode_to("item", item, &mut buf))
             .unwrap_or_else(|r| Err(codec::serialize_panicked("item", std::any::type_name::<T>(), r.message)))?;
         let bytes = buf.bytes();
@@ -423,6 +423,39 @@ mod tests {
         q.try_put(3u64).unwrap();
         assert_eq!((q.get().unwrap(), q.get().unwrap()), (2, 3));
         assert!(matches!(Queue::<u8>::bounded(0), Err(Error::QueueConfig { .. })));
+    }
+
+    #[test]
+    fn an_unbounded_queue_holds_a_producers_mebibyte_then_says_full() {
+        let q = Queue::<serde_bytes::ByteBuf>::new().unwrap();
+        let item = serde_bytes::ByteBuf::from(vec![5u8; 40_000]); // stored in the ring
+        let mut put = 0;
+        let err = loop {
+            match q.try_put(&item) {
+                Ok(()) => put += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::Full { maxsize: None, waited: None }), "{err:?}");
+        assert!(err.to_string().contains("1 MiB"), "{err}");
+        assert!((20..=26).contains(&put), "{put} items of 40 KB in a 1 MiB lane");
+        assert!(matches!(q.put_timeout(&item, Duration::from_millis(20)), Err(Error::Full { .. })));
+        assert!(!q.is_full(), "no item bound: only this producer's buffer is full");
+        for _ in 0..put {
+            assert_eq!(q.try_get().unwrap().len(), 40_000);
+        }
+        q.try_put(&item).unwrap(); // the emptied lane told the producer
+    }
+
+    #[test]
+    fn memory_that_is_not_a_queue_is_refused() {
+        let doorbell = || crate::sys::shm::eventfd().unwrap();
+        let small = crate::sys::shm::memfd("not-a-queue", 4096).unwrap();
+        let err = Shared::open(small, doorbell()).unwrap_err();
+        assert!(err.to_string().contains("not a multiproc queue: its memory is too small"), "{err}");
+        let blank = crate::sys::shm::memfd("not-a-queue", layout::MAPPED).unwrap();
+        let err = Shared::open(blank, doorbell()).unwrap_err();
+        assert!(err.to_string().contains("does not hold a queue of this version"), "{err}");
     }
 
     #[test]
