@@ -242,6 +242,15 @@ pub use multiproc_runtime::{
     PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue, Receiver, Result, Sender, Waitable,
     DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
+pub use multiproc_runtime::{
+    Array, ArrayGuard, AtomicInt, AtomicValue, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, HolderDied,
+    Lock, LockGuard, LockResult, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, TryLockError,
+    TryLockResult, Value, ValueGuard, MAX_PARTIES,
+};
+
+/// The crate behind the plain-data bound of [`Value`] and [`Array`]: derive its `Pod` and
+/// `Zeroable` (or `NoUninit` and `CheckedBitPattern`) for a `#[repr(C)]` struct of your own.
+pub use multiproc_runtime::bytemuck;
 
 #[cfg(feature = "progress")]
 pub use multiproc_runtime::progress_bar;

@@ -285,6 +285,50 @@ pub enum Error {
         reason: String,
     },
 
+    /// A lock was taken, and its previous holder had died holding it; what it guards may be
+    /// half-updated. The lock works again. (The lock's own methods return
+    /// [`HolderDied`](crate::HolderDied), with the guard inside; this is what it becomes
+    /// with `?`, and what `get`/`set` return.)
+    #[error("the previous holder of the lock (process {pid}) died holding it: what it guards may be half-updated; the lock works again")]
+    HolderDied {
+        /// The process id of the holder that died (0 when unknown).
+        pid: u32,
+    },
+
+    /// A lock was held elsewhere (until the timeout ran out, for a wait with a timeout).
+    #[error("the lock is held elsewhere")]
+    LockBusy,
+
+    /// A shared object was given options it cannot work with, or cannot be made.
+    #[error("invalid shared object: {reason}")]
+    SharedConfig {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An index or byte range past the end of an `Array` or `SharedMemory`.
+    #[error("index {index} is out of range for a length of {len}")]
+    OutOfRange {
+        /// The index (or the end of the range) asked for.
+        index: usize,
+        /// The length.
+        len: usize,
+    },
+
+    /// A barrier is broken; [`Barrier::reset`](crate::Barrier::reset) makes it usable again.
+    #[error("the barrier is broken: {reason}")]
+    BrokenBarrier {
+        /// Why it broke.
+        reason: String,
+    },
+
+    /// A `BoundedSemaphore` was released more times than it was acquired.
+    #[error("the semaphore was released past its bound of {bound}")]
+    OverReleased {
+        /// The bound.
+        bound: u32,
+    },
+
     /// A pipe received another kind of message than the call reads.
     #[error("expected {expected} and received {found}: match send with recv, and send_bytes with recv_bytes")]
     MessageKind {

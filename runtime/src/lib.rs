@@ -13,9 +13,14 @@ mod panic;
 mod pool;
 mod process;
 mod registry;
+mod shared;
 mod sys;
 mod wire;
 mod worker;
+
+/// The crate behind the plain-data bound of [`Value`] and [`Array`]: derive its `Pod` and
+/// `Zeroable` (or `NoUninit` and `CheckedBitPattern`) for a `#[repr(C)]` struct of your own.
+pub use bytemuck;
 
 #[doc(hidden)]
 pub mod private;
@@ -30,6 +35,11 @@ pub use output::Output;
 pub use pool::progress_bar;
 pub use pool::{AsyncResult, Imap, InitOutcome, Pool, PoolBuilder, Progress};
 pub use process::{Process, ProcessBuilder, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use shared::{
+    Array, ArrayGuard, AtomicInt, AtomicValue, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, HolderDied,
+    Lock, LockGuard, LockResult, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, TryLockError,
+    TryLockResult, Value, ValueGuard, MAX_PARTIES,
+};
 pub use wire::frame::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
 
 /// Not public API: what `#[process_fn]` expands to names only this.

@@ -145,8 +145,14 @@ pub(crate) fn write_at(fd: BorrowedFd<'_>, mut bytes: &[u8], mut offset: u64) ->
 /// Reads exactly `len` bytes at `offset`.
 pub(crate) fn read_at(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<Vec<u8>> {
     let mut out = vec![0u8; len];
+    read_into(fd, &mut out, offset)?;
+    Ok(out)
+}
+
+/// Fills `out` with the bytes at `offset`.
+pub(crate) fn read_into(fd: BorrowedFd<'_>, out: &mut [u8], offset: u64) -> io::Result<()> {
     let mut done = 0;
-    while done < len {
+    while done < out.len() {
         match rustix::io::pread(fd, &mut out[done..], offset + done as u64) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => done += n,
@@ -154,7 +160,7 @@ pub(crate) fn read_at(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Sleeps while `word` holds `expected`, at most `timeout`, on a futex that other processes
@@ -191,4 +197,116 @@ pub(crate) fn ring(fd: BorrowedFd<'_>) {
 pub(crate) fn unring(fd: BorrowedFd<'_>) {
     let mut buf = [0u8; 8];
     let _ = rustix::io::read(fd, &mut buf);
+}
+
+/// A process-shared, robust pthread mutex, placed in shared memory: when its holder dies
+/// (thread or process, however it ends), the kernel marks it, and the next locker gets it with
+/// [`Locked::OwnerDied`] instead of waiting forever.
+#[repr(C)]
+pub(crate) struct RobustMutex(std::cell::UnsafeCell<libc::pthread_mutex_t>);
+
+// SAFETY: a process-shared pthread mutex is made to be used by many threads (and processes)
+// at once; every access goes through the pthread functions.
+unsafe impl Sync for RobustMutex {}
+
+impl std::fmt::Debug for RobustMutex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RobustMutex")
+    }
+}
+
+/// How a lock attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Locked {
+    /// Taken.
+    Yes,
+    /// Taken, and its previous holder died holding it (now consistent again).
+    OwnerDied,
+    /// Held elsewhere until the deadline (or at once, for a try).
+    Busy,
+    /// This thread holds it already (an error-checking mutex).
+    ByThisThread,
+}
+
+/// What a mutex does when its holder locks it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Relock {
+    /// Refuses ([`Locked::ByThisThread`]): a lock.
+    Refuse,
+    /// Counts: a re-entrant lock.
+    Count,
+}
+
+impl RobustMutex {
+    /// Initializes the mutex in place. The memory must be used by nobody else yet.
+    pub(crate) fn init(&self, relock: Relock) -> io::Result<()> {
+        let kind = match relock {
+            Relock::Refuse => libc::PTHREAD_MUTEX_ERRORCHECK,
+            Relock::Count => libc::PTHREAD_MUTEX_RECURSIVE,
+        };
+        // SAFETY: the attribute object is initialized before use and destroyed after; the
+        // mutex's memory is writable, and nobody else uses it yet (the callers' promise).
+        unsafe {
+            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+            libc::pthread_mutexattr_init(&mut attr);
+            libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
+            libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
+            libc::pthread_mutexattr_settype(&mut attr, kind);
+            let r = libc::pthread_mutex_init(self.0.get(), &attr);
+            libc::pthread_mutexattr_destroy(&mut attr);
+            match r {
+                0 => Ok(()),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }
+        }
+    }
+
+    /// Locks, waiting until `deadline` (forever for `None`; not at all when it has passed).
+    #[inline]
+    pub(crate) fn lock(&self, deadline: Option<std::time::Instant>) -> io::Result<Locked> {
+        let m = self.0.get();
+        let r = match deadline {
+            // SAFETY: the mutex was initialized (`init`) and lives in memory mapped for as long
+            // as `self` is borrowed.
+            None => unsafe { libc::pthread_mutex_lock(m) },
+            Some(d) => {
+                // SAFETY: as above.
+                let r = unsafe { libc::pthread_mutex_trylock(m) };
+                match r {
+                    libc::EBUSY if d > std::time::Instant::now() => {
+                        let at = realtime_in(d.saturating_duration_since(std::time::Instant::now()));
+                        // SAFETY: as above; `at` is a valid timespec.
+                        unsafe { libc::pthread_mutex_timedlock(m, &at) }
+                    }
+                    r => r,
+                }
+            }
+        };
+        match r {
+            0 => Ok(Locked::Yes),
+            libc::EOWNERDEAD => {
+                // SAFETY: EOWNERDEAD hands the mutex over to this thread; marking it consistent
+                // is what lets the next lockers use it normally.
+                unsafe { libc::pthread_mutex_consistent(m) };
+                Ok(Locked::OwnerDied)
+            }
+            libc::EBUSY | libc::ETIMEDOUT => Ok(Locked::Busy),
+            libc::EDEADLK => Ok(Locked::ByThisThread),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    /// Unlocks; the calling thread must hold the mutex.
+    #[inline]
+    pub(crate) fn unlock(&self) {
+        // SAFETY: initialized and mapped (see `lock`); the callers hold the mutex (a guard).
+        unsafe { libc::pthread_mutex_unlock(self.0.get()) };
+    }
+}
+
+/// `CLOCK_REALTIME` `after` from now, as pthread's timed functions take it.
+fn realtime_in(after: Duration) -> libc::timespec {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    let total = Duration::new(now.tv_sec as u64, now.tv_nsec as u32).saturating_add(after);
+    libc::timespec { tv_sec: total.as_secs().min(i64::MAX as u64) as _, tv_nsec: total.subsec_nanos() as _ }
 }
