@@ -108,3 +108,20 @@ fn pipe_holds_a_conversation_until_the_parent_hangs_up() {
          the child answered 3 questions\n"
     );
 }
+
+#[test]
+fn shared_value_prints_what_the_python_documentation_prints() {
+    let out = example("shared_value");
+    assert_eq!(out.stdout, "3.1415927\n[0, -1, -2, -3, -4, -5, -6, -7, -8, -9]\n");
+}
+
+#[test]
+fn locks_prints_whole_lines_then_passes_the_barrier_together() {
+    let out = example("locks");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{}", out.stdout);
+    let mut hellos: Vec<&str> = lines[..4].to_vec();
+    hellos.sort();
+    assert_eq!(hellos, ["hello world 0", "hello world 1", "hello world 2", "hello world 3"]);
+    assert_eq!(lines[4], "all 4 passed the barrier");
+}

@@ -47,7 +47,7 @@ use crate::sys::shm::Relock;
 /// # }
 /// ```
 pub struct Array<T> {
-    region: Arc<Region>,
+    pub(super) region: Arc<Region>,
     _t: PhantomData<fn(T) -> T>,
 }
 

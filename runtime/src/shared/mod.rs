@@ -41,3 +41,6 @@ pub(crate) fn left(deadline: Option<Instant>) -> Option<Option<Duration>> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests;
