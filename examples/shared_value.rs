@@ -17,6 +17,7 @@
 use multiproc::{process_fn, Array, Value};
 
 #[process_fn]
+#[allow(clippy::approx_constant)] // the documentation's number, printed as it is there
 fn f(n: Value<f64>, a: Array<i32>) {
     n.set(3.1415927).unwrap();
     for x in a.lock().unwrap().iter_mut() {

@@ -16,7 +16,7 @@ const RING_ENV: &str = "MULTIPROC_BENCH_RING";
 const N: u64 = 1_000_000;
 
 /// Now, on the clock every process shares, in nanoseconds.
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     // SAFETY: clock_gettime writes the timespec it is given.
     let ts = unsafe {
         let mut ts: libc::timespec = std::mem::zeroed();
@@ -350,7 +350,7 @@ if __name__ == "__main__":
 
 /// Runs a Python script and reads the number it prints; `None` without python3, or if it
 /// fails or takes more than two minutes.
-fn python(script: &str) -> Option<f64> {
+pub(crate) fn python(script: &str) -> Option<f64> {
     let mut child = Command::new("python3")
         .arg("-c")
         .arg(script)

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use multiproc::{process_fn, Output, Pool, ProcessBuilder};
 
 mod channels;
+mod shared;
 
 /// Set in the environment of the floor's child: exit at once.
 const FLOOR_ENV: &str = "MULTIPROC_BENCH_EXIT_AT_ONCE";
@@ -66,11 +67,17 @@ fn main() {
     if run("W3") {
         w3();
     }
+    if run("W4") {
+        shared::w4();
+    }
     if run("W5") {
         w5();
     }
     if run("W6") {
         channels::w6();
+    }
+    if run("W7") {
+        shared::w7();
     }
     if run("W9") {
         channels::w9(Echo::start);
@@ -266,7 +273,7 @@ pub(crate) fn report(id: &str, what: &str, ours: f64, floor: f64, unit: &str) {
 }
 
 /// Mean time of `n` sequential runs of `op`, in milliseconds.
-fn mean_ms(n: u32, mut op: impl FnMut(u32)) -> f64 {
+pub(crate) fn mean_ms(n: u32, mut op: impl FnMut(u32)) -> f64 {
     let start = Instant::now();
     for i in 0..n {
         op(i);

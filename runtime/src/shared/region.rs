@@ -13,13 +13,12 @@
 //! the process dies, however it dies; a slot marked in use whose byte nobody holds is a process
 //! that died without leaving. What it left is then taken back (`bury`).
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::sys::shm::{self, Mapping, Relock, RobustMutex};
+use crate::sys::shm::{self, ByIdentity, Mapping, Relock, RobustMutex};
 
 /// Marks an object's memory, with the layout's version in its last byte.
 const MAGIC: u64 = u64::from_le_bytes(*b"MPSHARE\x01");
@@ -175,9 +174,9 @@ struct Membership {
 }
 
 /// Every object mapped in this process, by the identity of its memfd.
-fn registry() -> &'static Mutex<HashMap<(u64, u64), Weak<Region>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<(u64, u64), Weak<Region>>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+fn registry() -> &'static ByIdentity<Region> {
+    static REGISTRY: OnceLock<ByIdentity<Region>> = OnceLock::new();
+    REGISTRY.get_or_init(ByIdentity::new)
 }
 
 impl Region {
@@ -219,8 +218,7 @@ impl Region {
     pub(crate) fn open(fd: OwnedFd, ty: Type) -> Result<Arc<Region>> {
         let (len, identity) =
             shm::file_identity(fd.as_fd()).map_err(|e| Error::io("could not inspect shared memory", e))?;
-        let found = registry().lock().unwrap_or_else(|p| p.into_inner()).get(&identity).and_then(Weak::upgrade);
-        let region = match found {
+        let region = match registry().get(identity) {
             Some(region) => region,
             None => {
                 if len < DATA_AT as u64 {
@@ -256,15 +254,8 @@ impl Region {
         if ty.kind.has_members() {
             region.membership = Some(region.join()?);
         }
-        let region = Arc::new(region);
-        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-        reg.retain(|_, w| w.strong_count() > 0);
         // Two threads may have raced to map the same object: the first one's stands.
-        if let Some(first) = reg.get(&identity).and_then(Weak::upgrade) {
-            return Ok(first);
-        }
-        reg.insert(identity, Arc::downgrade(&region));
-        Ok(region)
+        Ok(registry().insert(identity, Arc::new(region)))
     }
 
     #[inline]
@@ -365,10 +356,7 @@ impl Drop for Region {
             member.state.store(m.generation << 1, Release);
             shm::unlock_byte(m.private.as_fd(), m.slot as u64);
         }
-        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-        if reg.get(&self.identity).is_some_and(|w| w.strong_count() == 0) {
-            reg.remove(&self.identity);
-        }
+        registry().remove(self.identity);
     }
 }
 

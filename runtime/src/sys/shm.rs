@@ -310,3 +310,43 @@ fn realtime_in(after: Duration) -> libc::timespec {
     let total = Duration::new(now.tv_sec as u64, now.tv_nsec as u32).saturating_add(after);
     libc::timespec { tv_sec: total.as_secs().min(i64::MAX as u64) as _, tv_nsec: total.subsec_nanos() as _ }
 }
+
+/// Objects in shared memory mapped in this process, by the identity (device, inode) of their
+/// memfd: a handle received again and again maps nothing new.
+#[derive(Debug)]
+pub(crate) struct ByIdentity<T>(std::sync::Mutex<std::collections::HashMap<(u64, u64), std::sync::Weak<T>>>);
+
+impl<T> ByIdentity<T> {
+    pub(crate) fn new() -> ByIdentity<T> {
+        ByIdentity(std::sync::Mutex::new(std::collections::HashMap::new()))
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(u64, u64), std::sync::Weak<T>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The object already mapped here, if any.
+    pub(crate) fn get(&self, identity: (u64, u64)) -> Option<std::sync::Arc<T>> {
+        self.map().get(&identity).and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Records a newly mapped object; if another thread mapped the same one first, returns
+    /// that one instead (and `new` is dropped).
+    pub(crate) fn insert(&self, identity: (u64, u64), new: std::sync::Arc<T>) -> std::sync::Arc<T> {
+        let mut map = self.map();
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(first) = map.get(&identity).and_then(std::sync::Weak::upgrade) {
+            return first;
+        }
+        map.insert(identity, std::sync::Arc::downgrade(&new));
+        new
+    }
+
+    /// Forgets an object being dropped (unless a new one has its identity already).
+    pub(crate) fn remove(&self, identity: (u64, u64)) {
+        let mut map = self.map();
+        if map.get(&identity).is_some_and(|w| w.strong_count() == 0) {
+            map.remove(&identity);
+        }
+    }
+}

@@ -8,14 +8,13 @@
 //! slot and generation: a holder found dead is replaced, and what it held is taken back.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::channel::queue::layout::*;
 use crate::error::{Error, Result};
-use crate::sys::shm::{self, Mapping};
+use crate::sys::shm::{self, ByIdentity, Mapping};
 
 /// A queue's memory, mapped in this process.
 #[derive(Debug)]
@@ -44,12 +43,10 @@ pub(crate) struct Shared {
 
 /// Every queue mapped in this process, by the identity of its memfd: a handle received again
 /// and again maps nothing new.
-fn registry() -> &'static Mutex<Registry> {
-    static REGISTRY: std::sync::OnceLock<Mutex<Registry>> = std::sync::OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+fn registry() -> &'static ByIdentity<Shared> {
+    static REGISTRY: std::sync::OnceLock<ByIdentity<Shared>> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(ByIdentity::new)
 }
-
-type Registry = HashMap<(u64, u64), Weak<Shared>>;
 
 impl Shared {
     /// Makes a new queue's memory.
@@ -62,7 +59,7 @@ impl Shared {
         let header = unsafe { &mut *(map.ptr() as *mut Header) };
         header.flags = flags;
         header.maxsize = maxsize as u64;
-        init_robust_mutex(&mut header.producers.0)?;
+        header.producers.0.init(shm::Relock::Refuse).map_err(|e| Error::io("could not make a queue's lock", e))?;
         header.magic.store(MAGIC, Release);
         let doorbell = shm::eventfd().map_err(io)?;
         Shared::attach_mapped(fd, doorbell, map)
@@ -71,9 +68,7 @@ impl Shared {
     /// Uses a queue whose memfd and doorbell arrived with a handle.
     pub(crate) fn open(fd: OwnedFd, doorbell: OwnedFd) -> Result<Arc<Shared>> {
         let (len, identity) = shm::file_identity(fd.as_fd()).map_err(|e| Error::io("could not inspect a queue", e))?;
-        if let Some(shared) =
-            registry().lock().unwrap_or_else(|p| p.into_inner()).get(&identity).and_then(Weak::upgrade)
-        {
+        if let Some(shared) = registry().get(identity) {
             return Ok(shared); // the descriptors that came close here: this process has its own
         }
         if len < MAPPED {
@@ -108,14 +103,8 @@ impl Shared {
             tail_seen: std::array::from_fn(|_| AtomicU64::new(0)),
             futile_wakes: std::sync::atomic::AtomicU32::new(0),
         });
-        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-        reg.retain(|_, w| w.strong_count() > 0);
         // Two threads may have raced to map the same queue: the first one's stands.
-        if let Some(first) = reg.get(&identity).and_then(Weak::upgrade) {
-            return Ok(first);
-        }
-        reg.insert(identity, Arc::downgrade(&shared));
-        Ok(shared)
+        Ok(registry().insert(identity, shared))
     }
 
     #[inline]
@@ -208,10 +197,7 @@ impl Drop for Shared {
         forget_registrations(h, slot);
         slot.state.store((self.generation << 1) & !1, Release);
         shm::unlock_byte(self.private.as_fd(), self.me as u64);
-        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-        if reg.get(&self.identity).is_some_and(|w| w.strong_count() == 0) {
-            reg.remove(&self.identity);
-        }
+        registry().remove(self.identity);
     }
 }
 
@@ -254,25 +240,6 @@ fn forget_registrations(header: &Header, slot: &Participant) {
 
 fn not_a_queue(why: &str) -> Error {
     Error::Decode { what: "message", type_name: "Queue".into(), message: format!("not a multiproc queue: {why}") }
-}
-
-/// Initializes a process-shared, robust mutex in place (its holder's death is told to the next
-/// locker instead of deadlocking it).
-fn init_robust_mutex(m: &mut libc::pthread_mutex_t) -> Result<()> {
-    // SAFETY: the attribute object is initialized before use and destroyed after; `m` points
-    // into writable shared memory that nobody else uses yet.
-    unsafe {
-        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-        libc::pthread_mutexattr_init(&mut attr);
-        libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
-        libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
-        let r = libc::pthread_mutex_init(m, &attr);
-        libc::pthread_mutexattr_destroy(&mut attr);
-        match r {
-            0 => Ok(()),
-            e => Err(Error::io("could not make a queue's lock", std::io::Error::from_raw_os_error(e))),
-        }
-    }
 }
 
 thread_local! {

@@ -528,21 +528,13 @@ impl Shared {
 
     /// Locks the producers' mutex; a holder that died is finished for (see `put_in_lane`).
     fn lock_producers(&self) -> Result<ProducersGuard<'_>> {
-        let m = &self.header().producers.0 as *const libc::pthread_mutex_t as *mut libc::pthread_mutex_t;
-        // SAFETY: the mutex was initialized (process-shared, robust) when the queue was made,
-        // and lives in memory mapped for as long as `self`.
-        let r = unsafe { libc::pthread_mutex_lock(m) };
-        match r {
-            0 => {}
-            libc::EOWNERDEAD => {
-                self.finish_dead_put();
-                // SAFETY: this thread holds the mutex (EOWNERDEAD hands it over); making it
-                // consistent is what the next holders need.
-                unsafe { libc::pthread_mutex_consistent(m) };
-            }
-            e => return Err(Error::io("could not lock a queue", std::io::Error::from_raw_os_error(e))),
+        let mutex = &self.header().producers.0;
+        match mutex.lock(None) {
+            Ok(shm::Locked::OwnerDied) => self.finish_dead_put(),
+            Ok(_) => {}
+            Err(e) => return Err(Error::io("could not lock a queue", e)),
         }
-        Ok(ProducersGuard { mutex: m, _shared: self })
+        Ok(ProducersGuard { mutex })
     }
 
     /// Puts the count of items put right after a producer died in the middle of a put.
@@ -623,14 +615,12 @@ impl Shared {
 
 /// Holds the producers' mutex.
 struct ProducersGuard<'a> {
-    mutex: *mut libc::pthread_mutex_t,
-    _shared: &'a Shared,
+    mutex: &'a shm::RobustMutex,
 }
 
 impl Drop for ProducersGuard<'_> {
     fn drop(&mut self) {
-        // SAFETY: this thread locked the mutex (see lock_producers) and unlocks it once.
-        unsafe { libc::pthread_mutex_unlock(self.mutex) };
+        self.mutex.unlock(); // this thread locked it (see lock_producers)
     }
 }
 

@@ -144,7 +144,7 @@ pub(crate) struct Header {
     pub(crate) shutdown: Line<AtomicU32>,
     pub(crate) counts: Line<Counts>,
     /// Serializes producers of bounded and joinable queues (a robust, process-shared mutex).
-    pub(crate) producers: Line<libc::pthread_mutex_t>,
+    pub(crate) producers: Line<crate::sys::shm::RobustMutex>,
     /// The next free byte of the blob area.
     pub(crate) blob_end: Line<AtomicU64>,
     /// Lanes ever given to a producer: the ones consumers look at.
