@@ -152,6 +152,11 @@
 //! | `Pipe()`, `Pipe(duplex=False)` | [`pipe`], [`pipe_one_way`] |
 //! | `send`, `recv`, `poll`, `send_bytes`, `recv_bytes` | [`Connection::send`], [`Connection::recv`], [`Connection::poll`], ... |
 //! | `connection.wait(objects, timeout)` | [`wait`] |
+//! | `Value`, `Array` (with their lock) | [`Value`], [`Array`]: `lock()` (a guard), `get`, `set` |
+//! | `Value(..., lock=False)` | [`AtomicValue`]: `fetch_add`, `load`, `store`, ... |
+//! | `shared_memory.SharedMemory` | [`SharedMemory`] (no name, nothing to unlink) |
+//! | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore` | [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`] |
+//! | `Condition`, `Event`, `Barrier` | [`Condition`], [`Event`], [`Barrier`] |
 //!
 //! # Queues and pipes
 //!
@@ -188,6 +193,40 @@
 //! whole; see [`Queue`] for what can be lost. A pipe end whose other end is gone gives
 //! [`Error::Disconnected`] at once. [`wait`] waits on many pipe ends, queues and processes from
 //! one thread.
+//!
+//! # Shared memory and locks
+//!
+//! [`Value`], [`AtomicValue`], [`Array`] and [`SharedMemory`] hold data that every process with
+//! the handle sees; [`Lock`], [`RLock`], [`Condition`], [`Event`], [`Semaphore`],
+//! [`BoundedSemaphore`] and [`Barrier`] synchronize processes and threads. All are handles,
+//! passed as ordinary arguments; none has a name in `/dev/shm`, and each is freed with its
+//! last handle.
+//!
+//! ```
+//! use multiproc::{process_fn, Array, Value};
+//!
+//! #[process_fn]
+//! fn f(n: Value<f64>, a: Array<i32>) {
+//!     n.set(2.5).unwrap();
+//!     for x in a.lock().unwrap().iter_mut() {
+//!         *x = -*x;
+//!     }
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let num = Value::new(0.0)?;
+//! let arr = Array::from_slice(&[0, 1, 2, 3])?;
+//! f.spawn(num.clone(), arr.clone())?.join()?;
+//! assert_eq!(num.get()?, 2.5);
+//! assert_eq!(arr.to_vec()?, [0, -1, -2, -3]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A process that dies holding a lock never deadlocks the others: the next locker gets
+//! [`HolderDied`], with the guard inside (the data may be half-updated), and the lock works
+//! again. Counts a dead process held of a [`Semaphore`] come back; a [`Barrier`] one of whose
+//! parties died is broken ([`Error::BrokenBarrier`]), not hung.
 //!
 //! # Platforms
 //!
