@@ -289,3 +289,23 @@ fn events_and_conditions_wake_other_processes() {
         assert!(join(waiter).unwrap());
     });
 }
+
+#[process_fn]
+fn keep_in_a_static_and_exit(b: Barrier) {
+    static KEPT: std::sync::OnceLock<Barrier> = std::sync::OnceLock::new();
+    let _ = KEPT.set(b);
+    std::process::exit(3); // no destructor runs: only the exit hook says it left
+}
+
+#[test]
+fn a_process_that_exits_with_a_barrier_still_held_leaves_it_whole() {
+    within(DEADLINE, || {
+        let b = Barrier::new(2).unwrap();
+        let p = keep_in_a_static_and_exit.spawn(b.clone()).unwrap();
+        assert!(matches!(join(p), Err(Error::Exited { code: 3, .. })));
+        assert!(!b.is_broken(), "exiting is leaving, not dying");
+        let c = party.spawn(b.clone(), 1).unwrap();
+        b.wait_timeout(DEADLINE).unwrap();
+        join(c).unwrap();
+    });
+}

@@ -19,8 +19,9 @@ use crate::sys::shm::{self, Relock};
 ///
 /// The barrier breaks, and every waiter (and later caller, until [`reset`](Barrier::reset))
 /// gets [`Error::BrokenBarrier`] saying why, when:
-/// - a process holding a handle dies without dropping it (killed, crashed, or exited without
-///   running destructors): a party that died cannot arrive. Waiters look for dead processes
+/// - a process holding a handle dies (killed, crashed, aborted: anything but an exit) while
+///   still holding it: a party that died cannot arrive. A process that exits, even with a
+///   handle kept in a `static`, has left, and breaks nothing. Waiters look for dead processes
 ///   after 1 ms of waiting, then at growing intervals, at most 100 ms apart. Each process
 ///   using the barrier holds a member slot whose liveness the kernel tracks (a byte-range lock
 ///   that goes with the process);

@@ -253,6 +253,7 @@ impl Region {
         let mut region = Region { fd, map, identity, pid: std::process::id(), membership: None };
         if ty.kind.has_members() {
             region.membership = Some(region.join()?);
+            leave_at_exit();
         }
         // Two threads may have raced to map the same object: the first one's stands.
         Ok(registry().insert(identity, Arc::new(region)))
@@ -349,15 +350,34 @@ impl Region {
     }
 }
 
-impl Drop for Region {
-    fn drop(&mut self) {
+impl Region {
+    /// Gives up this process's member slot: it left, it did not die.
+    fn leave(&self) {
         if let Some(m) = &self.membership {
             let member = &self.header().members[m.slot as usize];
-            member.state.store(m.generation << 1, Release);
+            let _ = member.state.compare_exchange(m.generation << 1 | 1, m.generation << 1, AcqRel, Acquire);
             shm::unlock_byte(m.private.as_fd(), m.slot as u64);
         }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        self.leave();
         registry().remove(self.identity);
     }
+}
+
+/// Makes a process that exits (`exit`, a return from `main`, a worker retiring) leave every
+/// object it is a member of, even through handles it never dropped (kept in a `static`, say):
+/// only a process that dies without exiting (killed, crashed, aborted) is taken for dead.
+fn leave_at_exit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| shm::at_exit(leave_all));
+}
+
+extern "C" fn leave_all() {
+    registry().for_each(Region::leave);
 }
 
 fn mismatch(expected: Type, found: String) -> Error {

@@ -342,6 +342,17 @@ impl<T> ByIdentity<T> {
         new
     }
 
+    /// Runs `f` on every object still mapped, unless another thread holds the table (at exit,
+    /// a thread stopped anywhere may).
+    pub(crate) fn for_each(&self, f: impl Fn(&T)) {
+        let Ok(map) = self.0.try_lock() else { return };
+        let objects: Vec<_> = map.values().filter_map(std::sync::Weak::upgrade).collect();
+        drop(map); // an object dropped below takes the table's lock
+        for object in &objects {
+            f(object);
+        }
+    }
+
     /// Forgets an object being dropped (unless a new one has its identity already).
     pub(crate) fn remove(&self, identity: (u64, u64)) {
         let mut map = self.map();
@@ -349,4 +360,11 @@ impl<T> ByIdentity<T> {
             map.remove(&identity);
         }
     }
+}
+
+/// Runs `f` when the process exits normally (`exit`, a return from `main`), not when it is
+/// killed or aborts.
+pub(crate) fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain function, valid for the life of the process.
+    unsafe { libc::atexit(f) };
 }
