@@ -309,3 +309,81 @@ fn a_process_that_exits_with_a_barrier_still_held_leaves_it_whole() {
         join(c).unwrap();
     });
 }
+
+#[process_fn]
+fn update_pairs_forever(v: Value<[u64; 2]>, s: Semaphore) {
+    loop {
+        let _slot = s.acquire();
+        match v.lock() {
+            Ok(mut g) => {
+                g[0] += 1;
+                for _ in 0..2_000 {
+                    std::hint::black_box(&mut *g); // a long critical section: kills land inside
+                }
+                g[1] += 1;
+            }
+            Err(died) => {
+                let mut g = died.into_inner();
+                g[1] = g[0];
+            }
+        }
+    }
+}
+
+#[test]
+fn holders_killed_at_random_instants_never_hang_the_others_and_every_death_is_reported() {
+    // Three processes update a pair under its lock (both halves equal between updates) and
+    // take a semaphore count around it; two are killed at every round, at any instant.
+    within(Duration::from_secs(120), || {
+        let v = Value::new([0u64; 2]).unwrap();
+        let s = Semaphore::new(2).unwrap();
+        let (mut torn, mut told) = (0, 0);
+        for round in 0..100u64 {
+            let mut kids: Vec<_> = (0..3).map(|_| update_pairs_forever.spawn(v.clone(), s.clone()).unwrap()).collect();
+            std::thread::sleep(Duration::from_micros(300 + 97 * (round % 13)));
+            for mut k in kids.drain(..2) {
+                k.kill().unwrap();
+                let _ = k.join_timeout(DEADLINE);
+            }
+            // the survivor goes on: the pair keeps moving
+            let seen = v.lock_timeout(DEADLINE).map(|g| g[0]).unwrap_or_else(|e| match e {
+                TryLockError::HolderDied(d) => {
+                    told += 1;
+                    let mut g = d.into_inner();
+                    torn += (g[0] != g[1]) as u32;
+                    g[1] = g[0];
+                    g[0]
+                }
+                TryLockError::WouldBlock => panic!("round {round}: the lock stayed held"),
+            });
+            let until = Instant::now() + DEADLINE;
+            while v.lock().map(|g| g[0]).unwrap_or_else(|d| d.into_inner()[0]) == seen {
+                assert!(Instant::now() < until, "round {round}: the survivor is stuck");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for mut k in kids {
+                k.kill().unwrap();
+                let _ = k.join_timeout(DEADLINE);
+            }
+            // every count a dead process held comes back
+            let start = Instant::now();
+            while s.value() < 2 {
+                s.recover();
+                assert!(start.elapsed() < DEADLINE, "round {round}: counts lost: {}", s.value());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(s.value(), 2, "round {round}: never more than the start");
+            let g = match v.lock() {
+                Ok(g) => g,
+                Err(d) => {
+                    let mut g = d.into_inner();
+                    g[1] = g[0];
+                    g
+                }
+            };
+            assert_eq!(g[0], g[1], "round {round}: a torn pair nobody was told about");
+        }
+        eprintln!("{told} deaths told to the parent, {torn} of them with the pair torn");
+        assert!(told > 0, "no kill landed in a critical section: the test tests nothing");
+    });
+}

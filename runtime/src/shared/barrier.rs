@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::shared::region::{self, Kind, Member, Region, Type};
+use crate::shared::region::{self, Kind, Region, Type};
 use crate::sys::shm::{self, Relock};
 
 /// A barrier for a fixed number of parties, across processes and threads: Python's
@@ -229,8 +229,8 @@ fn break_region(region: &Region, reason: u32, pid: u32) {
 }
 
 /// A member died without leaving: a party that will never arrive.
-pub(crate) fn bury(region: &Region, member: &Member) {
-    break_region(region, PARTY_DIED, member.pid.load(Relaxed));
+pub(crate) fn bury(region: &Region, slot: usize) {
+    break_region(region, PARTY_DIED, region.header().members[slot].pid.load(Relaxed));
 }
 
 impl fmt::Debug for Barrier {

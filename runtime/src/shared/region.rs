@@ -290,8 +290,8 @@ impl Region {
     }
 
     /// This process's member slot.
-    pub(crate) fn me(&self) -> Option<&Member> {
-        self.membership.as_ref().map(|m| &self.header().members[m.slot as usize])
+    pub(crate) fn my_slot(&self) -> Option<usize> {
+        self.membership.as_ref().map(|m| m.slot as usize)
     }
 
     /// Takes a member slot: the first whose byte no live process holds.
@@ -306,7 +306,7 @@ impl Region {
             }
             let old = member.state.load(Acquire);
             if old & 1 == 1 && member.state.compare_exchange(old, old & !1, AcqRel, Acquire).is_ok() {
-                self.bury(member); // a process that died without leaving
+                self.bury(p); // a process that died without leaving
             }
             let generation = ((old >> 1) + 1) & 0x7fff_ffff;
             member.pid.store(self.pid, Relaxed);
@@ -334,17 +334,17 @@ impl Region {
             // the winner of this exchange buries it, once
             if member.state.compare_exchange(state, state & !1, AcqRel, Acquire).is_ok() {
                 first = first.or(Some(member.pid.load(Relaxed)));
-                self.bury(member);
+                self.bury(p);
             }
         }
         first
     }
 
     /// Takes back what a dead member held.
-    fn bury(&self, member: &Member) {
+    fn bury(&self, slot: usize) {
         match Kind::from_u32(self.header().kind) {
-            Some(Kind::Semaphore) => super::semaphore::bury(self, member),
-            Some(Kind::Barrier) => super::barrier::bury(self, member),
+            Some(Kind::Semaphore) => super::semaphore::bury(self, slot),
+            Some(Kind::Barrier) => super::barrier::bury(self, slot),
             _ => {}
         }
     }

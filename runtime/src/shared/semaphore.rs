@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::shared::region::{self, Kind, Member, Region, Type};
-use crate::sys::shm::{self, Relock};
+use crate::shared::region::{self, Kind, Region, Type, MEMBERS};
+use crate::sys::shm::{self, Locked, Relock};
 
 /// A counting semaphore shared by processes and threads: Python's
 /// `multiprocessing.Semaphore`.
@@ -30,8 +30,9 @@ use crate::sys::shm::{self, Relock};
 /// 100 ms), and gives their counts back; [`recover`](Semaphore::recover) does it at once.
 /// Counts taken without a guard (forgotten) are the program's to manage, as in Python.
 ///
-/// One narrow case is not recovered: a process killed between taking a count and recording it
-/// (two consecutive atomic operations) leaves that one count taken.
+/// A count and the record of who holds it change together, under a robust lock with a journal:
+/// a process killed in the middle of taking or giving back a count leaves no count lost or
+/// doubled (the next holder of the lock undoes the half-made change).
 ///
 /// # Examples
 ///
@@ -64,6 +65,11 @@ const VALUE: usize = 0;
 const SLEEPERS: usize = 1;
 /// The bound of a `BoundedSemaphore` (0: none).
 const BOUND: usize = 2;
+/// The journal of the change in progress under the lock: `1 + member` (or `1 + MEMBERS` for
+/// none; 0: no change in progress), and the value and the member's counts before it.
+const JOURNAL: usize = 3;
+const VALUE_BEFORE: usize = 4;
+const HELD_BEFORE: usize = 5;
 
 /// The longest a waiter sleeps before looking for dead holders again.
 const LONGEST_NAP: Duration = Duration::from_millis(100);
@@ -102,10 +108,7 @@ impl Semaphore {
         let (value, sleepers) = (r.word(VALUE), r.word(SLEEPERS));
         let mut nap = Duration::from_millis(1);
         loop {
-            if value.fetch_update(AcqRel, Acquire, |v| v.checked_sub(1)).is_ok() {
-                if let Some(me) = r.me() {
-                    me.held.fetch_add(1, AcqRel);
-                }
+            if value.load(Acquire) > 0 && change(r, r.my_slot(), |v, held| (v > 0).then(|| (v - 1, held + 1))) {
                 return Some(SemaphoreGuard { sem: self });
             }
             let left = super::left(deadline)?;
@@ -132,10 +135,10 @@ impl Semaphore {
     pub fn release(&self) -> Result<()> {
         let r = &self.region;
         let bound = r.word(BOUND).load(Relaxed);
-        r.word(VALUE)
-            .fetch_update(SeqCst, SeqCst, |v| (bound == 0 || v < bound).then_some(v.wrapping_add(1)))
-            .map_err(|_| Error::OverReleased { bound })?;
-        self.wake(1);
+        if !change(r, None, |v, held| (bound == 0 || v < bound).then(|| (v.wrapping_add(1), held))) {
+            return Err(Error::OverReleased { bound });
+        }
+        wake(r, 1);
         Ok(())
     }
 
@@ -150,21 +153,67 @@ impl Semaphore {
     pub fn recover(&self) -> Option<u32> {
         self.region.sweep()
     }
+}
 
-    fn wake(&self, n: u32) {
-        let r = &self.region;
-        if r.word(SLEEPERS).load(SeqCst) > 0 {
-            shm::futex_wake(r.word(VALUE), n);
+/// Changes the count and `member`'s held counts together, under the semaphore's lock: `f`
+/// gets both and returns the new ones, or `None` to change nothing. A journal makes the change
+/// whole or nothing: the next holder undoes one its process died in the middle of.
+fn change(region: &Region, member: Option<usize>, f: impl FnOnce(u32, u32) -> Option<(u32, u32)>) -> bool {
+    let h = region.header();
+    match h.mutex.0.lock(None) {
+        Ok(Locked::OwnerDied) => roll_back(region),
+        Ok(_) => {}
+        Err(e) => panic!("a multiproc Semaphore's mutex failed: {e}"),
+    }
+    let value = region.word(VALUE).load(SeqCst);
+    let held_word = member.map(|m| &h.members[m].held);
+    let held = held_word.map_or(0, |w| w.load(SeqCst));
+    let changed = match f(value, held) {
+        Some((new_value, new_held)) => {
+            region.word(VALUE_BEFORE).store(value, SeqCst);
+            region.word(HELD_BEFORE).store(held, SeqCst);
+            region.word(JOURNAL).store(1 + member.unwrap_or(MEMBERS) as u32, SeqCst);
+            region.word(VALUE).store(new_value, SeqCst);
+            if let Some(w) = held_word {
+                w.store(new_held, SeqCst);
+            }
+            region.word(JOURNAL).store(0, SeqCst);
+            true
         }
+        None => false,
+    };
+    h.mutex.0.unlock();
+    changed
+}
+
+/// Undoes the change a dead holder of the lock left half made.
+fn roll_back(region: &Region) {
+    let journal = region.word(JOURNAL).load(SeqCst);
+    if journal == 0 {
+        return;
+    }
+    region.word(VALUE).store(region.word(VALUE_BEFORE).load(SeqCst), SeqCst);
+    if let Some(member) = region.header().members.get(journal as usize - 1) {
+        member.held.store(region.word(HELD_BEFORE).load(SeqCst), SeqCst);
+    }
+    region.word(JOURNAL).store(0, SeqCst);
+}
+
+fn wake(region: &Region, n: u32) {
+    if region.word(SLEEPERS).load(SeqCst) > 0 {
+        shm::futex_wake(region.word(VALUE), n);
     }
 }
 
 /// Gives back what a dead member's guards held.
-pub(crate) fn bury(region: &Region, member: &Member) {
-    let held = member.held.swap(0, AcqRel);
-    if held > 0 {
-        region.word(VALUE).fetch_add(held, AcqRel);
-        shm::futex_wake(region.word(VALUE), held);
+pub(crate) fn bury(region: &Region, slot: usize) {
+    let mut returned = 0;
+    change(region, Some(slot), |v, held| {
+        returned = held;
+        Some((v.wrapping_add(held), 0))
+    });
+    if returned > 0 {
+        shm::futex_wake(region.word(VALUE), returned);
     }
 }
 
@@ -178,9 +227,8 @@ impl SemaphoreGuard<'_> {
     /// Keeps the count taken: it is not given back when this guard goes, nor if this process
     /// dies (Python's `acquire()` without a `release()`).
     pub fn forget(self) {
-        if let Some(me) = self.sem.region.me() {
-            me.held.fetch_sub(1, AcqRel);
-        }
+        let r = &self.sem.region;
+        change(r, r.my_slot(), |v, held| Some((v, held.saturating_sub(1))));
         std::mem::forget(self);
     }
 }
@@ -188,11 +236,8 @@ impl SemaphoreGuard<'_> {
 impl Drop for SemaphoreGuard<'_> {
     fn drop(&mut self) {
         let r = &self.sem.region;
-        if let Some(me) = r.me() {
-            me.held.fetch_sub(1, AcqRel);
-        }
-        r.word(VALUE).fetch_add(1, SeqCst);
-        self.sem.wake(1);
+        change(r, r.my_slot(), |v, held| Some((v.wrapping_add(1), held.saturating_sub(1))));
+        wake(r, 1);
     }
 }
 

@@ -262,26 +262,29 @@ impl RobustMutex {
     }
 
     /// Locks, waiting until `deadline` (forever for `None`; not at all when it has passed).
+    ///
+    /// A waiter never sleeps for long at a time: when a holder dies, the kernel wakes one
+    /// waiter to take the lock over, and if that one dies too before it does, nobody is woken
+    /// again. Waking every so often (5 ms, growing to 100 ms) finds such a lock and takes it.
     #[inline]
     pub(crate) fn lock(&self, deadline: Option<std::time::Instant>) -> io::Result<Locked> {
         let m = self.0.get();
-        let r = match deadline {
-            // SAFETY: the mutex was initialized (`init`) and lives in memory mapped for as long
-            // as `self` is borrowed.
-            None => unsafe { libc::pthread_mutex_lock(m) },
-            Some(d) => {
-                // SAFETY: as above.
-                let r = unsafe { libc::pthread_mutex_trylock(m) };
-                match r {
-                    libc::EBUSY if d > std::time::Instant::now() => {
-                        let at = realtime_in(d.saturating_duration_since(std::time::Instant::now()));
-                        // SAFETY: as above; `at` is a valid timespec.
-                        unsafe { libc::pthread_mutex_timedlock(m, &at) }
-                    }
-                    r => r,
-                }
-            }
-        };
+        // SAFETY: the mutex was initialized (`init`) and lives in memory mapped for as long
+        // as `self` is borrowed.
+        let mut r = unsafe { libc::pthread_mutex_trylock(m) };
+        let mut nap = Duration::from_millis(5);
+        while r == libc::EBUSY || r == libc::ETIMEDOUT {
+            let now = std::time::Instant::now();
+            let wait = match deadline {
+                None => nap,
+                Some(d) if d > now => nap.min(d - now),
+                Some(_) => break,
+            };
+            let at = realtime_in(wait);
+            // SAFETY: as above; `at` is a valid timespec.
+            r = unsafe { libc::pthread_mutex_timedlock(m, &at) };
+            nap = (nap * 2).min(Duration::from_millis(100));
+        }
         match r {
             0 => Ok(Locked::Yes),
             libc::EOWNERDEAD => {
