@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::shared::poison::{self, Acquired, LockResult, TryLockResult};
 use crate::shared::region::{self, Kind, Region, Type};
 use crate::shared::value::check_bits;
-use crate::sys::shm::Relock;
+use crate::sys::robust::Relock;
 
 /// A fixed-length array of plain data in shared memory, with its lock: Python's
 /// `multiprocessing.Array`.
@@ -187,7 +187,7 @@ impl<T> DerefMut for ArrayGuard<'_, T> {
 impl<T> Drop for ArrayGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        self.region.header().mutex.0.unlock();
+        self.region.header().lock.mutex.unlock();
     }
 }
 

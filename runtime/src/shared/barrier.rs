@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::shared::region::{self, Kind, Region, Type};
-use crate::sys::shm::{self, Relock};
+use crate::sys::robust::Relock;
+use crate::sys::shm;
 
 /// A barrier for a fixed number of parties, across processes and threads: Python's
 /// `multiprocessing.Barrier`.

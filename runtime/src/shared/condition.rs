@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::shared::poison::{self, Acquired, HolderDied, LockResult, TryLockResult};
 use crate::shared::region::{self, Kind, Region, Type};
-use crate::sys::shm::{self, Relock};
+use crate::sys::robust::Relock;
+use crate::sys::shm;
 
 /// A condition variable with its own lock, shared by processes and threads: Python's
 /// `multiprocessing.Condition`.
@@ -196,7 +197,7 @@ fn take_token(tokens: &std::sync::atomic::AtomicU32) -> bool {
 
 impl Drop for ConditionGuard<'_> {
     fn drop(&mut self) {
-        self.cond.region.header().mutex.0.unlock();
+        self.cond.region.header().lock.mutex.unlock();
     }
 }
 

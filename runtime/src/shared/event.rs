@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::shared::region::{self, Kind, Region, Type};
-use crate::sys::shm::{self, Relock};
+use crate::sys::robust::Relock;
+use crate::sys::shm;
 
 /// A flag shared by processes and threads, that they can wait for: Python's
 /// `multiprocessing.Event`.

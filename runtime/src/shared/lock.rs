@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::shared::poison::{self, LockResult, TryLockResult};
 use crate::shared::region::{self, Kind, Region, Type};
-use crate::sys::shm::Relock;
+use crate::sys::robust::Relock;
 
 /// A lock shared by processes and threads: Python's `multiprocessing.Lock`.
 ///
@@ -92,7 +92,7 @@ pub struct LockGuard<'a> {
 impl Drop for LockGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.region.header().mutex.0.unlock();
+        self.region.header().lock.mutex.unlock();
     }
 }
 
@@ -143,7 +143,7 @@ pub struct RLockGuard<'a> {
 
 impl Drop for RLockGuard<'_> {
     fn drop(&mut self) {
-        self.region.header().mutex.0.unlock();
+        self.region.header().lock.mutex.unlock();
     }
 }
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::shared::region::{self, Kind, Region, Type, DATA_AT};
-use crate::sys::shm::{self, Relock};
+use crate::sys::robust::Relock;
+use crate::sys::shm;
 
 /// A region of bytes in shared memory: Python's `multiprocessing.shared_memory.SharedMemory`,
 /// without its name.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::error::Error;
 use crate::shared::region::Region;
-use crate::sys::shm::Locked;
+use crate::sys::robust::Locked;
 
 /// A lock was taken, and its previous holder had died holding it.
 ///
@@ -118,13 +118,13 @@ pub(crate) enum Acquired {
 #[inline]
 pub(crate) fn acquire(region: &Region, deadline: Option<Instant>, what: &str) -> Acquired {
     let h = region.header();
-    match h.mutex.0.lock(deadline) {
+    match h.lock.mutex.lock(deadline) {
         Ok(Locked::Yes) => {
-            h.holder.store(region.pid, std::sync::atomic::Ordering::Relaxed);
+            h.lock.holder.store(region.pid, std::sync::atomic::Ordering::Relaxed);
             Acquired::Yes
         }
         Ok(Locked::OwnerDied) => {
-            let pid = h.holder.swap(region.pid, std::sync::atomic::Ordering::Relaxed);
+            let pid = h.lock.holder.swap(region.pid, std::sync::atomic::Ordering::Relaxed);
             Acquired::HolderDied(pid)
         }
         Ok(Locked::Busy) => Acquired::Busy,

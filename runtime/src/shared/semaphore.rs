@@ -11,7 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 use crate::shared::region::{self, Kind, Region, Type, MEMBERS};
-use crate::sys::shm::{self, Locked, Relock};
+use crate::sys::robust::{Locked, Relock};
+use crate::sys::shm;
 
 /// A counting semaphore shared by processes and threads: Python's
 /// `multiprocessing.Semaphore`.
@@ -160,7 +161,7 @@ impl Semaphore {
 /// whole or nothing: the next holder undoes one its process died in the middle of.
 fn change(region: &Region, member: Option<usize>, f: impl FnOnce(u32, u32) -> Option<(u32, u32)>) -> bool {
     let h = region.header();
-    match h.mutex.0.lock(None) {
+    match h.lock.mutex.lock(None) {
         Ok(Locked::OwnerDied) => roll_back(region),
         Ok(_) => {}
         Err(e) => panic!("a multiproc Semaphore's mutex failed: {e}"),
@@ -182,7 +183,7 @@ fn change(region: &Region, member: Option<usize>, f: impl FnOnce(u32, u32) -> Op
         }
         None => false,
     };
-    h.mutex.0.unlock();
+    h.lock.mutex.unlock();
     changed
 }
 

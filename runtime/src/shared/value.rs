@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{Error, Result};
 use crate::shared::poison::{self, Acquired, LockResult, TryLockResult};
 use crate::shared::region::{self, Kind, Region, Type};
-use crate::sys::shm::Relock;
+use crate::sys::robust::Relock;
 
 /// One value of plain data in shared memory, with its lock: Python's `multiprocessing.Value`.
 ///
@@ -156,7 +156,7 @@ impl<T> DerefMut for ValueGuard<'_, T> {
 impl<T> Drop for ValueGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        self.region.header().mutex.0.unlock();
+        self.region.header().lock.mutex.unlock();
     }
 }
 

@@ -2,6 +2,7 @@
 //! lives here, each with a `// SAFETY:` line.
 
 mod linux;
+pub(crate) mod robust;
 pub(crate) mod shm;
 
 pub(crate) use linux::*;

@@ -199,121 +199,6 @@ pub(crate) fn unring(fd: BorrowedFd<'_>) {
     let _ = rustix::io::read(fd, &mut buf);
 }
 
-/// A process-shared, robust pthread mutex, placed in shared memory: when its holder dies
-/// (thread or process, however it ends), the kernel marks it, and the next locker gets it with
-/// [`Locked::OwnerDied`] instead of waiting forever.
-#[repr(C)]
-pub(crate) struct RobustMutex(std::cell::UnsafeCell<libc::pthread_mutex_t>);
-
-// SAFETY: a process-shared pthread mutex is made to be used by many threads (and processes)
-// at once; every access goes through the pthread functions.
-unsafe impl Sync for RobustMutex {}
-
-impl std::fmt::Debug for RobustMutex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RobustMutex")
-    }
-}
-
-/// How a lock attempt ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Locked {
-    /// Taken.
-    Yes,
-    /// Taken, and its previous holder died holding it (now consistent again).
-    OwnerDied,
-    /// Held elsewhere until the deadline (or at once, for a try).
-    Busy,
-    /// This thread holds it already (an error-checking mutex).
-    ByThisThread,
-}
-
-/// What a mutex does when its holder locks it again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Relock {
-    /// Refuses ([`Locked::ByThisThread`]): a lock.
-    Refuse,
-    /// Counts: a re-entrant lock.
-    Count,
-}
-
-impl RobustMutex {
-    /// Initializes the mutex in place. The memory must be used by nobody else yet.
-    pub(crate) fn init(&self, relock: Relock) -> io::Result<()> {
-        let kind = match relock {
-            Relock::Refuse => libc::PTHREAD_MUTEX_ERRORCHECK,
-            Relock::Count => libc::PTHREAD_MUTEX_RECURSIVE,
-        };
-        // SAFETY: the attribute object is initialized before use and destroyed after; the
-        // mutex's memory is writable, and nobody else uses it yet (the callers' promise).
-        unsafe {
-            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-            libc::pthread_mutexattr_init(&mut attr);
-            libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
-            libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
-            libc::pthread_mutexattr_settype(&mut attr, kind);
-            let r = libc::pthread_mutex_init(self.0.get(), &attr);
-            libc::pthread_mutexattr_destroy(&mut attr);
-            match r {
-                0 => Ok(()),
-                e => Err(io::Error::from_raw_os_error(e)),
-            }
-        }
-    }
-
-    /// Locks, waiting until `deadline` (forever for `None`; not at all when it has passed).
-    ///
-    /// A waiter never sleeps for long at a time: when a holder dies, the kernel wakes one
-    /// waiter to take the lock over, and if that one dies too before it does, nobody is woken
-    /// again. Waking every so often (5 ms, growing to 100 ms) finds such a lock and takes it.
-    #[inline]
-    pub(crate) fn lock(&self, deadline: Option<std::time::Instant>) -> io::Result<Locked> {
-        let m = self.0.get();
-        // SAFETY: the mutex was initialized (`init`) and lives in memory mapped for as long
-        // as `self` is borrowed.
-        let mut r = unsafe { libc::pthread_mutex_trylock(m) };
-        let mut nap = Duration::from_millis(5);
-        while r == libc::EBUSY || r == libc::ETIMEDOUT {
-            let now = std::time::Instant::now();
-            let wait = match deadline {
-                None => nap,
-                Some(d) if d > now => nap.min(d - now),
-                Some(_) => break,
-            };
-            let at = realtime_in(wait);
-            // SAFETY: as above; `at` is a valid timespec.
-            r = unsafe { libc::pthread_mutex_timedlock(m, &at) };
-            nap = (nap * 2).min(Duration::from_millis(100));
-        }
-        match r {
-            0 => Ok(Locked::Yes),
-            libc::EOWNERDEAD => {
-                // SAFETY: EOWNERDEAD hands the mutex over to this thread; marking it consistent
-                // is what lets the next lockers use it normally.
-                unsafe { libc::pthread_mutex_consistent(m) };
-                Ok(Locked::OwnerDied)
-            }
-            libc::EBUSY | libc::ETIMEDOUT => Ok(Locked::Busy),
-            libc::EDEADLK => Ok(Locked::ByThisThread),
-            e => Err(io::Error::from_raw_os_error(e)),
-        }
-    }
-
-    /// Unlocks; the calling thread must hold the mutex.
-    #[inline]
-    pub(crate) fn unlock(&self) {
-        // SAFETY: initialized and mapped (see `lock`); the callers hold the mutex (a guard).
-        unsafe { libc::pthread_mutex_unlock(self.0.get()) };
-    }
-}
-
-/// `CLOCK_REALTIME` `after` from now, as pthread's timed functions take it.
-fn realtime_in(after: Duration) -> libc::timespec {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
-    let total = Duration::new(now.tv_sec as u64, now.tv_nsec as u32).saturating_add(after);
-    libc::timespec { tv_sec: total.as_secs().min(i64::MAX as u64) as _, tv_nsec: total.subsec_nanos() as _ }
-}
-
 /// Objects in shared memory mapped in this process, by the identity (device, inode) of their
 /// memfd: a handle received again and again maps nothing new.
 #[derive(Debug)]
@@ -370,4 +255,12 @@ impl<T> ByIdentity<T> {
 pub(crate) fn at_exit(f: extern "C" fn()) {
     // SAFETY: `f` is a plain function, valid for the life of the process.
     unsafe { libc::atexit(f) };
+}
+
+/// Wakes up to `n` sleepers on a signed futex word (a pthread mutex's).
+pub(crate) fn futex_wake_i32(word: &std::sync::atomic::AtomicI32, n: u32) -> usize {
+    // SAFETY: AtomicI32 and AtomicU32 have the same size and alignment; the kernel only reads
+    // the address.
+    let word = unsafe { &*(word as *const std::sync::atomic::AtomicI32).cast::<AtomicU32>() };
+    futex_wake(word, n)
 }

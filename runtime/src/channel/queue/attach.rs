@@ -59,7 +59,11 @@ impl Shared {
         let header = unsafe { &mut *(map.ptr() as *mut Header) };
         header.flags = flags;
         header.maxsize = maxsize as u64;
-        header.producers.0.init(shm::Relock::Refuse).map_err(|e| Error::io("could not make a queue's lock", e))?;
+        header
+            .producers
+            .0
+            .init(crate::sys::robust::Relock::Refuse)
+            .map_err(|e| Error::io("could not make a queue's lock", e))?;
         header.magic.store(MAGIC, Release);
         let doorbell = shm::eventfd().map_err(io)?;
         Shared::attach_mapped(fd, doorbell, map)
@@ -89,6 +93,9 @@ impl Shared {
         // SAFETY: checked by the callers: a mapped, initialized Header.
         let header = unsafe { &*(map.ptr() as *const Header) };
         let (me, generation) = join(header, &private)?;
+        if header.takes_turns() {
+            header.producers.0.watch(); // unwatched in `drop`, before the memory is unmapped
+        }
         let shared = Arc::new(Shared {
             fd,
             doorbell,
@@ -184,6 +191,9 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        if self.header().takes_turns() {
+            self.header().producers.0.unwatch();
+        }
         // this thread's cache must not match another queue later mapped at this address
         let here = self as *const Shared as usize;
         LAST.with(|l| {

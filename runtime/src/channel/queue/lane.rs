@@ -79,7 +79,7 @@ impl Shared {
     pub(crate) fn put_bytes(self: &Arc<Self>, bytes: &[u8], wait: Wait) -> Result<()> {
         self.check_open(true)?;
         let h = self.header();
-        if h.maxsize == 0 && h.flags & JOINABLE == 0 {
+        if !h.takes_turns() {
             let (lane, exclusive) = self.my_lane()?;
             return match exclusive {
                 true => self.put_in_lane(lane, bytes, wait, false),
@@ -530,7 +530,7 @@ impl Shared {
     fn lock_producers(&self) -> Result<ProducersGuard<'_>> {
         let mutex = &self.header().producers.0;
         match mutex.lock(None) {
-            Ok(shm::Locked::OwnerDied) => self.finish_dead_put(),
+            Ok(crate::sys::robust::Locked::OwnerDied) => self.finish_dead_put(),
             Ok(_) => {}
             Err(e) => return Err(Error::io("could not lock a queue", e)),
         }
@@ -615,7 +615,7 @@ impl Shared {
 
 /// Holds the producers' mutex.
 struct ProducersGuard<'a> {
-    mutex: &'a shm::RobustMutex,
+    mutex: &'a crate::sys::robust::RobustMutex,
 }
 
 impl Drop for ProducersGuard<'_> {

@@ -144,13 +144,21 @@ pub(crate) struct Header {
     pub(crate) shutdown: Line<AtomicU32>,
     pub(crate) counts: Line<Counts>,
     /// Serializes producers of bounded and joinable queues (a robust, process-shared mutex).
-    pub(crate) producers: Line<crate::sys::shm::RobustMutex>,
+    pub(crate) producers: Line<crate::sys::robust::RobustMutex>,
     /// The next free byte of the blob area.
     pub(crate) blob_end: Line<AtomicU64>,
     /// Lanes ever given to a producer: the ones consumers look at.
     pub(crate) active: Line<[AtomicU64; LANES.div_ceil(64)]>,
     pub(crate) participants: [Participant; PARTICIPANTS],
     pub(crate) lanes: [Lane; LANES],
+}
+
+impl Header {
+    /// Whether producers put one at a time, under the producers' lock: a bounded queue (so that
+    /// the bound is exact) or a joinable one (so that the count follows the items).
+    pub(crate) fn takes_turns(&self) -> bool {
+        self.maxsize != 0 || self.flags & JOINABLE != 0
+    }
 }
 
 pub(crate) const SHUTDOWN: u32 = 1;
