@@ -282,6 +282,10 @@ pub use multiproc_runtime::{
     DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
 pub use multiproc_runtime::{
+    served, DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, Manager, ObjectProxy, QueueProxy, Served,
+    ValueProxy,
+};
+pub use multiproc_runtime::{
     Array, ArrayGuard, AtomicInt, AtomicValue, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, HolderDied,
     Lock, LockGuard, LockResult, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, TryLockError,
     TryLockResult, Value, ValueGuard, MAX_PARTIES,

@@ -329,6 +329,24 @@ pub enum Error {
         bound: u32,
     },
 
+    /// The manager's server is gone (its owner dropped the manager, or it died): nothing more
+    /// can be asked of it.
+    #[error("the manager's server is gone (shut down, or its process died); its objects are lost")]
+    ManagerGone,
+
+    /// A remote manager and its client do not share the key (or the other side is not a
+    /// multiproc manager); nothing was read or changed.
+    #[error("authentication with the manager failed: the two sides do not have the same key")]
+    AuthenticationFailed,
+
+    /// The manager refused or failed an operation: an object of another type, a served
+    /// object's operation that panicked (the server goes on), a lock not held.
+    #[error("the manager could not do it: {message}")]
+    ManagerOperation {
+        /// What the server said.
+        message: String,
+    },
+
     /// A pipe received another kind of message than the call reads.
     #[error("expected {expected} and received {found}: match send with recv, and send_bytes with recv_bytes")]
     MessageKind {

@@ -8,6 +8,7 @@ mod child;
 mod entry;
 mod error;
 mod function;
+mod manager;
 mod output;
 mod panic;
 mod pool;
@@ -29,6 +30,9 @@ pub use channel::{pipe, pipe_one_way, wait, Connection, JoinableQueue, Queue, Re
 pub use entry::init;
 pub use error::{Error, Result};
 pub use function::ProcessFn;
+pub use manager::{
+    DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, Manager, ObjectProxy, QueueProxy, Served, ValueProxy,
+};
 pub use multiproc_macros::process_fn;
 pub use output::Output;
 #[cfg(feature = "progress")]

@@ -4,6 +4,7 @@ pub use linkme;
 
 pub use crate::error::Error;
 pub use crate::function::ProcessFn;
+pub use crate::manager::{ServedEntry, SERVED};
 pub use crate::process::Process;
 pub use crate::registry::{Registration, REGISTRY};
 

@@ -253,3 +253,59 @@ pub(crate) fn exe_identity() -> io::Result<Vec<u8>> {
     }
     Ok(id)
 }
+
+/// A connected pair of sequenced-packet sockets (each message whole, from any number of
+/// senders), both close-on-exec.
+pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
+}
+
+/// Sends one descriptor as a one-byte message.
+pub(crate) fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd];
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(sock, &[io::IoSlice::new(b"c")], &mut control, SendFlags::NOSIGNAL)?;
+    Ok(())
+}
+
+/// Receives a descriptor sent by [`send_fd`]; `Ok(None)` once every sender is gone.
+pub(crate) fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    loop {
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut byte = [0u8; 1];
+        let msg = match rustix::net::recvmsg(
+            sock,
+            &mut [io::IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => msg,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut fds = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = m {
+                fds.extend(received);
+            }
+        }
+        if msg.bytes == 0 && fds.is_empty() {
+            return Ok(None);
+        }
+        if let Some(fd) = fds.pop() {
+            return Ok(Some(fd));
+        }
+    }
+}
+
+/// Whether the peer of a connected socket hung up (without waiting).
+pub(crate) fn hung_up(sock: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::RDHUP | PollFlags::HUP)];
+    matches!(rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(n) if n > 0)
+        && fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+}

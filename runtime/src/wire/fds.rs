@@ -48,6 +48,12 @@ pub(crate) fn provide<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R, V
     (result, fds)
 }
 
+/// Whether a frame is being encoded on this thread (a handle's `Serialize` may write what only
+/// the process receiving that frame should see).
+pub(crate) fn in_frame() -> bool {
+    OUTGOING.with(|o| o.borrow().is_some())
+}
+
 /// Puts (a duplicate of) `fd` in the table of the frame being encoded, and returns its index.
 pub(crate) fn share(fd: BorrowedFd<'_>) -> Result<u32, String> {
     OUTGOING.with(|o| {

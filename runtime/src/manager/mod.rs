@@ -1,0 +1,282 @@
+//! Managers: a server process holding shared objects (dicts, lists, values, queues, locks,
+//! events, and a user's own types), reached through typed proxies, from this machine or, with
+//! a key, from others over TCP. Python's `multiprocessing.Manager` and `BaseManager`.
+
+mod auth;
+mod client;
+mod proto;
+mod proxy;
+mod served;
+mod server;
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_bytes::ByteBuf;
+
+use crate::error::{Error, Result};
+use crate::process::Process;
+use crate::process_fn;
+use crate::sys::shm::ByIdentity;
+use crate::wire::fds;
+
+pub use proxy::{DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, ObjectProxy, QueueProxy, ValueProxy};
+pub use served::Served;
+#[doc(hidden)]
+pub use served::{ServedEntry, SERVED};
+
+use client::Endpoint;
+use proto::{Answer, ObjectKind, Request};
+
+/// A manager: a server process that holds shared objects, and hands out proxies to them.
+/// Python's `multiprocessing.Manager()`.
+///
+/// [`Manager::start`] starts the server (this program, started again, like every child); the
+/// handle it returns owns it: the server ends when the handle is dropped or its process dies,
+/// however it dies. Proxies ([`DictProxy`], [`ListProxy`], ...) are `Clone + Send + Sync`, and
+/// pass to `#[process_fn]`s, pool tasks and initializers as ordinary arguments; every call on
+/// one is one request, atomic at the server.
+///
+/// Over TCP: [`Manager::serve`] starts a server that also listens at an address and wants a
+/// key; [`Manager::connect`] reaches it from another program or machine.
+///
+/// # Examples
+///
+/// ```
+/// # extern crate multiproc_runtime as multiproc;
+/// use multiproc::{process_fn, DictProxy, ListProxy, Manager};
+///
+/// #[process_fn]
+/// fn f(d: DictProxy<u32, String>, l: ListProxy<u32>) {
+///     for i in 1..=3 {
+///         d.insert(i, i.to_string()).unwrap();
+///     }
+///     l.reverse().unwrap();
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let manager = Manager::start()?;
+/// let d = manager.dict()?;
+/// let l = manager.list_from((0..10).collect())?;
+/// f.spawn(d.clone(), l.clone())?.join()?;
+/// assert_eq!(d.items()?, [(1, "1".into()), (2, "2".into()), (3, "3".into())]);
+/// assert_eq!(l.to_vec()?, [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Manager {
+    endpoint: Arc<Endpoint>,
+    server: Option<Mutex<Process<()>>>,
+    addr: Option<SocketAddr>,
+}
+
+/// A descriptor passed to the server process as an argument.
+struct FdArg(OwnedFd);
+
+impl Serialize for FdArg {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        fds::serialize(self.0.as_fd(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for FdArg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        fds::deserialize(d).map(FdArg)
+    }
+}
+
+/// The server process: serves what comes through its acceptor (and its TCP listener).
+#[process_fn(crate = crate, name = "multiproc::manager::server")]
+fn manager_server(acceptor: FdArg, tcp: Option<(FdArg, ByteBuf)>) {
+    server::run(acceptor.0, tcp.map(|(l, key)| (TcpListener::from(l.0), key.into_vec())));
+}
+
+impl Manager {
+    /// Starts a manager's server process, on this machine only.
+    pub fn start() -> Result<Manager> {
+        Manager::start_with(None)
+    }
+
+    /// Starts a manager's server process that also listens at `addr` (port 0: any free one;
+    /// see [`local_addr`](Manager::local_addr)), for clients that know `authkey`
+    /// ([`Manager::connect`]). Python's `BaseManager(address, authkey).start()`.
+    ///
+    /// Every connection must prove it knows the key (HMAC-SHA256 over a fresh challenge, both
+    /// ways) within 10 seconds, before any request is read; every frame is bounded; a client
+    /// that sends garbage is disconnected, and the others go on.
+    pub fn serve(addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<Manager> {
+        let listener = TcpListener::bind(addr).map_err(|e| Error::io("could not listen for the manager", e))?;
+        let local = listener.local_addr().map_err(|e| Error::io("could not read the manager's address", e))?;
+        let mut m = Manager::start_with(Some((OwnedFd::from(listener), authkey.to_vec())))?;
+        m.addr = Some(local);
+        Ok(m)
+    }
+
+    fn start_with(tcp: Option<(OwnedFd, Vec<u8>)>) -> Result<Manager> {
+        let (server_end, client_end) =
+            crate::sys::packet_pair().map_err(|e| Error::io("could not make the manager's socket", e))?;
+        let tcp = tcp.map(|(fd, key)| (FdArg(fd), ByteBuf::from(key)));
+        let process = manager_server.spawn(FdArg(server_end), tcp)?;
+        let endpoint = local_endpoint(client_end)?;
+        Ok(Manager { endpoint, server: Some(Mutex::new(process)), addr: None })
+    }
+
+    /// Connects to a manager served at `addr` with [`Manager::serve`], by another process or
+    /// another machine. Python's `BaseManager(address, authkey).connect()`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AuthenticationFailed`] when the keys differ (nothing is read or changed at the
+    /// server); [`Error::Io`] when nothing answers there.
+    pub fn connect(addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<Manager> {
+        let addr = addr
+            .to_socket_addrs()
+            .map_err(|e| Error::io("could not resolve the manager's address", e))?
+            .next()
+            .ok_or_else(|| Error::io("could not resolve the manager's address", std::io::ErrorKind::NotFound.into()))?;
+        let endpoint = Arc::new(Endpoint::Remote { addr: addr.to_string(), authkey: authkey.to_vec() });
+        client::check(&endpoint)?; // the key is checked now, not at the first request
+        Ok(Manager { endpoint, server: None, addr: Some(addr) })
+    }
+
+    /// The TCP address the manager listens at ([`serve`](Manager::serve)) or was reached at
+    /// ([`connect`](Manager::connect)).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// The server's process id, when this handle started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).pid())
+    }
+
+    /// Stops the server now (as dropping the handle does): every proxy then returns
+    /// [`Error::ManagerGone`].
+    pub fn shutdown(self) {
+        drop(self);
+    }
+
+    fn create<T>(&self, kind: ObjectKind, name: Option<&str>, init: Vec<u8>) -> Result<proxy::Handle> {
+        let request = Request::Create {
+            kind,
+            ty: std::any::type_name::<T>().to_string(),
+            name: name.map(str::to_string),
+            init: ByteBuf::from(init),
+        };
+        match client::call(&self.endpoint, &request)? {
+            Answer::Created(id) => Ok(proxy::Handle { endpoint: Arc::clone(&self.endpoint), id }),
+            other => Err(proxy::unexpected(other)),
+        }
+    }
+
+    /// A new, empty shared dict.
+    pub fn dict<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(&self) -> Result<DictProxy<K, V>> {
+        Ok(DictProxy::new(self.create::<(K, V)>(ObjectKind::Dict, None, Vec::new())?))
+    }
+
+    /// The shared dict named `name`, made empty if there is none (for clients of a remote
+    /// manager to find the same one).
+    pub fn named_dict<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<DictProxy<K, V>> {
+        Ok(DictProxy::new(self.create::<(K, V)>(ObjectKind::Dict, Some(name), Vec::new())?))
+    }
+
+    /// A new, empty shared list.
+    pub fn list<T: Serialize + DeserializeOwned>(&self) -> Result<ListProxy<T>> {
+        self.list_from(Vec::new())
+    }
+
+    /// A new shared list holding `items`.
+    pub fn list_from<T: Serialize + DeserializeOwned>(&self, items: Vec<T>) -> Result<ListProxy<T>> {
+        let init = proxy::encode_items(&items)?;
+        Ok(ListProxy::new(self.create::<T>(ObjectKind::List, None, init)?))
+    }
+
+    /// The shared list named `name`, made empty if there is none.
+    pub fn named_list<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<ListProxy<T>> {
+        Ok(ListProxy::new(self.create::<T>(ObjectKind::List, Some(name), Vec::new())?))
+    }
+
+    /// A new shared value holding `value` (Python's `manager.Value` and `Namespace`).
+    pub fn value<T: Serialize + DeserializeOwned>(&self, value: T) -> Result<ValueProxy<T>> {
+        Ok(ValueProxy::new(self.create::<T>(ObjectKind::Value, None, proxy::encode(&value)?)?))
+    }
+
+    /// The shared value named `name`, made with `value` if there is none.
+    pub fn named_value<T: Serialize + DeserializeOwned>(&self, name: &str, value: T) -> Result<ValueProxy<T>> {
+        Ok(ValueProxy::new(self.create::<T>(ObjectKind::Value, Some(name), proxy::encode(&value)?)?))
+    }
+
+    /// A new queue held by the server (Python's `manager.Queue()`): reachable from other
+    /// machines too. On one machine, [`Queue`](crate::Queue) is much faster.
+    pub fn queue<T: Serialize + DeserializeOwned>(&self) -> Result<QueueProxy<T>> {
+        Ok(QueueProxy::new(self.create::<T>(ObjectKind::Queue, None, Vec::new())?))
+    }
+
+    /// The queue named `name`, made if there is none.
+    pub fn named_queue<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<QueueProxy<T>> {
+        Ok(QueueProxy::new(self.create::<T>(ObjectKind::Queue, Some(name), Vec::new())?))
+    }
+
+    /// A new lock held by the server (Python's `manager.Lock()`). A client that dies holding
+    /// it releases it (the server sees its connection close).
+    pub fn lock(&self) -> Result<LockProxy> {
+        Ok(LockProxy::new(self.create::<()>(ObjectKind::Lock, None, Vec::new())?))
+    }
+
+    /// The lock named `name`, made if there is none.
+    pub fn named_lock(&self, name: &str) -> Result<LockProxy> {
+        Ok(LockProxy::new(self.create::<()>(ObjectKind::Lock, Some(name), Vec::new())?))
+    }
+
+    /// A new event held by the server (Python's `manager.Event()`).
+    pub fn event(&self) -> Result<EventProxy> {
+        Ok(EventProxy::new(self.create::<()>(ObjectKind::Event, None, Vec::new())?))
+    }
+
+    /// The event named `name`, made if there is none.
+    pub fn named_event(&self, name: &str) -> Result<EventProxy> {
+        Ok(EventProxy::new(self.create::<()>(ObjectKind::Event, Some(name), Vec::new())?))
+    }
+
+    /// Moves `value` into the server, which serves it ([`Served`]; register the type with
+    /// [`served!`](crate::served)). Python's `BaseManager.register`.
+    pub fn serve_object<T: Served>(&self, value: T) -> Result<ObjectProxy<T>> {
+        let kind = ObjectKind::Served(std::any::type_name::<T>().to_string());
+        Ok(ObjectProxy::new(self.create::<T>(kind, None, proxy::encode(&value)?)?))
+    }
+
+    /// The served object named `name`, made from `value` if there is none.
+    pub fn named_object<T: Served>(&self, name: &str, value: T) -> Result<ObjectProxy<T>> {
+        let kind = ObjectKind::Served(std::any::type_name::<T>().to_string());
+        Ok(ObjectProxy::new(self.create::<T>(kind, Some(name), proxy::encode(&value)?)?))
+    }
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager").field("pid", &self.pid()).field("addr", &self.addr).finish()
+    }
+}
+
+/// Every local endpoint known in this process, by the identity of its acceptor socket: a
+/// proxy received again and again reuses the same connections.
+fn endpoints() -> &'static ByIdentity<Endpoint> {
+    static ENDPOINTS: OnceLock<ByIdentity<Endpoint>> = OnceLock::new();
+    ENDPOINTS.get_or_init(ByIdentity::new)
+}
+
+fn local_endpoint(acceptor: OwnedFd) -> Result<Arc<Endpoint>> {
+    let (_, key) = crate::sys::shm::file_identity(acceptor.as_fd())
+        .map_err(|e| Error::io("could not inspect the manager's socket", e))?;
+    if let Some(known) = endpoints().get(key) {
+        return Ok(known);
+    }
+    Ok(endpoints().insert(key, Arc::new(Endpoint::Local { acceptor, key })))
+}

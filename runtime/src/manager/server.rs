@@ -1,0 +1,447 @@
+//! The manager's server: the objects, and a thread per connection that serves its requests.
+//!
+//! Every request is read whole before anything is done, so a client that dies in the middle of
+//! sending one changes nothing. Each object has a lock of its own: a request is atomic, and a
+//! request that waits (a queue's `get`, a lock, an event) holds no other object up. A reply
+//! that cannot be delivered (its client died while it waited) is undone: a queue's item goes
+//! back to the front, a lock taken is released. Locks a connection holds are released when it
+//! closes.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+use serde_bytes::ByteBuf;
+
+use crate::manager::proto::{self, Answer, Failure, ObjectKind, Op, Reply, Request};
+use crate::manager::served::{self, CallFailed, Erased};
+
+/// The objects a server holds.
+#[derive(Default)]
+pub(crate) struct Store {
+    objects: Mutex<HashMap<u64, Arc<Object>>>,
+    names: Mutex<HashMap<String, u64>>,
+    next: AtomicU64,
+}
+
+struct Object {
+    kind: ObjectKind,
+    /// The client's type name(s) when it was made; a request naming another is refused.
+    ty: String,
+    state: State,
+}
+
+enum State {
+    Dict(Mutex<IndexMap<Vec<u8>, Vec<u8>>>),
+    List(Mutex<Vec<Vec<u8>>>),
+    Value(Mutex<Vec<u8>>),
+    Queue(Mutex<VecDeque<Vec<u8>>>, Condvar),
+    /// The holder: (connection, thread).
+    Lock(Mutex<Option<(u64, u64)>>, Condvar),
+    Event(Mutex<bool>, Condvar),
+    Served(Mutex<Box<dyn Erased>>),
+}
+
+/// How long a waiting request sleeps before it looks whether its client is still there.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connection being served, as a request's handler sees it.
+pub(crate) struct Peer<'a> {
+    pub(crate) id: u64,
+    /// Whether the client hung up (checked while a request waits).
+    pub(crate) gone: &'a dyn Fn() -> bool,
+}
+
+impl Store {
+    pub(crate) fn new() -> Arc<Store> {
+        Arc::new(Store { next: AtomicU64::new(1), ..Default::default() })
+    }
+
+    /// Serves one connection until it closes or sends garbage; then releases what it held.
+    pub(crate) fn serve<S: Read + Write>(&self, stream: &mut S, peer: &Peer<'_>) {
+        let mut held: Vec<u64> = Vec::new();
+        while let Ok(Some(request)) = proto::read_frame::<_, Request>(stream) {
+            let (reply, undo) = self.handle(request, peer);
+            if let Ok(Answer::Done) = &reply {
+                if let Some(Undo::Release(id)) = &undo {
+                    held.push(*id); // a lock taken: released if the connection goes
+                }
+            }
+            if proto::write_frame(stream, &reply).is_err() {
+                if let Some(undo) = undo {
+                    self.undo(undo, peer.id);
+                }
+                break;
+            }
+        }
+        for id in held {
+            if let Some(o) = self.get(id) {
+                if let State::Lock(owner, cond) = &o.state {
+                    let mut owner = lock(owner);
+                    if owner.is_some_and(|(c, _)| c == peer.id) {
+                        *owner = None;
+                        cond.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<Arc<Object>> {
+        lock(&self.objects).get(&id).cloned()
+    }
+
+    fn handle(&self, request: Request, peer: &Peer<'_>) -> (Reply, Option<Undo>) {
+        match request {
+            Request::Create { kind, ty, name, init } => (self.create(kind, ty, name, init.into_vec()), None),
+            Request::Call { id, op } => match self.get(id) {
+                None => (Err(Failure::Other(format!("the manager holds no object {id}"))), None),
+                Some(o) => call(id, &o, op, peer),
+            },
+        }
+    }
+
+    fn create(&self, kind: ObjectKind, ty: String, name: Option<String>, init: Vec<u8>) -> Reply {
+        let mut names = lock(&self.names);
+        if let Some(id) = name.as_ref().and_then(|n| names.get(n)) {
+            let o = self.get(*id).expect("a named object is in the store");
+            if o.kind != kind || o.ty != ty {
+                return Err(Failure::Mismatch(format!(
+                    "the object named {:?} is a {:?} of {}, not a {kind:?} of {ty}",
+                    name.unwrap_or_default(),
+                    o.kind,
+                    o.ty
+                )));
+            }
+            return Ok(Answer::Created(*id));
+        }
+        let state = match &kind {
+            ObjectKind::Dict => State::Dict(Mutex::default()),
+            ObjectKind::List => State::List(Mutex::new(decode_items(&init)?)),
+            ObjectKind::Value => State::Value(Mutex::new(init)),
+            ObjectKind::Queue => State::Queue(Mutex::default(), Condvar::new()),
+            ObjectKind::Lock => State::Lock(Mutex::default(), Condvar::new()),
+            ObjectKind::Event => State::Event(Mutex::default(), Condvar::new()),
+            ObjectKind::Served(type_name) => {
+                let entry = served::find(type_name).ok_or_else(|| {
+                    Failure::Other(format!(
+                        "the manager's program has no `served!({type_name})`; register the type with `multiproc::served!`, in the program that runs the manager"
+                    ))
+                })?;
+                State::Served(Mutex::new((entry.make)(&init).map_err(Failure::Other)?))
+            }
+        };
+        let id = self.next.fetch_add(1, Relaxed);
+        lock(&self.objects).insert(id, Arc::new(Object { kind, ty, state }));
+        if let Some(name) = name {
+            names.insert(name, id);
+        }
+        Ok(Answer::Created(id))
+    }
+
+    fn undo(&self, undo: Undo, conn: u64) {
+        match undo {
+            Undo::PutBack(id, item) => {
+                if let Some(o) = self.get(id) {
+                    if let State::Queue(items, cond) = &o.state {
+                        lock(items).push_front(item);
+                        cond.notify_one();
+                    }
+                }
+            }
+            Undo::Release(id) => {
+                if let Some(o) = self.get(id) {
+                    if let State::Lock(owner, cond) = &o.state {
+                        let mut owner = lock(owner);
+                        if owner.is_some_and(|(c, _)| c == conn) {
+                            *owner = None;
+                            cond.notify_one();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What to undo when a reply cannot be delivered.
+enum Undo {
+    PutBack(u64, Vec<u8>),
+    Release(u64),
+}
+
+fn decode_items(init: &[u8]) -> Result<Vec<Vec<u8>>, Failure> {
+    if init.is_empty() {
+        return Ok(Vec::new());
+    }
+    bincode::deserialize::<Vec<ByteBuf>>(init)
+        .map(|v| v.into_iter().map(ByteBuf::into_vec).collect())
+        .map_err(|e| Failure::Other(format!("bad initial items: {e}")))
+}
+
+fn buf(v: Vec<u8>) -> ByteBuf {
+    ByteBuf::from(v)
+}
+
+fn out_of_range(index: u64, len: usize) -> Failure {
+    Failure::OutOfRange { index, len: len as u64 }
+}
+
+fn mismatch(o: &Object, op: &Op) -> Failure {
+    Failure::Mismatch(format!("{op:?} does not apply to a {:?}", o.kind))
+}
+
+/// Waits on `cond` until `ready` says so, the deadline passes or the client is gone.
+fn wait_until<'a, T>(
+    mut guard: MutexGuard<'a, T>,
+    cond: &Condvar,
+    timeout_ms: Option<u64>,
+    peer: &Peer<'_>,
+    mut ready: impl FnMut(&mut T) -> bool,
+) -> Result<MutexGuard<'a, T>, Failure> {
+    let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    loop {
+        if ready(&mut guard) {
+            return Ok(guard);
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(Failure::TimedOut);
+        }
+        if (peer.gone)() {
+            return Err(Failure::Other("the client hung up".into()));
+        }
+        let pause = deadline.map_or(LOOK_EVERY, |d| (d - now).min(LOOK_EVERY));
+        guard = cond.wait_timeout(guard, pause).unwrap_or_else(|p| p.into_inner()).0;
+    }
+}
+
+fn call(id: u64, o: &Object, op: Op, peer: &Peer<'_>) -> (Reply, Option<Undo>) {
+    let reply = match (&o.state, op) {
+        (State::Dict(d), op) => dict(&mut lock(d), op).map_err(|op| mismatch(o, &op)),
+        (State::List(l), op) => list(&mut lock(l), op).unwrap_or_else(|op| Err(mismatch(o, &op))),
+        (State::Value(v), Op::ValueGet) => Ok(Answer::Item(Some(buf(lock(v).clone())))),
+        (State::Value(v), Op::ValueSet(new)) => {
+            *lock(v) = new.into_vec();
+            Ok(Answer::Done)
+        }
+        (State::Value(v), Op::ValueCompareAndSet { expected, new }) => {
+            let mut v = lock(v);
+            let same = *v == *expected;
+            if same {
+                *v = new.into_vec();
+            }
+            Ok(Answer::Bool(same))
+        }
+        (State::Queue(items, cond), Op::QueuePut(item)) => {
+            lock(items).push_back(item.into_vec());
+            cond.notify_one();
+            Ok(Answer::Done)
+        }
+        (State::Queue(items, _), Op::Len) => Ok(Answer::Count(lock(items).len() as u64)),
+        (State::Queue(items, cond), Op::QueueGet { timeout_ms }) => {
+            return match wait_until(lock(items), cond, timeout_ms, peer, |q| !q.is_empty()) {
+                Ok(mut q) => {
+                    let item = q.pop_front().expect("waited for an item");
+                    (Ok(Answer::Item(Some(buf(item.clone())))), Some(Undo::PutBack(id, item)))
+                }
+                Err(e) => (Err(e), None),
+            };
+        }
+        (State::Lock(owner, cond), Op::LockAcquire { thread, timeout_ms }) => {
+            let me = (peer.id, thread);
+            if *lock(owner) == Some(me) {
+                return (Err(Failure::Other("this thread holds the lock already".into())), None);
+            }
+            return match wait_until(lock(owner), cond, timeout_ms, peer, |o| o.is_none()) {
+                Ok(mut o) => {
+                    *o = Some(me);
+                    (Ok(Answer::Done), Some(Undo::Release(id)))
+                }
+                Err(e) => (Err(e), None),
+            };
+        }
+        (State::Lock(owner, cond), Op::LockRelease { thread }) => {
+            let mut o = lock(owner);
+            if *o != Some((peer.id, thread)) {
+                Err(Failure::Other("released a lock this thread does not hold".into()))
+            } else {
+                *o = None;
+                cond.notify_one();
+                Ok(Answer::Done)
+            }
+        }
+        (State::Event(flag, cond), Op::EventSet) => {
+            *lock(flag) = true;
+            cond.notify_all();
+            Ok(Answer::Done)
+        }
+        (State::Event(flag, _), Op::EventClear) => {
+            *lock(flag) = false;
+            Ok(Answer::Done)
+        }
+        (State::Event(flag, _), Op::EventIsSet) => Ok(Answer::Bool(*lock(flag))),
+        (State::Event(flag, cond), Op::EventWait { timeout_ms }) => {
+            match wait_until(lock(flag), cond, timeout_ms, peer, |f| *f) {
+                Ok(_) => Ok(Answer::Bool(true)),
+                Err(Failure::TimedOut) => Ok(Answer::Bool(false)),
+                Err(e) => Err(e),
+            }
+        }
+        (State::Served(object), Op::Served(request)) => match lock(object).call(&request) {
+            Ok(response) => Ok(Answer::Item(Some(buf(response)))),
+            Err(CallFailed::Panicked(message)) => Err(Failure::Panicked(message)),
+            Err(CallFailed::Codec(message)) => Err(Failure::Other(message)),
+        },
+        (_, op) => Err(mismatch(o, &op)),
+    };
+    (reply, None)
+}
+
+/// A dict's operations; any other is given back.
+fn dict(d: &mut IndexMap<Vec<u8>, Vec<u8>>, op: Op) -> Result<Answer, Op> {
+    Ok(match op {
+        Op::DictGet(k) => Answer::Item(d.get(&*k).cloned().map(buf)),
+        Op::DictInsert(k, v) => Answer::Item(d.insert(k.into_vec(), v.into_vec()).map(buf)),
+        Op::DictRemove(k) => Answer::Item(d.shift_remove(&*k).map(buf)),
+        Op::DictContains(k) => Answer::Bool(d.contains_key(&*k)),
+        Op::DictSetDefault(k, v) => Answer::Item(Some(buf(d.entry(k.into_vec()).or_insert(v.into_vec()).clone()))),
+        Op::DictCompareAndSet { key, expected, new } => {
+            let same = d.get(&*key).map(Vec::as_slice) == expected.as_deref().map(|e| &e[..]);
+            if same {
+                match new {
+                    Some(v) => {
+                        d.insert(key.into_vec(), v.into_vec());
+                    }
+                    None => {
+                        d.shift_remove(&*key);
+                    }
+                }
+            }
+            Answer::Bool(same)
+        }
+        Op::DictItems => Answer::Pairs(d.iter().map(|(k, v)| (buf(k.clone()), buf(v.clone()))).collect()),
+        Op::DictClear => {
+            d.clear();
+            Answer::Done
+        }
+        Op::Len => Answer::Count(d.len() as u64),
+        op => return Err(op),
+    })
+}
+
+/// A list's operations; any other is given back.
+fn list(l: &mut Vec<Vec<u8>>, op: Op) -> Result<Reply, Op> {
+    let len = l.len();
+    let at = |i: u64| if i < len as u64 { Ok(i as usize) } else { Err(out_of_range(i, len)) };
+    Ok(Ok(match op {
+        Op::ListPush(v) => {
+            l.push(v.into_vec());
+            Answer::Done
+        }
+        Op::ListGet(i) => match at(i) {
+            Ok(i) => Answer::Item(Some(buf(l[i].clone()))),
+            Err(e) => return Ok(Err(e)),
+        },
+        Op::ListSet(i, v) => match at(i) {
+            Ok(i) => Answer::Item(Some(buf(std::mem::replace(&mut l[i], v.into_vec())))),
+            Err(e) => return Ok(Err(e)),
+        },
+        Op::ListInsert(i, v) => {
+            l.insert((i as usize).min(len), v.into_vec());
+            Answer::Done
+        }
+        Op::ListRemove(i) => match at(i) {
+            Ok(i) => Answer::Item(Some(buf(l.remove(i)))),
+            Err(e) => return Ok(Err(e)),
+        },
+        Op::ListPop => Answer::Item(l.pop().map(buf)),
+        Op::ListItems => Answer::Items(l.iter().cloned().map(buf).collect()),
+        Op::ListExtend(items) => {
+            l.extend(items.into_iter().map(ByteBuf::into_vec));
+            Answer::Done
+        }
+        Op::ListReverse => {
+            l.reverse();
+            Answer::Done
+        }
+        Op::ListClear => {
+            l.clear();
+            Answer::Done
+        }
+        Op::ListCompareAndSet { index, expected, new } => match at(index) {
+            Ok(i) if l[i] == *expected => {
+                l[i] = new.into_vec();
+                Answer::Bool(true)
+            }
+            Ok(_) => Answer::Bool(false),
+            Err(e) => return Ok(Err(e)),
+        },
+        Op::Len => Answer::Count(len as u64),
+        op => return Err(op),
+    }))
+}
+
+/// The server process's main loop: takes connections from the acceptor (and the TCP
+/// listener, after each client's handshake), each served on a thread of its own.
+pub(crate) fn run(acceptor: std::os::fd::OwnedFd, tcp: Option<(std::net::TcpListener, Vec<u8>)>) {
+    use std::os::fd::AsFd;
+    crate::sys::ignore_sigpipe();
+    let store = Store::new();
+    let ids = Arc::new(AtomicU64::new(1));
+    if let Some((listener, key)) = tcp {
+        let (store, ids) = (Arc::clone(&store), Arc::clone(&ids));
+        let key = Arc::new(key);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else {
+                    std::thread::sleep(Duration::from_millis(10)); // out of descriptors, say
+                    continue;
+                };
+                let (store, key, id) = (Arc::clone(&store), Arc::clone(&key), ids.fetch_add(1, Relaxed));
+                std::thread::spawn(move || serve_tcp(&store, stream, &key, id));
+            }
+        });
+    }
+    loop {
+        match crate::sys::recv_fd(acceptor.as_fd()) {
+            Ok(Some(fd)) => {
+                let (store, id) = (Arc::clone(&store), ids.fetch_add(1, Relaxed));
+                std::thread::spawn(move || {
+                    let mut stream = std::os::unix::net::UnixStream::from(fd);
+                    let Ok(watch) = stream.try_clone() else { return };
+                    let gone = move || crate::sys::hung_up(watch.as_fd());
+                    store.serve(&mut stream, &Peer { id, gone: &gone });
+                });
+            }
+            // every handle is gone: nobody can connect any more; the owner ends this process
+            Ok(None) => std::thread::park(),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// One TCP client: the handshake under a time limit, then its requests.
+fn serve_tcp(store: &Store, mut stream: std::net::TcpStream, key: &[u8], id: u64) {
+    use std::os::fd::AsFd;
+    let limit = Some(crate::manager::client::HANDSHAKE_TIMEOUT);
+    if stream.set_read_timeout(limit).is_err() || stream.set_write_timeout(limit).is_err() {
+        return;
+    }
+    if crate::manager::auth::serve(&mut stream, key).is_err() {
+        return; // a wrong key, garbage, or too slow: nothing was read past the handshake
+    }
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(None);
+    let _ = stream.set_write_timeout(None);
+    let Ok(watch) = stream.try_clone() else { return };
+    let gone = move || crate::sys::hung_up(watch.as_fd());
+    store.serve(&mut stream, &Peer { id, gone: &gone });
+}
