@@ -125,3 +125,17 @@ fn locks_prints_whole_lines_then_passes_the_barrier_together() {
     assert_eq!(hellos, ["hello world 0", "hello world 1", "hello world 2", "hello world 3"]);
     assert_eq!(lines[4], "all 4 passed the barrier");
 }
+
+#[test]
+fn manager_prints_what_the_python_documentation_prints() {
+    let out = example("manager");
+    assert_eq!(out.stdout, "{1: \"1\", 2: \"2\", 3: \"3\"}\n[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]\n");
+}
+
+#[test]
+fn remote_manager_passes_hello_between_two_programs_that_know_only_the_address_and_key() {
+    let out = example("remote_manager");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("serving at 127.0.0.1:"), "{}", out.stdout);
+    assert_eq!(lines[1..], ["hello"]);
+}
