@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use multiproc::{process_fn, Output, Pool, ProcessBuilder};
 
 mod channels;
+mod manager;
 mod shared;
 
 /// Set in the environment of the floor's child: exit at once.
@@ -78,6 +79,9 @@ fn main() {
     }
     if run("W7") {
         shared::w7();
+    }
+    if run("W8") {
+        manager::w8();
     }
     if run("W9") {
         channels::w9(Echo::start);

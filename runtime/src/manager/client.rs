@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::manager::auth;
-use crate::manager::proto::{self, Answer, Failure, Reply, Request};
+use crate::manager::proto::{Answer, Failure, Framed, Reply, Request};
 use crate::sys;
 
 /// How long a remote handshake may take, each way.
@@ -26,9 +26,9 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum Endpoint {
     /// A server started by this program: new connections are handed to it as descriptors
     /// through its acceptor (a sequenced-packet socket).
-    Local { acceptor: OwnedFd, key: (u64, u64) },
+    Local { acceptor: OwnedFd, name: String },
     /// A server at a TCP address, that wants the key.
-    Remote { addr: String, authkey: Vec<u8> },
+    Remote { addr: String, authkey: Vec<u8>, name: String },
 }
 
 /// A connection to a manager.
@@ -61,10 +61,9 @@ impl Write for Conn {
 
 impl Endpoint {
     /// A key for this thread's connection to it.
-    fn key(&self) -> String {
+    fn key(&self) -> &str {
         match self {
-            Endpoint::Local { key, .. } => format!("local:{}:{}", key.0, key.1),
-            Endpoint::Remote { addr, authkey } => format!("remote:{addr}:{}", hex(authkey)),
+            Endpoint::Local { name, .. } | Endpoint::Remote { name, .. } => name,
         }
     }
 
@@ -76,7 +75,7 @@ impl Endpoint {
                 sys::send_fd(acceptor.as_fd(), theirs.as_fd()).map_err(|_| Error::ManagerGone)?;
                 Ok(Conn::Unix(mine))
             }
-            Endpoint::Remote { addr, authkey } => {
+            Endpoint::Remote { addr, authkey, .. } => {
                 let mut s =
                     TcpStream::connect(addr.as_str()).map_err(|e| Error::io("could not connect to the manager", e))?;
                 s.set_nodelay(true).ok();
@@ -95,12 +94,20 @@ impl Endpoint {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+impl Endpoint {
+    pub(crate) fn local(acceptor: OwnedFd, key: (u64, u64)) -> Endpoint {
+        Endpoint::Local { acceptor, name: format!("local:{}:{}", key.0, key.1) }
+    }
+
+    pub(crate) fn remote(addr: String, authkey: Vec<u8>) -> Endpoint {
+        let hex: String = authkey.iter().map(|b| format!("{b:02x}")).collect();
+        Endpoint::Remote { name: format!("remote:{addr}:{hex}"), addr, authkey }
+    }
 }
 
 thread_local! {
-    static CONNS: RefCell<HashMap<String, Conn>> = RefCell::new(HashMap::new());
+    /// This thread's connections, by endpoint.
+    static CONNS: RefCell<HashMap<String, Framed<Conn>>> = RefCell::new(HashMap::new());
 }
 
 /// Sends a request on this thread's connection to `endpoint` and returns the reply.
@@ -113,22 +120,23 @@ pub(crate) fn call(endpoint: &Arc<Endpoint>, request: &Request) -> Result<Answer
 
 /// As [`call`], with the server's failure as it came.
 pub(crate) fn call_raw(endpoint: &Arc<Endpoint>, request: &Request) -> Result<Reply> {
-    let key = endpoint.key();
-    let conn = CONNS.with(|c| c.borrow_mut().remove(&key));
-    let mut conn = match conn {
-        Some(conn) => conn,
-        None => endpoint.connect()?,
-    };
-    let reply = proto::write_frame(&mut conn, request).and_then(|()| proto::read_frame::<_, Reply>(&mut conn));
-    match reply {
-        Ok(Some(reply)) => {
-            CONNS.with(|c| c.borrow_mut().insert(key, conn));
-            Ok(reply)
+    CONNS.with(|conns| {
+        let mut conns = conns.borrow_mut();
+        let conn = match conns.get_mut(endpoint.key()) {
+            Some(conn) => conn,
+            None => conns.entry(endpoint.key().to_string()).or_insert(Framed::new(endpoint.connect()?)),
+        };
+        let reply = conn.send(request).and_then(|()| conn.recv::<Reply>());
+        match reply {
+            Ok(Some(reply)) => Ok(reply),
+            // nothing was sent: the connection is as good as before
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(Error::io("could not send a request", e)),
+            Ok(None) | Err(_) => {
+                conns.remove(endpoint.key()); // the next request tries a new connection
+                Err(Error::ManagerGone)
+            }
         }
-        Ok(None) => Err(Error::ManagerGone),
-        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(Error::io("could not send a request", e)),
-        Err(_) => Err(Error::ManagerGone),
-    }
+    })
 }
 
 pub(crate) fn failure(f: Failure) -> Error {
@@ -146,6 +154,6 @@ pub(crate) fn failure(f: Failure) -> Error {
 /// at once.
 pub(crate) fn check(endpoint: &Arc<Endpoint>) -> Result<()> {
     let conn = endpoint.connect()?;
-    CONNS.with(|c| c.borrow_mut().insert(endpoint.key(), conn));
+    CONNS.with(|c| c.borrow_mut().insert(endpoint.key().to_string(), Framed::new(conn)));
     Ok(())
 }

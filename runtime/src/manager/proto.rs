@@ -131,30 +131,90 @@ pub(crate) enum Failure {
 /// The reply to one request.
 pub(crate) type Reply = Result<Answer, Failure>;
 
-/// Writes one frame.
-pub(crate) fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
-    let mut buf = vec![0u8; 4];
-    bincode::serialize_into(&mut buf, value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let len = buf.len() - 4;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a frame of {len} bytes is over {MAX_FRAME}")));
-    }
-    buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
-    w.write_all(&buf)
+/// A stream with buffers for frames: a frame is written with one `write`, and frames are read
+/// from as few `read`s as the bytes came in.
+pub(crate) struct Framed<S> {
+    pub(crate) stream: S,
+    out: Vec<u8>,
+    input: Vec<u8>,
+    /// The unread bytes of `input`: `input[start..end]`.
+    start: usize,
+    end: usize,
 }
 
-/// Reads one frame; `Ok(None)` when the peer closed the connection between frames.
-pub(crate) fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match r.read(&mut len[..1])? {
-        0 => return Ok(None),
-        _ => r.read_exact(&mut len[1..])?,
+impl<S: Read + Write> Framed<S> {
+    pub(crate) fn new(stream: S) -> Framed<S> {
+        Framed { stream, out: Vec::new(), input: vec![0; 64 * 1024], start: 0, end: 0 }
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes is over {MAX_FRAME}")));
+
+    /// Writes one frame.
+    pub(crate) fn send<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+        self.out.clear();
+        self.out.extend_from_slice(&[0; 4]);
+        bincode::serialize_into(&mut self.out, value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let len = self.out.len() - 4;
+        if len > MAX_FRAME {
+            self.out = Vec::new(); // do not keep a huge buffer
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a frame of {len} bytes is over {MAX_FRAME}"),
+            ));
+        }
+        self.out[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        let result = self.stream.write_all(&self.out);
+        if self.out.capacity() > 1 << 20 {
+            self.out = Vec::new();
+        }
+        result
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)?;
-    bincode::deserialize(&buf).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+
+    /// Reads one frame; `Ok(None)` when the peer closed the connection between frames.
+    pub(crate) fn recv<T: for<'de> Deserialize<'de>>(&mut self) -> io::Result<Option<T>> {
+        if !self.fill(4)? {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(self.input[self.start..self.start + 4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a frame of {len} bytes is over {MAX_FRAME}"),
+            ));
+        }
+        if !self.fill(4 + len)? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let body = &self.input[self.start + 4..self.start + 4 + len];
+        let value = bincode::deserialize(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+        self.start += 4 + len;
+        if self.input.len() > 1 << 20 && self.start == self.end {
+            self.input = vec![0; 64 * 1024]; // a large frame passed: give its memory back
+            (self.start, self.end) = (0, 0);
+        }
+        value.map(Some)
+    }
+
+    /// Has at least `n` unread bytes in the buffer, reading as needed; `false` at the end of
+    /// the stream before any of them came (an end in the middle is an error).
+    fn fill(&mut self, n: usize) -> io::Result<bool> {
+        if self.end - self.start >= n {
+            return Ok(true);
+        }
+        if self.start + n > self.input.len() {
+            self.input.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+            if n > self.input.len() {
+                self.input.resize(n, 0);
+            }
+        }
+        while self.end - self.start < n {
+            match self.stream.read(&mut self.input[self.end..]) {
+                Ok(0) if self.end == self.start => return Ok(false),
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
 }

@@ -47,7 +47,7 @@ impl Serialize for Handle {
         use serde::ser::Error as _;
         let wire = match &*self.endpoint {
             Endpoint::Local { acceptor, .. } => Wire::Local(fds::share(acceptor.as_fd()).map_err(S::Error::custom)?),
-            Endpoint::Remote { addr, authkey } => {
+            Endpoint::Remote { addr, authkey, .. } => {
                 if !fds::in_frame() {
                     return Err(S::Error::custom(fds::OUTSIDE_A_FRAME));
                 }
@@ -67,7 +67,7 @@ impl<'de> Deserialize<'de> for Handle {
                 let fd = fds::take(index).map_err(D::Error::custom)?;
                 super::local_endpoint(fd).map_err(D::Error::custom)?
             }
-            Wire::Remote(addr, authkey) => Arc::new(Endpoint::Remote { addr, authkey: authkey.into_vec() }),
+            Wire::Remote(addr, authkey) => Arc::new(Endpoint::remote(addr, authkey.into_vec())),
         };
         Ok(Handle { endpoint, id })
     }

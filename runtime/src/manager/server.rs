@@ -65,16 +65,17 @@ impl Store {
     }
 
     /// Serves one connection until it closes or sends garbage; then releases what it held.
-    pub(crate) fn serve<S: Read + Write>(&self, stream: &mut S, peer: &Peer<'_>) {
+    pub(crate) fn serve<S: Read + Write>(&self, stream: S, peer: &Peer<'_>) {
+        let mut stream = proto::Framed::new(stream);
         let mut held: Vec<u64> = Vec::new();
-        while let Ok(Some(request)) = proto::read_frame::<_, Request>(stream) {
+        while let Ok(Some(request)) = stream.recv::<Request>() {
             let (reply, undo) = self.handle(request, peer);
             if let Ok(Answer::Done) = &reply {
                 if let Some(Undo::Release(id)) = &undo {
                     held.push(*id); // a lock taken: released if the connection goes
                 }
             }
-            if proto::write_frame(stream, &reply).is_err() {
+            if stream.send(&reply).is_err() {
                 if let Some(undo) = undo {
                     self.undo(undo, peer.id);
                 }
@@ -415,10 +416,10 @@ pub(crate) fn run(acceptor: std::os::fd::OwnedFd, tcp: Option<(std::net::TcpList
             Ok(Some(fd)) => {
                 let (store, id) = (Arc::clone(&store), ids.fetch_add(1, Relaxed));
                 std::thread::spawn(move || {
-                    let mut stream = std::os::unix::net::UnixStream::from(fd);
+                    let stream = std::os::unix::net::UnixStream::from(fd);
                     let Ok(watch) = stream.try_clone() else { return };
                     let gone = move || crate::sys::hung_up(watch.as_fd());
-                    store.serve(&mut stream, &Peer { id, gone: &gone });
+                    store.serve(stream, &Peer { id, gone: &gone });
                 });
             }
             // every handle is gone: nobody can connect any more; the owner ends this process
@@ -443,5 +444,5 @@ fn serve_tcp(store: &Store, mut stream: std::net::TcpStream, key: &[u8], id: u64
     let _ = stream.set_write_timeout(None);
     let Ok(watch) = stream.try_clone() else { return };
     let gone = move || crate::sys::hung_up(watch.as_fd());
-    store.serve(&mut stream, &Peer { id, gone: &gone });
+    store.serve(stream, &Peer { id, gone: &gone });
 }
