@@ -157,6 +157,8 @@
 //! | `shared_memory.SharedMemory` | [`SharedMemory`] (no name, nothing to unlink) |
 //! | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore` | [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`] |
 //! | `Condition`, `Event`, `Barrier` | [`Condition`], [`Event`], [`Barrier`] |
+//! | `Manager()`: `dict`, `list`, `Value`, `Queue`, `Lock`, `Event` | [`Manager::start`]: [`DictProxy`], [`ListProxy`], [`ValueProxy`], [`QueueProxy`], [`LockProxy`], [`EventProxy`] |
+//! | `BaseManager.register`, remote `serve_forever`/`connect` | [`Served`] with [`served!`], [`Manager::serve`], [`Manager::connect`] |
 //!
 //! # Queues and pipes
 //!
@@ -227,6 +229,32 @@
 //! [`HolderDied`], with the guard inside (the data may be half-updated), and the lock works
 //! again. Counts a dead process held of a [`Semaphore`] come back; a [`Barrier`] one of whose
 //! parties died is broken ([`Error::BrokenBarrier`]), not hung.
+//!
+//! # Managers
+//!
+//! A [`Manager`] is a server process holding shared dicts, lists, values, queues, locks,
+//! events and your own [`Served`] types; proxies reach them from any process (they are
+//! ordinary arguments), or from other machines over TCP with a key.
+//!
+//! ```
+//! use multiproc::{process_fn, DictProxy, Manager};
+//!
+//! #[process_fn]
+//! fn count(d: DictProxy<String, u64>) {
+//!     d.update(&"hits".to_string(), |n| Some(n.unwrap_or(0) + 1)).unwrap();
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let manager = Manager::start()?;
+//! let d = manager.dict()?;
+//! let children: Vec<_> = (0..3).map(|_| count.spawn(d.clone())).collect::<Result<_, _>>()?;
+//! for child in children {
+//!     child.join()?;
+//! }
+//! assert_eq!(d.get(&"hits".to_string())?, Some(3));
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Platforms
 //!

@@ -132,10 +132,28 @@ fn pool_task(l: ListProxy<u32>, x: u32) -> u32 {
     x * 2
 }
 
+#[process_fn]
+fn greet_worker(l: ListProxy<u32>) {
+    l.push(std::process::id()).unwrap();
+}
+
 #[test]
-fn proxies_go_to_pool_tasks() {
+fn proxies_go_to_pool_tasks_and_initializers() {
     within(DEADLINE, || {
         let m = Manager::start().unwrap();
+        let workers: ListProxy<u32> = m.list().unwrap();
+        let pool = Pool::builder().workers(2).initializer(greet_worker, (workers.clone(),)).build().unwrap();
+        let mut pids = pool.pids();
+        pids.sort();
+        let start = Instant::now();
+        while workers.len().unwrap() < 2 && start.elapsed() < DEADLINE {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut greeted = workers.to_vec().unwrap();
+        greeted.sort();
+        assert_eq!(greeted, pids, "each worker's initializer used the proxy");
+        drop(pool);
+
         let l = m.list().unwrap();
         let pool = Pool::new(2).unwrap();
         let out = pool.starmap(pool_task, (0..50).map(|x| (l.clone(), x))).unwrap();
@@ -430,5 +448,25 @@ fn a_remote_proxy_crosses_to_a_child_inside_a_frame_only() {
         assert_eq!(q.get_timeout(DEADLINE).unwrap(), "from a child");
         let err = serde_json::to_string(&q).unwrap_err();
         assert!(err.to_string().contains("can only cross"), "{err}");
+    });
+}
+
+#[process_fn]
+fn own_a_manager_and_hang(tell: multiproc::Sender<u32>) {
+    let m = Manager::start().unwrap();
+    tell.send(m.pid().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_manager_whose_owner_is_killed_ends_too() {
+    within(DEADLINE, || {
+        let (rx, tx) = multiproc::pipe_one_way::<u32>().unwrap();
+        let mut owner = own_a_manager_and_hang.spawn(tx).unwrap();
+        let server = rx.recv_timeout(DEADLINE).unwrap();
+        assert!(!common::ends_within(server, Duration::from_millis(100)), "the server runs");
+        owner.kill().unwrap();
+        let _ = owner.join_timeout(DEADLINE);
+        assert!(common::ends_within(server, DEADLINE), "the server outlived its owner");
     });
 }
