@@ -166,3 +166,53 @@ fn shared_memory_is_freed_once_every_holder_died_and_leaves_no_name_anywhere() {
         assert_eq!(shm_before, shm_after, "nothing named in /dev/shm");
     });
 }
+
+#[process_fn]
+fn hold_everything(m: SharedMemory, s: multiproc::Semaphore, l: multiproc::Lock, ready: Event) {
+    let _count = s.acquire();
+    let _held = l.lock().unwrap();
+    m.write_at(0, b"grandchild").unwrap();
+    ready.set();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// A process that makes shared objects, gives them to a child of its own, says who is who,
+/// and waits to be killed.
+#[process_fn]
+fn make_and_share(tell: multiproc::Sender<(u32, u32, u64)>) {
+    const LEN: usize = 2_222_222;
+    let m = SharedMemory::new(LEN).unwrap();
+    let inode = my_memfds(LEN as u64 + 4096)[0];
+    let s = multiproc::Semaphore::new(1).unwrap();
+    let l = multiproc::Lock::new().unwrap();
+    let manager = multiproc::Manager::start().unwrap();
+    let ready = Event::new().unwrap();
+    let child = hold_everything.spawn(m, s, l, ready.clone()).unwrap();
+    assert!(ready.wait_timeout(DEADLINE));
+    tell.send((child.pid(), manager.pid().unwrap(), inode)).unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_parent_killed_with_shared_objects_leaves_no_process_mapping_or_name_behind() {
+    within(DEADLINE, || {
+        let shm_before: Vec<_> =
+            std::fs::read_dir("/dev/shm").map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        let (rx, tx) = multiproc::pipe_one_way().unwrap();
+        let mut parent = make_and_share.spawn(tx).unwrap();
+        let (grandchild, server, inode) = rx.recv_timeout(DEADLINE).unwrap();
+        assert!(!holders_of(inode).is_empty());
+        parent.kill().unwrap();
+        let _ = parent.join_timeout(DEADLINE);
+        assert!(common::ends_within(grandchild, Duration::from_secs(5)), "the grandchild outlived its parent");
+        assert!(common::ends_within(server, Duration::from_secs(5)), "the manager outlived its owner");
+        let start = std::time::Instant::now();
+        while !holders_of(inode).is_empty() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(holders_of(inode), Vec::<String>::new(), "the memory is freed");
+        let shm_after: Vec<_> =
+            std::fs::read_dir("/dev/shm").map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert_eq!(shm_before, shm_after, "no name left in /dev/shm");
+    });
+}
