@@ -256,6 +256,12 @@
 //! # }
 //! ```
 //!
+//! # More than one machine
+//!
+//! With the `mpi` feature, [`PoolBuilder::mpi_ranks`] makes a pool's workers the other ranks
+//! of an MPI job (`mpirun -n N ./app`, Slurm `srun`): the same program on many hosts, the same
+//! typed calls. See the README's "More than one machine".
+//!
 //! # Platforms
 //!
 //! Linux (kernel 5.3 or newer, for pidfds). The public API names nothing Linux-only.

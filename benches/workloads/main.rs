@@ -18,6 +18,8 @@ use multiproc::{process_fn, Output, Pool, ProcessBuilder};
 
 mod channels;
 mod manager;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod shared;
 
 /// Set in the environment of the floor's child: exit at once.
@@ -32,7 +34,7 @@ fn add(a: u64, b: u64) -> u64 {
 }
 
 #[process_fn]
-fn square(x: u64) -> u64 {
+pub(crate) fn square(x: u64) -> u64 {
     x * x
 }
 
@@ -57,6 +59,10 @@ fn main() {
     if channels::floor_child() {
         return;
     }
+    #[cfg(feature = "mpi")]
+    if mpi::run_if_launched() {
+        return;
+    }
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w.eq_ignore_ascii_case(name));
     if run("W1") {
@@ -67,6 +73,13 @@ fn main() {
     }
     if run("W3") {
         w3();
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let which: Vec<&str> = ["W2", "W3"].into_iter().filter(|w| run(w)).collect();
+        if !which.is_empty() {
+            mpi::launch(&which.join(" "));
+        }
     }
     if run("W4") {
         shared::w4();

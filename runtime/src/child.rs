@@ -39,10 +39,12 @@ pub(crate) struct Spawn<'a> {
 pub(crate) struct ChildProc {
     pub(crate) pid: u32,
     pub(crate) executable: PathBuf,
-    child: Child,
+    /// `None` for an MPI rank (not a child of this process).
+    child: Option<Child>,
+    /// Readable once the child ended (for an MPI rank: once its session ended).
     pidfd: OwnedFd,
     /// The child ends when this closes: when this is dropped, or this process dies.
-    _liveness: OwnedFd,
+    _liveness: Option<OwnedFd>,
     pub(crate) reader: FrameReader,
     forwarder: Option<Forwarder>,
     status: Option<ExitStatus>,
@@ -51,6 +53,10 @@ pub(crate) struct ChildProc {
     /// When the child must have answered the handshake by.
     pub(crate) handshake_deadline: Instant,
     pub(crate) handshake_timeout: Duration,
+    /// The stream to an MPI rank serving as this worker (last: it is joined after the socket
+    /// above is closed).
+    #[cfg(feature = "mpi")]
+    _session: Option<crate::mpi::Session>,
 }
 
 impl ChildProc {
@@ -100,6 +106,61 @@ impl ChildProc {
         let stderr = if forward(how.stderr) { child.stderr.take() } else { None };
         let forwarder = Forwarder::start(stdout, stderr);
 
+        let handshake_deadline = Instant::now() + how.handshake_timeout;
+        let mut reader = FrameReader::new(ours);
+        reader.set_max_len(how.max_frame_len);
+        let proc = ChildProc {
+            pid: child.id(),
+            executable,
+            child: Some(child),
+            pidfd,
+            _liveness: Some(live_write),
+            reader,
+            forwarder,
+            status: None,
+            sent: None,
+            handshake_deadline,
+            handshake_timeout: how.handshake_timeout,
+            #[cfg(feature = "mpi")]
+            _session: None,
+        };
+        proc.greet(how, first, Some(live_read))
+    }
+
+    /// Uses MPI rank `rank` as a pool worker: opens a session with it, and greets it as a
+    /// child (the same handshake and build check, without a liveness pipe: a rank ends with the
+    /// job).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn attach_rank(rank: i32, how: &Spawn<'_>, first: Option<OutFrame>) -> Result<ChildProc> {
+        if let Some(first) = &first {
+            first.check_len(how.max_frame_len)?;
+        }
+        let io = |e| Error::io("could not open a session with an MPI rank", e);
+        let mut session = crate::mpi::open(rank).map_err(io)?;
+        let local = session.local.take().expect("a new session has its local end");
+        let pidfd = session.ended.try_clone().map_err(io)?;
+        let mut reader = FrameReader::new(local.into());
+        reader.set_max_len(how.max_frame_len);
+        let proc = ChildProc {
+            pid: rank as u32,
+            executable: std::env::current_exe().unwrap_or_default(),
+            child: None,
+            pidfd,
+            _liveness: None,
+            reader,
+            forwarder: None,
+            status: None,
+            sent: None,
+            handshake_deadline: Instant::now() + how.handshake_timeout,
+            handshake_timeout: how.handshake_timeout,
+            _session: Some(session),
+        };
+        proc.greet(how, first, None)
+    }
+
+    /// Sends the handshake (with the liveness pipe's read end, for a local child), then
+    /// `first`.
+    fn greet(mut self, how: &Spawn<'_>, first: Option<OutFrame>, liveness: Option<OwnedFd>) -> Result<ChildProc> {
         let hello = Hello {
             protocol: PROTOCOL,
             build_id: build_id().to_vec(),
@@ -107,28 +168,12 @@ impl ChildProc {
             one_shot: how.one_shot,
             max_frame_len: how.max_frame_len as u64,
         };
-        let handshake_deadline = Instant::now() + how.handshake_timeout;
-        let mut reader = FrameReader::new(ours);
-        reader.set_max_len(how.max_frame_len);
-        let mut proc = ChildProc {
-            pid: child.id(),
-            executable,
-            child,
-            pidfd,
-            _liveness: live_write,
-            reader,
-            forwarder,
-            status: None,
-            sent: None,
-            handshake_deadline,
-            handshake_timeout: how.handshake_timeout,
-        };
         // A child that reads nothing (not a multiproc binary) makes a send wait: no send may
         // wait longer than the handshake's time without progress.
-        let sock = proc.reader.socket();
+        let sock = self.reader.socket();
         let _ = rustix::net::sockopt::set_socket_timeout(sock, Timeout::Send, Some(how.handshake_timeout));
         let mut hello = message::hello_frame(&hello)?;
-        hello.fds.push(live_read); // ours closes once sent: the child's is then the only one
+        hello.fds.extend(liveness); // ours closes once sent: the child's is then the only one
         let mut sent = hello.send(sock, how.max_frame_len);
         if let (Ok(()), Some(first)) = (&sent, first) {
             sent = first.send(sock, how.max_frame_len);
@@ -136,11 +181,11 @@ impl ChildProc {
         let _ = rustix::net::sockopt::set_socket_timeout(sock, Timeout::Send, None);
         match sent {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
-                proc.kill_and_reap();
-                Err(proc.handshake_timed_out())
+                self.kill_and_reap();
+                Err(self.handshake_timed_out())
             }
             // A child that died at once (broken pipe): joining it tells how.
-            _ => Ok(proc),
+            _ => Ok(self),
         }
     }
 
@@ -165,7 +210,10 @@ impl ChildProc {
     /// The exit status, reaping the child if it has ended.
     pub(crate) fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
+            self.status = match &mut self.child {
+                Some(child) => child.try_wait().ok().flatten(),
+                None => self.has_exited().then(|| ExitStatus::from_raw(0)),
+            };
         }
         self.status
     }
@@ -176,6 +224,10 @@ impl ChildProc {
             return Ok(());
         }
         self.sent = Some(sig);
+        if self.child.is_none() {
+            self.end_session();
+            return Ok(());
+        }
         sys::pidfd_signal(self.pidfd.as_fd(), sig).map_err(|e| Error::io("could not signal the child", e))
     }
 
@@ -189,7 +241,10 @@ impl ChildProc {
         if !exited {
             return Ok(None);
         }
-        let status = self.child.wait().map_err(|e| Error::io("could not reap the child", e))?;
+        let status = match &mut self.child {
+            Some(child) => child.wait().map_err(|e| Error::io("could not reap the child", e))?,
+            None => ExitStatus::from_raw(0),
+        };
         self.status = Some(status);
         self.finish_output();
         Ok(Some(status))
@@ -205,10 +260,24 @@ impl ChildProc {
     /// Kills the child (if it still runs) and reaps it.
     pub(crate) fn kill_and_reap(&mut self) {
         if self.status.is_none() {
-            let _ = sys::pidfd_signal(self.pidfd.as_fd(), Sig::Kill);
-            self.status = self.child.wait().ok();
+            match &mut self.child {
+                Some(child) => {
+                    let _ = sys::pidfd_signal(self.pidfd.as_fd(), Sig::Kill);
+                    self.status = child.wait().ok();
+                }
+                None => {
+                    self.end_session();
+                    self.status = Some(ExitStatus::from_raw(0));
+                }
+            }
         }
         self.finish_output();
+    }
+
+    /// Ends an MPI rank's session: it sees its stream end once its task (if any) is done. A
+    /// rank cannot be killed from here.
+    fn end_session(&self) {
+        let _ = rustix::net::shutdown(self.reader.socket(), rustix::net::Shutdown::Both);
     }
 
     /// Why a child that gave no reply ended. `greeted`: it had passed the handshake.
@@ -230,11 +299,11 @@ impl ChildProc {
     }
 
     pub(crate) fn take_stdout(&mut self) -> Option<ChildStdout> {
-        self.child.stdout.take()
+        self.child.as_mut()?.stdout.take()
     }
 
     pub(crate) fn take_stderr(&mut self) -> Option<ChildStderr> {
-        self.child.stderr.take()
+        self.child.as_mut()?.stderr.take()
     }
 }
 

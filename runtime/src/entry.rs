@@ -40,6 +40,9 @@ pub fn init() {
         std::env::remove_var(WORKER_ENV);
         crate::worker::run_child();
     }
+    // Started by mpirun or srun: every rank but 0 serves as a pool worker from here on.
+    #[cfg(feature = "mpi")]
+    crate::mpi::init();
 }
 
 /// The nesting depth a new child of this process gets, if starting one is allowed.

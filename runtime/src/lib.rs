@@ -9,6 +9,8 @@ mod entry;
 mod error;
 mod function;
 mod manager;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod output;
 mod panic;
 mod pool;

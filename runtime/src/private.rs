@@ -33,3 +33,10 @@ pub fn encode_bytes(what: &'static str, value: &[u8], out: &mut Vec<u8>) -> Resu
 pub fn encode_output<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     crate::wire::codec::encode_into("result", value, out)
 }
+
+/// Bare MPI round trips to rank 1 (the MPI benchmarks' floor); `None` when not rank 0 of an
+/// MPI job.
+#[cfg(feature = "mpi")]
+pub fn mpi_echo_round_trips(n: u64, bytes: usize) -> Option<std::time::Duration> {
+    crate::mpi::echo_round_trips(n, bytes)
+}

@@ -157,12 +157,22 @@ pub(crate) fn run_child() -> ! {
     };
     panic::install_hook();
     let mut reader = FrameReader::new(sock);
-    let code = serve(&mut reader);
+    let code = serve(&mut reader, true);
     std::process::exit(code)
 }
 
-/// Serves calls until the parent hangs up (or after one call, for a one-shot child).
-fn serve(reader: &mut FrameReader) -> i32 {
+/// Serves a pool's session on an MPI rank, on a stream whose far end is bridged to rank 0:
+/// as a child does, but with no liveness pipe (a rank ends with its job). Returns when the
+/// pool hangs up.
+#[cfg(feature = "mpi")]
+pub(crate) fn serve_stream(sock: OwnedFd) {
+    let mut reader = FrameReader::new(sock);
+    let _ = serve(&mut reader, false);
+}
+
+/// Serves calls until the parent hangs up (or after one call, for a one-shot child). A local
+/// child must get a liveness pipe in the handshake (`tied`), to end with its parent.
+fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
     let (hello, liveness) = match reader.read(None) {
         Ok(mut f) if f.kind == Kind::Hello => match codec::decode::<Hello>("message", &f.payload) {
             Ok(h) => (h, f.fds.pop()),
@@ -184,6 +194,7 @@ fn serve(reader: &mut FrameReader) -> i32 {
     match liveness.map(sys::die_with_writer) {
         Some(Ok(())) => {}
         Some(Err(e)) => eprintln!("multiproc: this worker could not tie its life to its parent's: {e}"),
+        None if !tied => {}
         None => {
             let message = "no liveness pipe in the handshake".into();
             return refuse(reader, FailReport::Protocol { message }, EXIT_PROTOCOL);

@@ -26,6 +26,8 @@ pub(crate) struct Config {
     pub(crate) window: usize,
     /// Items per task for `map`; `None`: automatic.
     pub(crate) chunksize: Option<usize>,
+    /// The workers are MPI ranks.
+    pub(crate) mpi: bool,
 }
 
 /// A `#[process_fn]` run once in every worker before its first task, with its arguments

@@ -22,6 +22,9 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(25);
 
 /// Runs the call on an idle worker if there is one; `None` means "submit it instead".
 pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Encoded>) -> Option<Result<F::Output>> {
+    if inner.config.mpi && !frame.fds.is_empty() {
+        return None; // `submit` refuses it, and says why
+    }
     loop {
         let (mut w, counted) = match inner.lease() {
             Err(refusal) => return Some(Err(refusal.to_error())),

@@ -86,6 +86,8 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     window: Option<usize>,
     chunksize: Option<usize>,
+    /// Workers are MPI ranks, not local processes.
+    mpi: bool,
 }
 
 impl PoolBuilder {
@@ -174,6 +176,27 @@ impl PoolBuilder {
         self
     }
 
+    /// Makes the workers the other ranks of an MPI job (`mpirun -n N ./app`, Slurm `srun`):
+    /// one worker per rank but 0, on whatever hosts the launcher put them. Everything else is
+    /// the same pool: `map`, `imap`, `starmap`, `apply_async`, chunking, progress. Results come
+    /// from whichever rank finishes first, so faster hosts take more work.
+    ///
+    /// Over ranks, handles (queues, shared memory, locks, a local manager's proxies) cannot be
+    /// arguments: they hold this host's file descriptors, and such a call fails with
+    /// [`Error::Encode`] saying so. A rank cannot be killed from here, so `task_timeout` and
+    /// `max_tasks_per_child` are refused ([`Error::PoolConfig`]). A rank that dies ends the
+    /// whole job (MPI's rule); rank 0 says so on stderr as it goes.
+    ///
+    /// # Errors
+    ///
+    /// `build` fails with [`Error::PoolConfig`] when the program was not started by an MPI
+    /// launcher with at least two ranks.
+    #[cfg(feature = "mpi")]
+    pub fn mpi_ranks(&mut self) -> &mut Self {
+        self.mpi = true;
+        self
+    }
+
     /// Sets an environment variable in the workers.
     pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
         self.process.env(key, value);
@@ -196,6 +219,26 @@ impl PoolBuilder {
         }
     }
 
+    /// The worker ranks of an MPI pool, checked against its options.
+    fn ranks(&self) -> Result<usize> {
+        let refuse = |reason: &str| Err(Error::PoolConfig { reason: reason.into() });
+        #[cfg(feature = "mpi")]
+        let ranks = crate::mpi::worker_ranks();
+        #[cfg(not(feature = "mpi"))]
+        let ranks: Option<usize> = None;
+        match ranks {
+            None => refuse("a pool over MPI ranks needs the program started by an MPI launcher (mpirun, srun)"),
+            Some(0) => refuse("a pool over MPI ranks needs at least two ranks (mpirun -n 2 or more)"),
+            Some(_) if self.task_timeout.is_some() => {
+                refuse("task_timeout cannot work over MPI ranks: a rank cannot be killed and replaced")
+            }
+            Some(_) if self.max_tasks_per_child.is_some() => {
+                refuse("max_tasks_per_child cannot work over MPI ranks: a rank cannot be replaced")
+            }
+            Some(n) => Ok(self.workers.map_or(n, |w| w.min(n))),
+        }
+    }
+
     /// Starts the workers (and runs the initializer in each).
     ///
     /// # Errors
@@ -204,7 +247,10 @@ impl PoolBuilder {
     /// the initializer fails, and whatever stops a worker from starting.
     pub fn build(&mut self) -> Result<Pool> {
         self.check()?;
-        let workers = self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let workers = match self.mpi {
+            true => self.ranks()?,
+            false => self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        };
         let initializer = self.initializer.take().transpose()?;
         let config = Config {
             workers,
@@ -215,6 +261,7 @@ impl PoolBuilder {
             per_worker: 2,
             window: self.window.unwrap_or(64),
             chunksize: self.chunksize,
+            mpi: self.mpi,
         };
         let inner = Arc::new(Inner::new(config)?);
         let started: Vec<Result<Worker>> = std::thread::scope(|s| {

@@ -242,8 +242,15 @@ impl Inner {
         let _ = rustix::io::read(&self.wake, &mut buf);
     }
 
-    /// Queues a task for the driver, or fails it at once if the pool takes no more work.
+    /// Queues a task for the driver, or fails it at once if the pool takes no more work (or,
+    /// over MPI ranks, if it carries handles).
     pub(crate) fn submit(self: &Arc<Self>, id: u64, frame: Arc<Encoded>, timeout: Option<Duration>, sink: Sink) {
+        if self.config.mpi && !frame.fds.is_empty() {
+            let failure =
+                Failure::Encode { type_name: "the arguments".into(), message: HANDLES_STAY_ON_THEIR_HOST.into() };
+            sink.deliver(Delivery::Failed(failure));
+            return;
+        }
         let refused = self.update(|st| match st.refusal() {
             Some(failure) => Some((sink, failure)),
             None => {
@@ -451,3 +458,8 @@ pub(crate) fn shut_down(workers: Vec<Worker>) {
         }
     }
 }
+
+/// Why a frame with handles is refused on a pool of MPI ranks.
+pub(crate) const HANDLES_STAY_ON_THEIR_HOST: &str = "a handle (Queue, Pipe end, Value, Array, SharedMemory, a lock, a \
+     local Manager's proxy) holds file descriptors of this host, and cannot cross to another MPI rank; pass plain \
+     values, or a remote Manager's proxies (Manager::serve), which cross by address";

@@ -101,7 +101,18 @@ impl Worker {
             },
             None => None,
         };
-        let mut child = match ChildProc::spawn(&how, first) {
+        // Over MPI, a worker is a rank: a death there ends the job, so nothing is retried.
+        #[cfg(feature = "mpi")]
+        if config.mpi {
+            let rank = ChildProc::attach_rank(index as i32 + 1, &how, first).map_err(Setback::Fatal)?;
+            return Self::spawned(inner, Ok(rank));
+        }
+        Self::spawned(inner, ChildProc::spawn(&how, first))
+    }
+
+    fn spawned(inner: &Inner, spawned: Result<ChildProc, Error>) -> std::result::Result<Worker, Setback> {
+        let config = &inner.config;
+        let mut child = match spawned {
             Ok(child) => child,
             // a full process table, say: worth another try
             Err(e @ (Error::Spawn { .. } | Error::HandshakeTimedOut { .. } | Error::Io { .. })) => {

@@ -309,3 +309,42 @@ pub(crate) fn hung_up(sock: BorrowedFd<'_>) -> bool {
     matches!(rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(n) if n > 0)
         && fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
 }
+
+/// Writes to stderr with one `write(2)`: usable in a signal handler.
+#[cfg(feature = "mpi")]
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    // SAFETY: fd 2 is borrowed for one write; an error is ignored (nothing better to do).
+    let _ = rustix::io::write(unsafe { BorrowedFd::borrow_raw(2) }, bytes);
+}
+
+/// The function `on_termination` runs.
+#[cfg(feature = "mpi")]
+static ON_TERMINATION: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(feature = "mpi")]
+extern "C" fn terminated(sig: libc::c_int) {
+    let f = ON_TERMINATION.load(std::sync::atomic::Ordering::Acquire);
+    if f != 0 {
+        // SAFETY: only `on_termination` stores here, and it stores an `extern "C" fn()`.
+        let f: extern "C" fn() = unsafe { std::mem::transmute::<usize, extern "C" fn()>(f) };
+        f();
+    }
+    // SAFETY: restoring the default action and raising the signal again ends the process as
+    // SIGTERM would have; both calls are async-signal-safe.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Runs `f` (which must be async-signal-safe) when this process gets `SIGTERM`, then ends it
+/// as `SIGTERM` would have.
+#[cfg(feature = "mpi")]
+pub(crate) fn on_termination(f: extern "C" fn()) {
+    ON_TERMINATION.store(f as usize, std::sync::atomic::Ordering::Release);
+    // SAFETY: `terminated` is an async-signal-safe handler (an atomic load, a write, signal
+    // and raise).
+    unsafe {
+        libc::signal(libc::SIGTERM, terminated as *const () as libc::sighandler_t);
+    }
+}

@@ -1,0 +1,90 @@
+//! The tutorial's `pool.map(square, range(10))`, with the workers on other machines: the MPI
+//! ranks of this same program. Build with `--features mpi` and start it with a launcher:
+//!
+//! ```text
+//! mpirun -n 3 target/debug/examples/mpi_map          # rank 0 maps, ranks 1 and 2 work
+//! srun -n 3 --mpi=pmix target/debug/examples/mpi_map  # the same, under Slurm
+//! ```
+//!
+//! Python:
+//! ```python
+//! with Pool(2) as pool:
+//!     print(pool.map(square, range(10)))
+//! ```
+//!
+//! Started plainly (no launcher), it says so and uses two local workers instead.
+//!
+//! `mpi_map die` makes a task end its rank, to show what happens then: the launcher ends the
+//! whole job, and rank 0 says why. `mpi_map handles` shows that a local queue cannot go to a
+//! rank; `mpi_map queue` passes one brokered by rank 0 (a manager's, reached by address).
+
+use std::collections::BTreeSet;
+
+use multiproc::{process_fn, Error, Manager, Pool, Queue, QueueProxy};
+
+#[process_fn]
+fn square(x: u64) -> (u64, u32) {
+    (x * x, std::process::id())
+}
+
+#[process_fn]
+fn crash(x: u64) -> u64 {
+    if x == 3 {
+        std::process::abort(); // a crash on a worker rank
+    }
+    x
+}
+
+#[process_fn]
+fn put(q: Queue<u64>) {
+    q.put(1).unwrap();
+}
+
+#[process_fn]
+fn report(q: QueueProxy<String>, x: u64) {
+    q.put(format!("item {x} from process {}", std::process::id())).unwrap();
+}
+
+fn main() -> multiproc::Result<()> {
+    let pool = match Pool::builder().mpi_ranks().chunksize(1).build() {
+        Err(Error::PoolConfig { reason }) => {
+            println!("not over MPI ({reason}): 2 local workers instead");
+            Pool::new(2)?
+        }
+        other => other?,
+    };
+    match std::env::args().nth(1).as_deref() {
+        Some("die") => {
+            let out = pool.map(crash, 0..10)?;
+            println!("{out:?} (the job should have ended)");
+            return Ok(());
+        }
+        Some("handles") => {
+            match pool.apply(put, (Queue::new()?,)) {
+                Err(e) => println!("refused: {e}"),
+                Ok(()) => println!("a queue went to a rank"),
+            }
+            return Ok(());
+        }
+        Some("queue") => {
+            // A queue held by a manager on rank 0's host, reached over TCP by address and key:
+            // its proxies cross to the ranks as values. (Across hosts, serve on an address the
+            // other hosts reach, not 127.0.0.1.)
+            let server = Manager::serve("127.0.0.1:0", b"example key")?;
+            let manager = Manager::connect(server.local_addr().expect("served"), b"example key")?;
+            let q = manager.queue::<String>()?;
+            pool.starmap(report, (0..4).map(|x| (q.clone(), x)))?;
+            let mut got: Vec<String> = (0..4).map(|_| q.get()).collect::<multiproc::Result<_>>()?;
+            got.sort();
+            println!("{} items through the brokered queue", got.len());
+            return Ok(());
+        }
+        _ => {}
+    }
+    let out = pool.map(square, 0..10)?;
+    let squares: Vec<u64> = out.iter().map(|(s, _)| *s).collect();
+    let workers: BTreeSet<u32> = out.iter().map(|(_, pid)| *pid).collect();
+    println!("{squares:?}");
+    println!("computed by {} of the {} workers", workers.len(), pool.workers());
+    Ok(())
+}
