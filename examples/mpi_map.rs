@@ -36,6 +36,12 @@ fn crash(x: u64) -> u64 {
 }
 
 #[process_fn]
+fn check(x: u64) -> u64 {
+    assert!(x != 5, "five is not allowed");
+    x
+}
+
+#[process_fn]
 fn put(q: Queue<u64>) {
     q.put(1).unwrap();
 }
@@ -64,6 +70,21 @@ fn main() -> multiproc::Result<()> {
                 Err(e) => println!("refused: {e}"),
                 Ok(()) => println!("a queue went to a rank"),
             }
+            return Ok(());
+        }
+        Some("more") => {
+            // the rest of the pool's calls, over ranks
+            let lazy: Vec<u64> =
+                pool.imap(square, 0..5u64).map(|r| r.map(|(s, _)| s)).collect::<multiproc::Result<_>>()?;
+            let later = pool.apply_async(square, (12,));
+            let results = pool.map_results(check, 0..8u64);
+            let failed: Vec<String> = results.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
+            println!(
+                "imap {lazy:?}, apply_async {}, {} ok",
+                later.wait()?.0,
+                results.iter().filter(|r| r.is_ok()).count()
+            );
+            println!("failed: {}", failed.join("; "));
             return Ok(());
         }
         Some("queue") => {

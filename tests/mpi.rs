@@ -49,3 +49,12 @@ fn handles_do_not_cross_ranks_and_a_brokered_queue_does() {
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(out.stdout.trim(), "4 items through the brokered queue");
 }
+
+#[test]
+fn imap_apply_async_and_a_panic_on_a_rank_that_fails_only_its_item() {
+    let out = mpirun(&["more"]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "imap [0, 1, 4, 9, 16], apply_async 144, 7 ok", "{}", out.stdout);
+    assert!(lines[1].starts_with("failed: ") && lines[1].contains("five is not allowed"), "{}", out.stdout);
+}
