@@ -184,8 +184,10 @@ impl PoolBuilder {
     /// Over ranks, handles (queues, shared memory, locks, a local manager's proxies) cannot be
     /// arguments: they hold this host's file descriptors, and such a call fails with
     /// [`Error::Encode`] saying so. A rank cannot be killed from here, so `task_timeout` and
-    /// `max_tasks_per_child` are refused ([`Error::PoolConfig`]). A rank that dies ends the
-    /// whole job (MPI's rule); rank 0 says so on stderr as it goes.
+    /// `max_tasks_per_child` are refused ([`Error::PoolConfig`]), and `terminate` waits for the
+    /// tasks running on ranks to end. A rank that dies ends the whole job (MPI's rule); rank 0
+    /// says so on stderr as it goes. Where the pool names a worker by process id
+    /// ([`Pool::pids`], errors), a rank is named by its rank number.
     ///
     /// # Errors
     ///
