@@ -72,7 +72,8 @@ fn together(spawn: impl Fn(u64, AtomicValue<u32>) -> multiproc::Process<(u64, u6
 /// W8: a managed dict, 2 processes x (5,000 sets + 5,000 gets).
 pub(crate) fn w8() {
     let (mut ours, mut floor) = (Vec::new(), Vec::new());
-    for _ in 0..REPETITIONS {
+    // two clients and two server threads share two cores: runs vary, so more of them
+    for _ in 0..3 * REPETITIONS {
         let manager = Manager::start().unwrap();
         let d: DictProxy<u64, u64> = manager.dict().unwrap();
         ours.push(together(|me, go| sets_then_gets.spawn(d.clone(), me, go).unwrap()));
