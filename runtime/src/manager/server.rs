@@ -67,12 +67,13 @@ impl Store {
     /// Serves one connection until it closes or sends garbage; then releases what it held.
     pub(crate) fn serve<S: Read + Write>(&self, stream: S, peer: &Peer<'_>) {
         let mut stream = proto::Framed::new(stream);
-        let mut held: Vec<u64> = Vec::new();
+        // the locks this connection has taken (each once, however often): released if it goes
+        let mut held = std::collections::HashSet::new();
         while let Ok(Some(request)) = stream.recv::<Request>() {
             let (reply, undo) = self.handle(request, peer);
             if let Ok(Answer::Done) = &reply {
                 if let Some(Undo::Release(id)) = &undo {
-                    held.push(*id); // a lock taken: released if the connection goes
+                    held.insert(*id);
                 }
             }
             if stream.send(&reply).is_err() {
@@ -83,15 +84,7 @@ impl Store {
             }
         }
         for id in held {
-            if let Some(o) = self.get(id) {
-                if let State::Lock(owner, cond) = &o.state {
-                    let mut owner = lock(owner);
-                    if owner.is_some_and(|(c, _)| c == peer.id) {
-                        *owner = None;
-                        cond.notify_one();
-                    }
-                }
-            }
+            self.undo(Undo::Release(id), peer.id); // only if this connection still holds it
         }
     }
 
