@@ -15,14 +15,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::Serialize;
 use serde_bytes::ByteBuf;
 
 use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::process_fn;
 use crate::sys::shm::ByIdentity;
-use crate::wire::fds;
+use crate::wire::fds::Fd;
 
 pub use proxy::{DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, ObjectProxy, QueueProxy, ValueProxy};
 pub use served::Served;
@@ -74,24 +74,9 @@ pub struct Manager {
     addr: Option<SocketAddr>,
 }
 
-/// A descriptor passed to the server process as an argument.
-struct FdArg(OwnedFd);
-
-impl Serialize for FdArg {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        fds::serialize(self.0.as_fd(), s)
-    }
-}
-
-impl<'de> Deserialize<'de> for FdArg {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        fds::deserialize(d).map(FdArg)
-    }
-}
-
 /// The server process: serves what comes through its acceptor (and its TCP listener).
 #[process_fn(crate = crate, name = "multiproc::manager::server")]
-fn manager_server(acceptor: FdArg, tcp: Option<(FdArg, ByteBuf)>) {
+fn manager_server(acceptor: Fd, tcp: Option<(Fd, ByteBuf)>) {
     server::run(acceptor.0, tcp.map(|(l, key)| (TcpListener::from(l.0), key.into_vec())));
 }
 
@@ -119,8 +104,8 @@ impl Manager {
     fn start_with(tcp: Option<(OwnedFd, Vec<u8>)>) -> Result<Manager> {
         let (server_end, client_end) =
             crate::sys::packet_pair().map_err(|e| Error::io("could not make the manager's socket", e))?;
-        let tcp = tcp.map(|(fd, key)| (FdArg(fd), ByteBuf::from(key)));
-        let process = manager_server.spawn(FdArg(server_end), tcp)?;
+        let tcp = tcp.map(|(fd, key)| (Fd(fd), ByteBuf::from(key)));
+        let process = manager_server.spawn(Fd(server_end), tcp)?;
         let endpoint = local_endpoint(client_end)?;
         Ok(Manager { endpoint, server: Some(Mutex::new(process)), addr: None })
     }

@@ -102,6 +102,32 @@ pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Owne
     take(index).map_err(serde::de::Error::custom)
 }
 
+/// A descriptor that crosses in a frame: serialized as its index in the frame's table (a
+/// duplicate goes there), deserialized as a duplicate of the one received.
+#[derive(Debug)]
+pub(crate) struct Fd(pub(crate) OwnedFd);
+
+impl serde::Serialize for Fd {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize(self.0.as_fd(), s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize(d).map(Fd)
+    }
+}
+
+/// A borrowed descriptor, serialized as [`Fd`] is.
+pub(crate) struct FdRef<'a>(pub(crate) BorrowedFd<'a>);
+
+impl serde::Serialize for FdRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize(self.0, s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

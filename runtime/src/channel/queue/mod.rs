@@ -341,15 +341,15 @@ impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
         let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&FdRef(self.shared.fd.as_fd()))?;
-        t.serialize_element(&FdRef(self.shared.doorbell.as_fd()))?;
+        t.serialize_element(&fds::FdRef(self.shared.fd.as_fd()))?;
+        t.serialize_element(&fds::FdRef(self.shared.doorbell.as_fd()))?;
         t.end()
     }
 }
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (memfd, doorbell) = <(FdOwned, FdOwned)>::deserialize(d)?;
+        let (memfd, doorbell) = <(fds::Fd, fds::Fd)>::deserialize(d)?;
         let shared = Shared::open(memfd.0, doorbell.0).map_err(serde::de::Error::custom)?;
         Ok(Queue { shared, _items: PhantomData })
     }
@@ -368,24 +368,6 @@ impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
             return Err(serde::de::Error::custom("a plain Queue arrived where a JoinableQueue was expected"));
         }
         Ok(JoinableQueue { queue })
-    }
-}
-
-/// A descriptor, serialized as its index in the frame's table.
-struct FdRef<'a>(std::os::fd::BorrowedFd<'a>);
-
-impl Serialize for FdRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        fds::serialize(self.0, s)
-    }
-}
-
-/// A descriptor taken from the frame's table.
-struct FdOwned(std::os::fd::OwnedFd);
-
-impl<'de> Deserialize<'de> for FdOwned {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        fds::deserialize(d).map(FdOwned)
     }
 }
 
