@@ -10,7 +10,7 @@ use bytemuck::{CheckedBitPattern, NoUninit, Zeroable};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::shared::poison::{self, Acquired, LockResult, TryLockResult};
+use crate::shared::poison::{self, LockResult, TryLockResult};
 use crate::shared::region::{self, Kind, Region, Type};
 use crate::shared::value::check_bits;
 use crate::sys::robust::Relock;
@@ -141,14 +141,7 @@ impl<T: NoUninit + CheckedBitPattern> Array<T> {
     }
 
     fn with_lock<R>(&self, f: impl FnOnce(&mut [T]) -> Result<R>) -> Result<R> {
-        match poison::acquire(&self.region, None, "Array") {
-            Acquired::Yes => f(&mut self.guard()),
-            Acquired::HolderDied(pid) => {
-                drop(self.guard());
-                Err(Error::HolderDied { pid })
-            }
-            Acquired::Busy => unreachable!("a wait without a deadline ends with the lock"),
-        }
+        poison::with_lock(&self.region, "Array", || self.guard(), |mut g| f(&mut g))
     }
 
     #[inline]

@@ -158,6 +158,25 @@ pub(crate) fn try_lock_result<G>(acquired: Acquired, guard: impl FnOnce() -> G) 
     }
 }
 
+/// Runs `f` with the guard `guard` makes, once the region's mutex is taken. When the previous
+/// holder died holding it, `f` does not run: the guard is dropped (the lock works again) and
+/// the result is [`Error::HolderDied`]. For `get`/`set`-style calls.
+pub(crate) fn with_lock<G, R>(
+    region: &Region,
+    what: &str,
+    guard: impl FnOnce() -> G,
+    f: impl FnOnce(G) -> crate::Result<R>,
+) -> crate::Result<R> {
+    match acquire(region, None, what) {
+        Acquired::Yes => f(guard()),
+        Acquired::HolderDied(pid) => {
+            drop(guard());
+            Err(Error::HolderDied { pid })
+        }
+        Acquired::Busy => unreachable!("a wait without a deadline ends with the lock"),
+    }
+}
+
 /// A deadline `timeout` from now (`None`: too far to matter).
 pub(crate) fn deadline_in(timeout: std::time::Duration) -> Option<Instant> {
     Some(

@@ -11,7 +11,7 @@ use bytemuck::{CheckedBitPattern, NoUninit};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::shared::poison::{self, Acquired, LockResult, TryLockResult};
+use crate::shared::poison::{self, LockResult, TryLockResult};
 use crate::shared::region::{self, Kind, Region, Type};
 use crate::sys::robust::Relock;
 
@@ -58,12 +58,7 @@ impl<T> Clone for Value<T> {
 impl<T: NoUninit + CheckedBitPattern> Value<T> {
     /// A new value in shared memory, holding `value`.
     pub fn new(value: T) -> Result<Value<T>> {
-        let region = Region::create(Type::of::<T>(Kind::Value), size_of::<T>(), Relock::Refuse, |_, data| {
-            // SAFETY: `data` is page-aligned (T's alignment is at most a page: checked by
-            // `create`) with room for a T, and nobody else sees it yet.
-            unsafe { data.cast::<T>().write(value) }
-        })?;
-        Ok(Value { region, _t: PhantomData })
+        Ok(Value { region: holding(Kind::Value, value)?, _t: PhantomData })
     }
 
     /// Waits for the lock, and returns a guard through which the value is read and written.
@@ -91,14 +86,7 @@ impl<T: NoUninit + CheckedBitPattern> Value<T> {
     /// [`Error::HolderDied`] when the previous holder of the lock died holding it: the value
     /// may be half-updated. The lock works again; look with [`lock`](Value::lock) and repair.
     pub fn get(&self) -> Result<T> {
-        match poison::acquire(&self.region, None, "Value") {
-            Acquired::Yes => Ok(*self.guard()),
-            Acquired::HolderDied(pid) => {
-                drop(self.guard());
-                Err(Error::HolderDied { pid })
-            }
-            Acquired::Busy => unreachable!("a wait without a deadline ends with the lock"),
-        }
+        poison::with_lock(&self.region, "Value", || self.guard(), |g| Ok(*g))
     }
 
     /// Replaces the value, under the lock.
@@ -107,17 +95,15 @@ impl<T: NoUninit + CheckedBitPattern> Value<T> {
     ///
     /// [`Error::HolderDied`], as for [`get`](Value::get); nothing is written then.
     pub fn set(&self, value: T) -> Result<()> {
-        match poison::acquire(&self.region, None, "Value") {
-            Acquired::Yes => {
-                *self.guard() = value;
+        poison::with_lock(
+            &self.region,
+            "Value",
+            || self.guard(),
+            |mut g| {
+                *g = value;
                 Ok(())
-            }
-            Acquired::HolderDied(pid) => {
-                drop(self.guard());
-                Err(Error::HolderDied { pid })
-            }
-            Acquired::Busy => unreachable!("a wait without a deadline ends with the lock"),
-        }
+            },
+        )
     }
 
     #[inline]
@@ -184,6 +170,15 @@ impl<'de, T: NoUninit + CheckedBitPattern> Deserialize<'de> for Value<T> {
         check_bits::<T>(&region, 1).map_err(serde::de::Error::custom)?;
         Ok(Value { region, _t: PhantomData })
     }
+}
+
+/// A new region of `kind` holding `value`.
+fn holding<T: NoUninit>(kind: Kind, value: T) -> Result<Arc<Region>> {
+    Region::create(Type::of::<T>(kind), size_of::<T>(), Relock::Refuse, |_, data| {
+        // SAFETY: `data` is aligned for T (at most a page: checked by `create`), with room for
+        // a T, and nobody else sees it yet.
+        unsafe { data.cast::<T>().write(value) }
+    })
 }
 
 /// Checks that a region holds `n` valid `T`s (a `bool` is 0 or 1, ...).
@@ -305,11 +300,7 @@ impl<T> Clone for AtomicValue<T> {
 impl<T: AtomicInt> AtomicValue<T> {
     /// A new atomic integer in shared memory, holding `value`.
     pub fn new(value: T) -> Result<AtomicValue<T>> {
-        let region = Region::create(Type::of::<T>(Kind::AtomicValue), size_of::<T>(), Relock::Refuse, |_, data| {
-            // SAFETY: page-aligned room for a T that nobody else sees yet.
-            unsafe { data.cast::<T>().write(value) }
-        })?;
-        Ok(AtomicValue { region, _t: PhantomData })
+        Ok(AtomicValue { region: holding(Kind::AtomicValue, value)?, _t: PhantomData })
     }
 
     #[inline]
