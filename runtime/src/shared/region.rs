@@ -241,7 +241,8 @@ impl Region {
         // SAFETY: data_at + len is within the mapping (64 + at most 64, or DATA_AT + len).
         init(header, unsafe { map.ptr().add(data_at) });
         header.magic.store(MAGIC, Release);
-        Region::attach(fd, map, ty)
+        let (_, identity) = shm::file_identity(fd.as_fd()).map_err(io)?;
+        Region::attach(fd, map, identity, ty)
     }
 
     /// Uses an object whose memfd arrived with a handle, checking it is the object expected.
@@ -266,7 +267,7 @@ impl Region {
                 if header.magic.load(Acquire) != MAGIC || !fits {
                     return Err(mismatch(ty, "memory that is not a multiproc object of this version".into()));
                 }
-                Region::attach(fd, map, ty)?
+                Region::attach(fd, map, identity, ty)?
             }
         };
         let h = region.header();
@@ -282,9 +283,7 @@ impl Region {
         Ok(region)
     }
 
-    fn attach(fd: OwnedFd, map: Mapping, ty: Type) -> Result<Arc<Region>> {
-        let (_, identity) =
-            shm::file_identity(fd.as_fd()).map_err(|e| Error::io("could not inspect shared memory", e))?;
+    fn attach(fd: OwnedFd, map: Mapping, identity: (u64, u64), ty: Type) -> Result<Arc<Region>> {
         let mut region = Region { fd, map, identity, pid: std::process::id(), membership: None };
         if ty.kind.uses_lock() {
             region.header().lock.mutex.watch(); // unwatched in `drop`, before the memory is unmapped

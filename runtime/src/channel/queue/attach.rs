@@ -66,7 +66,8 @@ impl Shared {
             .map_err(|e| Error::io("could not make a queue's lock", e))?;
         header.magic.store(MAGIC, Release);
         let doorbell = shm::eventfd().map_err(io)?;
-        Shared::attach_mapped(fd, doorbell, map)
+        let (_, identity) = shm::file_identity(fd.as_fd()).map_err(io)?;
+        Shared::attach_mapped(fd, doorbell, map, identity)
     }
 
     /// Uses a queue whose memfd and doorbell arrived with a handle.
@@ -84,11 +85,10 @@ impl Shared {
         if header.magic.load(Acquire) != MAGIC {
             return Err(not_a_queue("its memory does not hold a queue of this version"));
         }
-        Shared::attach_mapped(fd, doorbell, map)
+        Shared::attach_mapped(fd, doorbell, map, identity)
     }
 
-    fn attach_mapped(fd: OwnedFd, doorbell: OwnedFd, map: Mapping) -> Result<Arc<Shared>> {
-        let (_, identity) = shm::file_identity(fd.as_fd()).map_err(|e| Error::io("could not inspect a queue", e))?;
+    fn attach_mapped(fd: OwnedFd, doorbell: OwnedFd, map: Mapping, identity: (u64, u64)) -> Result<Arc<Shared>> {
         let private = shm::reopen(fd.as_fd()).map_err(|e| Error::io("could not open a queue's memory again", e))?;
         // SAFETY: checked by the callers: a mapped, initialized Header.
         let header = unsafe { &*(map.ptr() as *const Header) };
