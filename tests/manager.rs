@@ -292,6 +292,25 @@ fn a_served_type_is_called_with_typed_requests_and_survives_its_own_panic() {
     });
 }
 
+#[derive(Serialize, Deserialize)]
+struct Unregistered;
+
+impl Served for Unregistered {
+    type Request = ();
+    type Response = ();
+    fn handle(&mut self, _: ()) {}
+}
+
+#[test]
+fn a_served_type_without_served_is_refused_with_what_to_write() {
+    within(DEADLINE, || {
+        let m = Manager::start().unwrap();
+        let err = m.serve_object(Unregistered).unwrap_err();
+        assert!(matches!(&err, Error::ManagerOperation { message } if message.contains("served!")), "{err}");
+        assert!(m.dict::<u8, u8>().unwrap().is_empty().unwrap(), "the server goes on");
+    });
+}
+
 const KEY: &[u8] = b"the key";
 
 #[test]

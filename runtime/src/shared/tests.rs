@@ -384,3 +384,14 @@ fn shared_memory_reads_writes_and_refuses_past_its_end() {
     assert_eq!(SharedMemory::from_bytes(b"xyz").unwrap().to_vec().unwrap(), b"xyz");
     assert!(SharedMemory::new(0).unwrap().is_empty());
 }
+
+#[test]
+fn memory_that_is_not_a_shared_object_is_refused() {
+    use crate::shared::region::{Kind, Region, Type};
+    let small = crate::sys::shm::memfd("not-an-object", 100).unwrap();
+    let err = Region::open(small, Type::bare(Kind::Lock)).unwrap_err();
+    assert!(err.to_string().contains("too small to be a multiproc object"), "{err}");
+    let blank = crate::sys::shm::memfd("not-an-object", 8192).unwrap();
+    let err = Region::open(blank, Type::bare(Kind::Lock)).unwrap_err();
+    assert!(err.to_string().contains("not a multiproc object of this version"), "{err}");
+}
