@@ -582,12 +582,34 @@ impl Shared {
         let mut sleeper = Sleeper::new(self, Sleep::Done);
         loop {
             let seq = h.done.0.seq.load(Acquire);
+            // A put in progress may be a producer's that died after counting its item and
+            // before publishing it; nobody else may take the lock again to put that right.
+            let putting = h.counts.0.pending_lane.load(Acquire) != 0;
+            if putting {
+                self.repair_dead_put();
+            }
             if self.unfinished() == 0 {
                 return Ok(());
             }
-            if !sleeper.sleep(seq, wait, None) {
+            // a live put ends within microseconds: look again soon while one is under way
+            let cap = putting.then_some(PUT_UNDER_WAY);
+            if !sleeper.sleep(seq, wait, cap) {
                 return Err(Error::NotReady { timeout: wait.timeout().unwrap_or_default() });
             }
+        }
+    }
+
+    /// Puts the count right now if the producer holding the lock died in the middle of a put
+    /// (as the lock's next holder would); does nothing while a live producer holds it.
+    fn repair_dead_put(&self) {
+        let mutex = &self.header().producers.0;
+        match mutex.lock(Some(Instant::now())) {
+            Ok(crate::sys::robust::Locked::OwnerDied) => {
+                self.finish_dead_put();
+                mutex.unlock();
+            }
+            Ok(crate::sys::robust::Locked::Yes) => mutex.unlock(),
+            _ => {}
         }
     }
 
@@ -612,6 +634,9 @@ impl Shared {
         shm::ring(self.doorbell_ref());
     }
 }
+
+/// How soon a joiner looks again while a put is under way (it may be a dead producer's).
+const PUT_UNDER_WAY: Duration = Duration::from_millis(20);
 
 /// Holds the producers' mutex.
 struct ProducersGuard<'a> {
@@ -732,5 +757,34 @@ impl Drop for Sleeper<'_> {
             let mine = &h.participants[self.shared.me as usize].sleeping[self.kind as usize];
             let _ = mine.fetch_update(AcqRel, Acquire, |n| Some(n.saturating_sub(1)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_joiner_repairs_the_count_of_a_producer_that_died_between_counting_and_publishing() {
+        let shared = Shared::create(0, JOINABLE).unwrap();
+        // A producer thread takes the lock, counts an item, and ends before publishing it (the
+        // kernel marks the lock as its owner's death leaves it).
+        let producer = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let guard = producer.lock_producers().unwrap();
+            let counts = &producer.header().counts.0;
+            let put = counts.put.load(Relaxed);
+            counts.pending_tail.store(producer.header().lanes[0].producer.0.tail.load(Relaxed), Relaxed);
+            counts.pending_put.store(put, Relaxed);
+            counts.pending_lane.store(1, Release);
+            counts.put.store(put + 1, Release);
+            std::mem::forget(guard);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(shared.unfinished(), 1);
+        // nobody puts again: the joiner itself must put the count right
+        shared.join(Wait::at_most(Duration::from_secs(10))).unwrap();
+        assert_eq!(shared.unfinished(), 0);
     }
 }
