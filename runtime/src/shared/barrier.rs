@@ -230,8 +230,11 @@ fn break_region(region: &Region, reason: u32, pid: u32) {
 }
 
 /// A member died without leaving: a party that will never arrive.
-pub(crate) fn bury(region: &Region, slot: usize) {
-    break_region(region, PARTY_DIED, region.header().members[slot].pid.load(Relaxed));
+pub(crate) fn bury(region: &Region, slot: usize, state: u32) {
+    let member = &region.header().members[slot];
+    if member.state.load(Acquire) == state {
+        break_region(region, PARTY_DIED, member.pid.load(Relaxed));
+    }
 }
 
 impl fmt::Debug for Barrier {

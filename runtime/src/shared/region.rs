@@ -342,12 +342,11 @@ impl Region {
                 Err(e) => return Err(Error::io("could not lock a member's byte", e)),
             }
             let old = member.state.load(Acquire);
-            if old & 1 == 1 && member.state.compare_exchange(old, old & !1, AcqRel, Acquire).is_ok() {
-                self.bury(p); // a process that died without leaving
+            if old & 1 == 1 {
+                self.bury(p, old); // a process that died without leaving (once, if not done)
             }
             let generation = ((old >> 1) + 1) & 0x7fff_ffff;
             member.pid.store(self.pid, Relaxed);
-            member.held.store(0, Relaxed);
             member.state.store((generation << 1) | 1, Release);
             return Ok(Membership { slot: p as u32, generation, private });
         }
@@ -368,20 +367,23 @@ impl Region {
             if shm::byte_locked_elsewhere(mine.private.as_fd(), p as u64).unwrap_or(true) {
                 continue;
             }
-            // the winner of this exchange buries it, once
+            // Bury first, then mark the slot free: a slot marked free has nothing left to take
+            // back, so a process taking it over cannot lose what the dead one held. Burying is
+            // done once however many sweep at once (see `bury`).
+            self.bury(p, state);
             if member.state.compare_exchange(state, state & !1, AcqRel, Acquire).is_ok() {
                 first = first.or(Some(member.pid.load(Relaxed)));
-                self.bury(p);
             }
         }
         first
     }
 
-    /// Takes back what a dead member held.
-    fn bury(&self, slot: usize) {
+    /// Takes back what the dead member in `slot` held, if the slot is still in `state` (the
+    /// dead one's): once only, and never from a process that took the slot over since.
+    fn bury(&self, slot: usize, state: u32) {
         match Kind::from_u32(self.header().kind) {
-            Some(Kind::Semaphore) => super::semaphore::bury(self, slot),
-            Some(Kind::Barrier) => super::barrier::bury(self, slot),
+            Some(Kind::Semaphore) => super::semaphore::bury(self, slot, state),
+            Some(Kind::Barrier) => super::barrier::bury(self, slot, state),
             _ => {}
         }
     }

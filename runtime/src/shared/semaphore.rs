@@ -206,10 +206,16 @@ fn wake(region: &Region, n: u32) {
     }
 }
 
-/// Gives back what a dead member's guards held.
-pub(crate) fn bury(region: &Region, slot: usize) {
+/// Gives back what a dead member's guards held, once.
+pub(crate) fn bury(region: &Region, slot: usize, state: u32) {
+    let member = &region.header().members[slot];
     let mut returned = 0;
+    // under the semaphore's lock: a second burial finds nothing held, and a slot taken over
+    // since (its state changed) is left alone
     change(region, Some(slot), |v, held| {
+        if member.state.load(SeqCst) != state || held == 0 {
+            return None;
+        }
         returned = held;
         Some((v.wrapping_add(held), 0))
     });
