@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::Ordering::*;
+use std::sync::atomic::{AtomicU32, Ordering::*};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,10 +19,10 @@ use crate::sys::shm;
 /// notifies ([`ConditionGuard::notify`]). Waiting and notifying happen on the guard, so both
 /// hold the lock, as Python requires (and checks at run time).
 ///
-/// `notify(n)` wakes `n` of the threads waiting at that moment, or all of them if fewer wait.
-/// A thread that starts waiting after a notification may take it in place of one that waited
-/// before; and a waiter whose process was killed while waiting may make one later waiter wake
-/// with nothing to see. So wait in a loop on what you wait for:
+/// `notify(n)` wakes `n` of the threads waiting at that moment, or all of them if fewer wait;
+/// a thread that starts waiting after the notify (the notifier itself, waiting next) does not
+/// take it. A waiter whose process was killed while waiting may leave its notification to a
+/// later waiter, which then wakes with nothing to see; so wait in a loop on what you wait for:
 /// [`wait_while`](ConditionGuard::wait_while).
 ///
 /// # Examples
@@ -58,6 +58,12 @@ const CONDITION: Type = Type::bare(Kind::Condition);
 const WAITING: usize = 0;
 /// Notifications made and not yet taken by a waiter.
 const TOKENS: usize = 1;
+/// The round a waiter registers in (moved on by each notify, under the lock).
+const ROUND: usize = 2;
+/// The round of the last notify: a waiter takes a notification only if it registered in that
+/// round or before, so one that starts waiting after a notify (the notifier itself, say)
+/// cannot take it from a thread that was already waiting.
+const NOTIFIED_ROUND: usize = 3;
 
 impl Condition {
     /// A new condition with its own lock.
@@ -148,8 +154,13 @@ impl<'a> ConditionGuard<'a> {
             return;
         }
         r.word(WAITING).store(waiting - k, Relaxed);
+        let round = r.word(ROUND).load(Relaxed);
+        r.word(NOTIFIED_ROUND).store(round, Release);
+        r.word(ROUND).store(round.wrapping_add(1), Relaxed);
         r.word(TOKENS).fetch_add(k, SeqCst);
-        shm::futex_wake(r.word(TOKENS), k);
+        // All: the kernel would pick `k` sleepers of any round, and one that came after this
+        // notify would only go back to sleep.
+        shm::futex_wake(r.word(TOKENS), shm::WAKE_ALL);
     }
 
     /// Wakes one waiting thread.
@@ -167,17 +178,23 @@ impl<'a> ConditionGuard<'a> {
         let r = &cond.region;
         let (waiting, tokens) = (r.word(WAITING), r.word(TOKENS));
         waiting.fetch_add(1, Relaxed);
+        let round = r.word(ROUND).load(Relaxed);
         drop(self); // releases the lock
-        let mut notified = take_token(tokens);
+        let take = || take_token(tokens, r.word(NOTIFIED_ROUND), round);
+        let mut notified = false;
         while !notified {
+            let seen = tokens.load(Acquire);
+            notified = take();
+            if notified {
+                break;
+            }
             let Some(left) = super::left(deadline) else { break };
-            shm::futex_wait(tokens, 0, left);
-            notified = take_token(tokens);
+            shm::futex_wait(tokens, seen, left);
         }
         let acquired = poison::acquire(r, None, "Condition");
         if !notified {
             // Timed out: a notification may have come since; else leave the count of waiters.
-            notified = take_token(tokens);
+            notified = take();
             if !notified {
                 waiting.fetch_sub(1, Relaxed);
             }
@@ -190,9 +207,11 @@ impl<'a> ConditionGuard<'a> {
     }
 }
 
-/// Takes one notification, if there is one.
-fn take_token(tokens: &std::sync::atomic::AtomicU32) -> bool {
-    tokens.fetch_update(AcqRel, Acquire, |t| t.checked_sub(1)).is_ok()
+/// Takes one notification, if there is one that a waiter registered in `round` may take.
+fn take_token(tokens: &AtomicU32, notified_round: &AtomicU32, round: u32) -> bool {
+    // rounds count up and wrap: "at or before" is a difference below half the range
+    let eligible = (notified_round.load(Acquire).wrapping_sub(round) as i32) >= 0;
+    eligible && tokens.fetch_update(AcqRel, Acquire, |t| t.checked_sub(1)).is_ok()
 }
 
 impl Drop for ConditionGuard<'_> {

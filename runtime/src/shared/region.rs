@@ -404,7 +404,17 @@ impl Drop for Region {
     fn drop(&mut self) {
         self.leave();
         if Kind::from_u32(self.header().kind).is_some_and(Kind::uses_lock) {
-            self.header().lock.mutex.unwatch();
+            let lock = &self.header().lock;
+            let held_here = lock.holder.load(Acquire) == self.pid && lock.mutex.is_locked();
+            if held_here {
+                // A thread here still holds the mutex (a guard was forgotten, or the last
+                // handle went while it was held): unmapped, the kernel could not mark it when
+                // that thread or process ends, and it would stay locked for ever. It stays
+                // mapped (and watched), so the next locker gets `HolderDied`.
+                self.map.keep();
+            } else {
+                self.header().lock.mutex.unwatch();
+            }
         }
         registry().remove(self.identity);
     }

@@ -135,6 +135,11 @@ impl RobustMutex {
         unsafe { libc::pthread_mutex_unlock(self.0.get()) };
     }
 
+    /// Whether some thread holds it now.
+    pub(crate) fn is_locked(&self) -> bool {
+        self.word().load(Acquire) & TID_MASK != 0
+    }
+
     /// The lock word: glibc keeps it first in the mutex (the owner's thread id, and the
     /// `FUTEX_WAITERS` and `FUTEX_OWNER_DIED` bits), a layout its ABI fixes.
     fn word(&self) -> &AtomicI32 {

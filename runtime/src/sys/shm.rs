@@ -29,6 +29,8 @@ pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, (u64, u64))>
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// Left mapped when dropped (see [`Mapping::keep`]).
+    kept: bool,
 }
 
 // SAFETY: the mapping is plain shared memory; all access to it goes through atomics or through
@@ -46,7 +48,14 @@ impl Mapping {
             rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, fd, 0)?
         };
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        Ok(Mapping { ptr, len })
+        Ok(Mapping { ptr, len, kept: false })
+    }
+
+    /// Leaves the memory mapped for the rest of the process's life, dropped or not: for a
+    /// robust mutex this process still holds, which the kernel can mark as its holder's death
+    /// leaves it only while it is mapped.
+    pub(crate) fn keep(&mut self) {
+        self.kept = true;
     }
 
     pub(crate) fn ptr(&self) -> *mut u8 {
@@ -60,6 +69,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         // SAFETY: `ptr`/`len` are exactly what mmap returned, and nothing borrows the mapping
         // once its owner is dropped.
         unsafe {
