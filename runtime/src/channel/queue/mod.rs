@@ -7,8 +7,12 @@
 //! at any instant neither corrupts the queue nor leaves it locked.
 
 mod attach;
+mod joinable;
 mod lane;
 mod layout;
+mod put;
+mod sleep;
+mod take;
 
 use std::borrow::Borrow;
 use std::fmt;

@@ -1,0 +1,247 @@
+//! The put path: a producing thread's lane, writing an item's record, waiting for room.
+
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::channel::pipe::Wait;
+use crate::channel::queue::attach::{self, Shared};
+use crate::channel::queue::layout::*;
+use crate::error::{Error, Result};
+use crate::sys::shm;
+
+use crate::channel::queue::lane::{SPIN, SUSPECT_AFTER};
+use crate::channel::queue::sleep::Sleeper;
+
+impl Shared {
+    /// Puts one encoded item, waiting as `wait` allows for room.
+    pub(crate) fn put_bytes(self: &Arc<Self>, bytes: &[u8], wait: Wait) -> Result<()> {
+        self.check_open(true)?;
+        let h = self.header();
+        if !h.takes_turns() {
+            let (lane, exclusive) = self.my_lane()?;
+            return match exclusive {
+                true => self.put_in_lane(lane, bytes, wait, false),
+                false => self.put_in_shared_lane(bytes, wait),
+            };
+        }
+        // Bounded or joinable: producers take turns, so that the bound is exact and the count
+        // of items put follows the items.
+        let mut sleeper = Sleeper::new(self, Sleep::Space);
+        loop {
+            let seq = h.space.0.seq.load(Acquire);
+            let guard = self.lock_producers()?;
+            self.check_open(true)?;
+            if h.maxsize == 0 || (self.len() as u64) < h.maxsize {
+                let (lane, _) = self.my_lane()?; // the lock serializes the shared lane too
+                let r = self.put_in_lane(lane, bytes, wait, h.flags & JOINABLE != 0);
+                drop(guard);
+                return r;
+            }
+            drop(guard);
+            if !sleeper.sleep(seq, wait, None) {
+                return Err(Error::Full { maxsize: Some(h.maxsize as usize), waited: wait.timeout() });
+            }
+        }
+    }
+
+    /// The lane this thread puts into: its own (`true`), or the shared one.
+    pub(super) fn my_lane(self: &Arc<Self>) -> Result<(usize, bool)> {
+        if let Some((lane, owner)) = attach::held_lane(self) {
+            if self.header().lanes[lane].producer.0.owner.load(Relaxed) == owner {
+                return Ok((lane, true));
+            }
+            attach::drop_lane(self); // taken back (this process was thought dead?)
+        }
+        let h = self.header();
+        let owner = self.owner(attach::thread_tag());
+        let take = |i: usize, expected: u64| {
+            let ok = h.lanes[i].producer.0.owner.compare_exchange(expected, owner, AcqRel, Relaxed).is_ok();
+            if ok {
+                h.active.0[i / 64].fetch_or(1 << (i % 64), AcqRel);
+                attach::hold_lane(self, i, owner);
+            }
+            ok
+        };
+        for i in 0..PRIVATE_LANES {
+            if h.lanes[i].producer.0.owner.load(Relaxed) == 0 && take(i, 0) {
+                return Ok((i, true));
+            }
+        }
+        // every lane is held: take one whose holder died, else share
+        for i in 0..PRIVATE_LANES {
+            let holder = h.lanes[i].producer.0.owner.load(Acquire);
+            if holder != 0 && !self.alive(holder) && take(i, holder) {
+                return Ok((i, true));
+            }
+        }
+        h.active.0[SHARED_LANE / 64].fetch_or(1 << (SHARED_LANE % 64), AcqRel);
+        Ok((SHARED_LANE, false))
+    }
+
+    /// Puts into the shared lane, under its lock.
+    pub(super) fn put_in_shared_lane(self: &Arc<Self>, bytes: &[u8], wait: Wait) -> Result<()> {
+        let lock = &self.header().lanes[SHARED_LANE].producer.0.lock;
+        let me = self.owner(attach::thread_tag());
+        acquire(self, lock, me);
+        let r = self.put_in_lane(SHARED_LANE, bytes, wait, false);
+        lock.store(0, Release);
+        r
+    }
+
+    /// Writes one item's record into `lane` (which this thread may write alone now), waiting
+    /// for room, and publishes it.
+    pub(super) fn put_in_lane(self: &Arc<Self>, lane: usize, bytes: &[u8], wait: Wait, count_it: bool) -> Result<()> {
+        let h = self.header();
+        let meta = &h.lanes[lane];
+        let blob = bytes.len() > INLINE_MAX;
+        let len = if blob { 16 } else { bytes.len() };
+        let need = record_len(len);
+        let tail = meta.producer.0.tail.load(Relaxed);
+        self.wait_for_room(lane, pos(tail), need, wait)?;
+        if blob {
+            let offset = self.store_blob(bytes)?;
+            let mut body = [0u8; 16];
+            body[..8].copy_from_slice(&offset.to_le_bytes());
+            body[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+            self.write_record(lane, pos(tail), BLOB, &body);
+        } else {
+            self.write_record(lane, pos(tail), INLINE, bytes);
+        }
+        let new_tail = advance(tail, need);
+        if count_it {
+            // A JoinableQueue counts the item before it is visible (so a task_done for it never
+            // finds it uncounted); `pending` lets the lock's next holder put the count right if
+            // this process dies in between.
+            let counts = &h.counts.0;
+            let put = counts.put.load(Relaxed);
+            counts.pending_tail.store(tail, Relaxed);
+            counts.pending_put.store(put, Relaxed);
+            counts.pending_lane.store(lane as u64 + 1, Release);
+            counts.put.store(put + 1, Release);
+            meta.producer.0.tail.store(new_tail, Release);
+            counts.pending_lane.store(0, Release);
+        } else {
+            meta.producer.0.tail.store(new_tail, Release);
+        }
+        self.wake(Sleep::Items, false);
+        Ok(())
+    }
+
+    /// Writes a record (header, then `body`) at byte position `at` of lane `lane`'s ring. A
+    /// small one is assembled here and stored a word at a time; a larger one is copied.
+    #[inline]
+    pub(super) fn write_record(&self, lane: usize, at: u64, kind: u32, body: &[u8]) {
+        const SMALL: usize = 56;
+        let header = (body.len() as u64) | ((kind as u64) << 32);
+        if body.len() <= SMALL {
+            let mut words = [0u64; (SMALL + 8) / 8];
+            words[0] = header.to_le();
+            // SAFETY: `words` has room for 8 + SMALL bytes; `body` is at most SMALL long.
+            unsafe {
+                std::ptr::copy_nonoverlapping(body.as_ptr(), (words.as_mut_ptr() as *mut u8).add(8), body.len());
+            }
+            let n = (8 + body.len()).div_ceil(8);
+            let ring = self.ring(lane) as *mut u64;
+            for (k, word) in words.iter().take(n).enumerate() {
+                let at = ((at + 8 * k as u64) % LANE_CAP) as usize / 8;
+                // SAFETY: as in `write_ring`: the record's `record_len` bytes past the tail are
+                // this producer's alone; positions are multiples of 8, so each word is aligned
+                // and inside the ring.
+                unsafe { ring.add(at).write(*word) };
+            }
+            return;
+        }
+        self.write_ring(lane, at, &header.to_le_bytes());
+        self.write_ring(lane, at + RECORD_HEADER, body);
+    }
+
+    /// Copies `bytes` into lane `lane`'s ring at byte position `at`, wrapping at its end.
+    pub(super) fn write_ring(&self, lane: usize, at: u64, bytes: &[u8]) {
+        let start = (at % LANE_CAP) as usize;
+        let first = bytes.len().min(LANE_CAP as usize - start);
+        let ring = self.ring(lane);
+        // SAFETY: `[at, at + bytes.len())` lies past the lane's tail and before the space the
+        // consumers have not released (checked by `wait_for_room`): no consumer reads it, and
+        // only this thread writes it. Both copies stay inside the ring's LANE_CAP bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), ring.add(start), first);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), ring, bytes.len() - first);
+        }
+    }
+
+    /// Stores an item too large for a ring in the blob area; returns its offset there.
+    pub(super) fn store_blob(&self, bytes: &[u8]) -> Result<u64> {
+        let len = (bytes.len() as u64).next_multiple_of(4096);
+        let offset = self.header().blob_end.0.fetch_add(len, AcqRel);
+        shm::write_at(self.fd_ref(), bytes, BLOBS_AT + offset).map_err(|e| {
+            Error::io("could not store a large item in the queue's memory (is /dev/shm or memory full?)", e)
+        })?;
+        Ok(offset)
+    }
+
+    /// Waits until `need` bytes from `at` are free in `lane`.
+    pub(super) fn wait_for_room(&self, lane: usize, at: u64, need: u64, wait: Wait) -> Result<()> {
+        let h = self.header();
+        let released = &h.lanes[lane].released.0;
+        let seen = &self.released_seen[lane];
+        let fits = |r: u64| bytes_between(r, at) + need <= LANE_CAP;
+        if fits(seen.load(Relaxed)) {
+            return Ok(());
+        }
+        let mut sleeper = Sleeper::new(self, Sleep::Space);
+        let mut spin_until: Option<Instant> = None;
+        loop {
+            let seq = h.space.0.seq.load(Acquire);
+            let r = released.pos.load(Acquire);
+            seen.store(r, Relaxed);
+            if fits(r) {
+                return Ok(());
+            }
+            if !matches!(wait, Wait::Now) && !sleeper.registered {
+                let until = *spin_until.get_or_insert_with(|| Instant::now() + SPIN);
+                if Instant::now() < until {
+                    std::thread::yield_now();
+                    continue;
+                }
+            }
+            released.wanted.store(1, Release);
+            if self.header().shutdown.0.load(Acquire) != 0 {
+                return Err(Error::ShutDown);
+            }
+            // While a consumer holds the lane, it is taking an item (a matter of microseconds)
+            // or it died doing so: look again soon, to take its lock back if it is dead.
+            let lock = &h.lanes[lane].consumer.0.lock;
+            let held = lock.load(Acquire);
+            if !sleeper.sleep(seq, wait, (held != 0).then_some(SUSPECT_AFTER)) {
+                return Err(Error::Full { maxsize: None, waited: wait.timeout() });
+            }
+            let holder = lock.load(Acquire);
+            if holder != 0
+                && holder == held
+                && !self.alive(holder)
+                && lock.compare_exchange(holder, 0, AcqRel, Relaxed).is_ok()
+            {
+                let head = h.lanes[lane].consumer.0.head.load(Acquire);
+                released.pos.store(pos(head), Release);
+            }
+        }
+    }
+}
+
+/// Takes a lock word (the shared lane's), taking it over from a dead holder.
+fn acquire(shared: &Shared, lock: &std::sync::atomic::AtomicU64, me: u64) {
+    let mut since: Option<Instant> = None;
+    loop {
+        match lock.compare_exchange(0, me, Acquire, Relaxed) {
+            Ok(_) => return,
+            Err(holder) => {
+                let since = *since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= SUSPECT_AFTER && !shared.alive(holder) {
+                    let _ = lock.compare_exchange(holder, 0, AcqRel, Relaxed);
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+}
