@@ -4,10 +4,13 @@
 
 mod common;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{join, within, DEADLINE};
-use multiproc::{process_fn, Condition, Lock, RLock, TryLockError};
+use multiproc::{process_fn, Condition, Lock, Queue, RLock, TryLockError};
 
 /// Takes the lock and exits holding it (CPython's `test_lock_locked_2processes`).
 #[process_fn]
@@ -73,5 +76,107 @@ fn a_notify_goes_to_a_thread_already_waiting_not_to_the_notifier_waiting_next() 
             let (notified, waited) = waiter.join().unwrap();
             assert!(notified, "the waiter slept its full timeout ({waited:?})");
         }
+    });
+}
+
+/// The pattern of large items whose number is `n` modulo 16: no zero byte, so an item whose
+/// memory was freed (all zeros) or mixed with another's shows.
+fn large_templates() -> Vec<Vec<u8>> {
+    (0..16u64).map(|k| (0..100_000u64).map(|j| ((k * 7 + j) % 255 + 1) as u8).collect()).collect()
+}
+
+/// Large item `n`: its number, then its pattern.
+fn large_item(templates: &[Vec<u8>], n: u64) -> Vec<u8> {
+    let mut v = templates[(n % 16) as usize].clone();
+    v[..8].copy_from_slice(&n.to_le_bytes());
+    v
+}
+
+/// The item's number if it is whole and unmixed.
+fn check_large_item(templates: &[Vec<u8>], v: &[u8]) -> Option<u64> {
+    let n = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+    (v.len() == 100_000 && v[8..] == templates[(n % 16) as usize][8..]).then_some(n)
+}
+
+/// Says it is ready, then takes large items until it is killed, reporting any that is corrupt
+/// (or does not decode).
+#[process_fn]
+fn take_large_items(q: Queue<Vec<u8>>, bad: Queue<String>, ready: Queue<u32>) {
+    let templates = large_templates();
+    ready.put(std::process::id()).unwrap();
+    loop {
+        match q.get() {
+            Ok(item) if check_large_item(&templates, &item).is_some() => {}
+            Ok(item) => bad
+                .put(format!("a corrupt item of {} bytes: {:?}...", item.len(), &item[..item.len().min(16)]))
+                .unwrap(),
+            Err(e) => bad.put(format!("get failed: {e}")).unwrap(),
+        }
+    }
+}
+
+/// The bytes of memory the queues open in this process hold (blocks in use, not their sizes).
+fn queue_memory_in_use() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("multiproc-queue")))
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .map(|m| (m.ino(), m.blocks() * 512))
+        .collect::<std::collections::HashMap<_, _>>() // a queue may be open twice
+        .values()
+        .sum()
+}
+
+#[test]
+fn consumers_killed_while_taking_large_items_never_hand_on_a_corrupt_one() {
+    within(DEADLINE * 2, || {
+        let q: Queue<Vec<u8>> = Queue::new().unwrap();
+        let bad: Queue<String> = Queue::new().unwrap();
+        let ready: Queue<u32> = Queue::new().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = {
+            let (q, stop) = (q.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let templates = large_templates();
+                let mut n = 0;
+                // keeps the consumers busy: never short of items, never far ahead of them
+                while !stop.load(Relaxed) {
+                    if q.len() < 32 {
+                        q.put(large_item(&templates, n)).unwrap();
+                        n += 1;
+                    } else {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+                n
+            })
+        };
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..300 {
+            let mut child = take_large_items.spawn(q.clone(), bad.clone(), ready.clone()).unwrap();
+            ready.get_timeout(DEADLINE).unwrap();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            std::thread::sleep(Duration::from_micros(500 + seed % 3000));
+            child.kill().unwrap();
+            let _ = child.join_timeout(DEADLINE);
+        }
+        stop.store(true, Relaxed);
+        let put = producer.join().unwrap();
+        let templates = large_templates();
+        let mut left = 0;
+        while let Ok(item) = q.try_get() {
+            assert!(check_large_item(&templates, &item).is_some(), "a corrupt item was left in the queue");
+            left += 1;
+        }
+        let corrupt: Vec<String> = std::iter::from_fn(|| bad.try_get().ok()).collect();
+        assert!(corrupt.is_empty(), "consumers were handed {} corrupt items of {put}: {corrupt:?}", corrupt.len());
+        assert!(left <= 40);
+        // every item was taken: its memory is freed, also when its taker died just after
+        let held = queue_memory_in_use();
+        assert!(held < 4 << 20, "{held} bytes of queue memory still in use after {put} items of 100 KB were taken");
     });
 }

@@ -13,7 +13,10 @@
 //! **Consumers.** Any consumer takes from any lane, holding the lane's lock (an owner word)
 //! while it reads one item and moves the head. One killed before it moved the head leaves the
 //! item in place for the next; one killed after took it with it (the item is lost: it was being
-//! taken). A lock whose holder is dead is taken over. Consumers tell the producer about freed
+//! taken). A large item's memory is freed only after the head has moved past it, with a note
+//! left first, so that whoever takes over the lock of a consumer killed in between frees it
+//! (never before: the next consumer would read zeros). A lock whose holder is dead is taken
+//! over: by the next consumer that waits behind it, at once by a `try_get`. Consumers tell the producer about freed
 //! space now and then (every eighth of the ring, when the lane runs empty, or when asked).
 
 use std::sync::atomic::Ordering::*;

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Marks a queue's memory, with the layout's version in its last byte.
-pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPQUEUE\x01");
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPQUEUE\x02");
 /// Lanes a thread can have to itself.
 pub(crate) const PRIVATE_LANES: usize = 64;
 /// The lane producers share, under a lock, when every private lane is taken.
@@ -109,6 +109,13 @@ pub(crate) struct ConsumerSide {
     pub(crate) lock: AtomicU64,
     /// The next item to take; stored once it is taken.
     pub(crate) head: AtomicU64,
+    /// A large item's memory to free once the head has moved past it: the head before it
+    /// (`punch_head`), its place in the blob area and its length (`punch_len`, 0: none; stored
+    /// last). Written under the lock, before the head moves, so that whoever takes over the
+    /// lock of a consumer killed in between frees it if (and only if) the item was taken.
+    pub(crate) punch_head: AtomicU64,
+    pub(crate) punch_at: AtomicU64,
+    pub(crate) punch_len: AtomicU64,
 }
 
 /// How far the producer may write: told by the consumers now and then, not at every item, so

@@ -217,13 +217,8 @@ impl Shared {
                 return Err(Error::Full { maxsize: None, waited: wait.timeout() });
             }
             let holder = lock.load(Acquire);
-            if holder != 0
-                && holder == held
-                && !self.alive(holder)
-                && lock.compare_exchange(holder, 0, AcqRel, Relaxed).is_ok()
-            {
-                let head = h.lanes[lane].consumer.0.head.load(Acquire);
-                released.pos.store(pos(head), Release);
+            if holder != 0 && holder == held && !self.alive(holder) {
+                self.take_over_consumer_lock(lane, holder);
             }
         }
     }

@@ -22,6 +22,7 @@ impl Shared {
         let mut sleeper = Sleeper::new(self, Sleep::Items);
         let mut stuck_since: Option<Instant> = None;
         let mut spin_until: Option<Instant> = None;
+        let mut looked_for_dead = false;
         loop {
             self.check_open(false)?;
             let seq = h.items.0.seq.load(Acquire);
@@ -30,6 +31,15 @@ impl Shared {
                 true => return Ok(()),
                 false if h.shutdown.0.load(Acquire) != 0 && !held_elsewhere => return Err(Error::ShutDown),
                 false => {}
+            }
+            // A `try_get` that finds items behind a lock does not wait to suspect its holder:
+            // it asks at once whether the holder is alive, so that a consumer killed holding a
+            // lane does not make the items behind it look gone to every `try_get` after it.
+            if held_elsewhere && matches!(wait, Wait::Now) && !looked_for_dead {
+                looked_for_dead = true;
+                if self.take_back_dead_locks(false) {
+                    continue;
+                }
             }
             if !matches!(wait, Wait::Now) && !sleeper.registered {
                 let until = *spin_until.get_or_insert_with(|| Instant::now() + SPIN);
@@ -41,7 +51,7 @@ impl Shared {
             let cap = if held_elsewhere {
                 let since = *stuck_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= SUSPECT_AFTER {
-                    self.take_back_dead_locks();
+                    self.take_back_dead_locks(true);
                     stuck_since = None;
                 }
                 Some(Duration::from_micros(200))
@@ -147,13 +157,45 @@ impl Shared {
                 let size = u64::from_le_bytes(body[8..].try_into().expect("8 bytes"));
                 let bytes = shm::read_at(self.fd_ref(), size as usize, BLOBS_AT + offset)
                     .map_err(|e| Error::io("could not read a large item from the queue's memory", e))?;
-                shm::punch_hole(self.fd_ref(), BLOBS_AT + offset, size.next_multiple_of(4096));
-                read(&bytes)
+                read(&bytes);
+                // Its memory is freed only once the head has moved past it: a consumer killed
+                // before that leaves the item whole for the next one (freed first, the next
+                // consumer would read zeros). The note lets whoever takes this lock over free it.
+                let c = &lane.consumer.0;
+                c.punch_head.store(head, Relaxed);
+                c.punch_at.store(offset, Relaxed);
+                c.punch_len.store(size.next_multiple_of(4096), Release);
+                let new_head = advance(head, record_len(len));
+                c.head.store(new_head, Release);
+                self.finish_punch(i);
+                return Ok(self.after_take(i, new_head, tail));
             }
             _ => return Err(corrupt(&format!("a record of kind {kind} and length {len}"))),
         }
         let new_head = advance(head, record_len(len));
         lane.consumer.0.head.store(new_head, Release);
+        Ok(self.after_take(i, new_head, tail))
+    }
+
+    /// Frees the large item noted in lane `i`'s consumer side, if the head moved past it, and
+    /// clears the note. Called under the lane's lock: by the consumer that took the item, or by
+    /// the one that took the lock over from it.
+    fn finish_punch(&self, i: usize) {
+        let c = &self.header().lanes[i].consumer.0;
+        let len = c.punch_len.load(Acquire);
+        if len == 0 {
+            return;
+        }
+        if c.head.load(Acquire) != c.punch_head.load(Relaxed) {
+            shm::punch_hole(self.fd_ref(), BLOBS_AT + c.punch_at.load(Relaxed), len);
+        }
+        c.punch_len.store(0, Release);
+    }
+
+    /// Tells the producer of lane `i` about freed space, now and then: what a take does once
+    /// the head is at `new_head`.
+    fn after_take(&self, i: usize, new_head: u64, tail: u64) -> bool {
+        let lane = &self.header().lanes[i];
         // The producer learns of freed space every eighth of the ring (also when it waits for
         // room: one wake-up per eighth, not per item), or when the lane runs empty.
         let released = &lane.released.0;
@@ -164,7 +206,25 @@ impl Shared {
                 self.wake(Sleep::Space, true);
             }
         }
-        Ok(true)
+        true
+    }
+
+    /// Takes lane `i`'s consumer lock over from `holder`, found dead, and puts right what it
+    /// left half done: frees the large item it had taken, if it had, and tells the producer
+    /// where the head is. `false`: someone else took it over first.
+    pub(super) fn take_over_consumer_lock(&self, i: usize, holder: u64) -> bool {
+        let lane = &self.header().lanes[i];
+        let me = self.owner(attach::thread_tag());
+        if lane.consumer.0.lock.compare_exchange(holder, me, AcqRel, Relaxed).is_err() {
+            return false;
+        }
+        self.finish_punch(i);
+        // the dead holder may have moved the head without telling the producer
+        let head = lane.consumer.0.head.load(Acquire);
+        lane.released.0.pos.store(pos(head), Release);
+        lane.consumer.0.lock.store(0, Release);
+        self.wake(Sleep::Space, true);
+        true
     }
 
     /// Copies `len` bytes out of lane `lane`'s ring from byte position `at`.
@@ -197,23 +257,23 @@ impl Shared {
         tail
     }
 
-    /// Takes over lane locks whose holders are dead: what they held goes back to work.
-    pub(super) fn take_back_dead_locks(&self) {
+    /// Takes over lane locks whose holders are dead: what they held goes back to work. With
+    /// `sweep`, also takes back what dead participants left registered. `true`: a lock was
+    /// taken back.
+    pub(super) fn take_back_dead_locks(&self, sweep: bool) -> bool {
         let h = self.header();
+        let mut any = false;
         for i in self.active_lanes() {
             let lane = &h.lanes[i];
             let holder = lane.consumer.0.lock.load(Acquire);
-            if holder != 0
-                && !self.alive(holder)
-                && lane.consumer.0.lock.compare_exchange(holder, 0, AcqRel, Relaxed).is_ok()
-            {
-                // the dead holder may have moved the head without telling the producer
-                let head = lane.consumer.0.head.load(Acquire);
-                lane.released.0.pos.store(pos(head), Release);
-                self.wake(Sleep::Space, true);
+            if holder != 0 && !self.alive(holder) {
+                any |= self.take_over_consumer_lock(i, holder);
             }
         }
-        self.sweep_dead();
+        if sweep {
+            self.sweep_dead();
+        }
+        any
     }
 }
 
@@ -252,5 +312,66 @@ impl ConsumerState {
     #[inline]
     fn set_last(here: usize, lane: usize) {
         CONSUMER.with(|c| c.set(ConsumerState { queue: here, last: lane, ..c.get() }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes of the queue's memory in use (blocks, not its size).
+    fn in_use(shared: &Shared) -> u64 {
+        rustix::fs::fstat(shared.fd_ref()).unwrap().st_blocks as u64 * 512
+    }
+
+    /// A consumer dies at each step of taking a large item: the next one gets the item whole if
+    /// the head had not moved, the item after it if it had, and the memory is freed either way.
+    #[test]
+    fn a_consumer_killed_at_any_step_of_taking_a_large_item_leaves_it_whole_or_taken_and_freed() {
+        let first = vec![1u8; 200_000];
+        let second = vec![2u8; 200_000];
+        // 0: holds the lock; 1: noted the item to free; 2: moved the head; 3: freed it too
+        for step in 0..4 {
+            let shared = Shared::create(0, 0).unwrap();
+            let empty = in_use(&shared);
+            shared.put_bytes(&first, Wait::Now).unwrap();
+            shared.put_bytes(&second, Wait::Now).unwrap();
+            let h = shared.header();
+            let i = shared
+                .active_lanes()
+                .find(|&i| {
+                    items_between(h.lanes[i].consumer.0.head.load(Relaxed), h.lanes[i].producer.0.tail.load(Relaxed))
+                        > 0
+                })
+                .unwrap();
+            let c = &h.lanes[i].consumer.0;
+            // a dead participant's owner word: slot 200 is not in use
+            c.lock.store(owner_word(200, 1, 1), Release);
+            let head = c.head.load(Relaxed);
+            let mut body = [0u8; 16];
+            shared.read_ring(i, pos(head) + RECORD_HEADER, &mut body);
+            let offset = u64::from_le_bytes(body[..8].try_into().unwrap());
+            if step >= 1 {
+                c.punch_head.store(head, Relaxed);
+                c.punch_at.store(offset, Relaxed);
+                c.punch_len.store(200_704, Release);
+            }
+            if step >= 2 {
+                c.head.store(advance(head, record_len(16)), Release);
+            }
+            if step >= 3 {
+                shm::punch_hole(shared.fd_ref(), BLOBS_AT + offset, 200_704);
+            }
+            let mut got = Vec::new();
+            shared.take(Wait::Now, |b| got = b.to_vec()).unwrap();
+            let want = if step >= 2 { &second } else { &first };
+            assert_eq!(got[..], want[..], "step {step}: the wrong item, or a corrupt one");
+            if step < 2 {
+                shared.take(Wait::Now, |b| got = b.to_vec()).unwrap();
+                assert_eq!(got[..], second[..]);
+            }
+            assert!(in_use(&shared) < empty + 64 * 1024, "step {step}: {} bytes left in use", in_use(&shared) - empty);
+            assert_eq!(c.lock.load(Relaxed), 0);
+        }
     }
 }
