@@ -16,8 +16,9 @@
 //! taken). A large item's memory is freed only after the head has moved past it, with a note
 //! left first, so that whoever takes over the lock of a consumer killed in between frees it
 //! (never before: the next consumer would read zeros). A lock whose holder is dead is taken
-//! over: by the next consumer that waits behind it, at once by a `try_get`. Consumers tell the producer about freed
-//! space now and then (every eighth of the ring, when the lane runs empty, or when asked).
+//! over: by the next consumer that waits behind it, at once by a `try_get`. Consumers tell the
+//! producer about freed space now and then (every eighth of the ring, when the lane runs empty,
+//! or when asked).
 
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
