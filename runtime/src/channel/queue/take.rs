@@ -136,7 +136,8 @@ impl Shared {
         let word = u64::from_le(unsafe { (self.ring(i) as *const u64).add((at % LANE_CAP) as usize / 8).read() });
         let (len, kind) = ((word & 0xffff_ffff) as usize, (word >> 32) as u32);
         let corrupt = |why: &str| Error::BadFrame { reason: format!("a queue's lane {i} is corrupt: {why}") };
-        match kind {
+        // a large item's place and length, freed once the head has moved past it
+        let blob = match kind {
             INLINE if len <= INLINE_MAX => {
                 let start = ((at + RECORD_HEADER) % LANE_CAP) as usize;
                 if start + len <= LANE_CAP as usize {
@@ -149,6 +150,7 @@ impl Shared {
                     self.read_ring(i, at + RECORD_HEADER, &mut bytes);
                     read(&bytes)
                 }
+                None
             }
             BLOB if len == 16 => {
                 let mut body = [0u8; 16];
@@ -158,23 +160,35 @@ impl Shared {
                 let bytes = shm::read_at(self.fd_ref(), size as usize, BLOBS_AT + offset)
                     .map_err(|e| Error::io("could not read a large item from the queue's memory", e))?;
                 read(&bytes);
-                // Its memory is freed only once the head has moved past it: a consumer killed
-                // before that leaves the item whole for the next one (freed first, the next
-                // consumer would read zeros). The note lets whoever takes this lock over free it.
-                let c = &lane.consumer.0;
-                c.punch_head.store(head, Relaxed);
-                c.punch_at.store(offset, Relaxed);
-                c.punch_len.store(size.next_multiple_of(4096), Release);
-                let new_head = advance(head, record_len(len));
-                c.head.store(new_head, Release);
-                self.finish_punch(i);
-                return Ok(self.after_take(i, new_head, tail));
+                Some((offset, size.next_multiple_of(4096)))
             }
             _ => return Err(corrupt(&format!("a record of kind {kind} and length {len}"))),
+        };
+        let c = &lane.consumer.0;
+        if let Some((offset, freed)) = blob {
+            // Freed only once the head has moved past it: a consumer killed before that leaves
+            // the item whole for the next one (freed first, the next one would read zeros). The
+            // note lets whoever takes this lock over free it.
+            c.punch_head.store(head, Relaxed);
+            c.punch_at.store(offset, Relaxed);
+            c.punch_len.store(freed, Release);
         }
         let new_head = advance(head, record_len(len));
-        lane.consumer.0.head.store(new_head, Release);
-        Ok(self.after_take(i, new_head, tail))
+        c.head.store(new_head, Release);
+        if blob.is_some() {
+            self.finish_punch(i);
+        }
+        // The producer learns of freed space every eighth of the ring (also when it waits for
+        // room: one wake-up per eighth, not per item), or when the lane runs empty.
+        let released = &lane.released.0;
+        let empty = items_between(new_head, tail) == 0;
+        if empty || bytes_between(released.pos.load(Relaxed), pos(new_head)) >= RELEASE_EVERY {
+            released.pos.store(pos(new_head), Release);
+            if released.wanted.swap(0, AcqRel) != 0 {
+                self.wake(Sleep::Space, true);
+            }
+        }
+        Ok(true)
     }
 
     /// Frees the large item noted in lane `i`'s consumer side, if the head moved past it, and
@@ -190,23 +204,6 @@ impl Shared {
             shm::punch_hole(self.fd_ref(), BLOBS_AT + c.punch_at.load(Relaxed), len);
         }
         c.punch_len.store(0, Release);
-    }
-
-    /// Tells the producer of lane `i` about freed space, now and then: what a take does once
-    /// the head is at `new_head`.
-    fn after_take(&self, i: usize, new_head: u64, tail: u64) -> bool {
-        let lane = &self.header().lanes[i];
-        // The producer learns of freed space every eighth of the ring (also when it waits for
-        // room: one wake-up per eighth, not per item), or when the lane runs empty.
-        let released = &lane.released.0;
-        let empty = items_between(new_head, tail) == 0;
-        if empty || bytes_between(released.pos.load(Relaxed), pos(new_head)) >= RELEASE_EVERY {
-            released.pos.store(pos(new_head), Release);
-            if released.wanted.swap(0, AcqRel) != 0 {
-                self.wake(Sleep::Space, true);
-            }
-        }
-        true
     }
 
     /// Takes lane `i`'s consumer lock over from `holder`, found dead, and puts right what it
