@@ -204,6 +204,27 @@ fn a_client_killed_holding_a_lock_or_waiting_on_a_queue_costs_the_others_nothing
 }
 
 #[test]
+fn a_holder_asking_for_its_own_lock_with_a_timeout_gets_none_and_without_one_an_error() {
+    within(DEADLINE, || {
+        let m = Manager::start().unwrap();
+        let lock = m.lock().unwrap();
+        let g = lock.acquire().unwrap();
+        assert!(lock.acquire_timeout(Duration::ZERO).unwrap().is_none(), "Ok(None), as documented");
+        let t = Instant::now();
+        assert!(lock.acquire_timeout(Duration::from_secs(5)).unwrap().is_none());
+        assert!(t.elapsed() < Duration::from_secs(4), "no wait can free it, so none is made");
+        match lock.acquire() {
+            Err(Error::ManagerOperation { message }) => {
+                assert!(message.contains("holds the lock already"), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        drop(g);
+        assert!(lock.acquire_timeout(Duration::ZERO).unwrap().is_some(), "still usable after all that");
+    });
+}
+
+#[test]
 fn a_dead_server_is_manager_gone_at_once_for_waiting_and_new_requests() {
     within(DEADLINE, || {
         let m = Manager::start().unwrap();

@@ -462,12 +462,14 @@ pub struct LockProxy {
 proxy_impls!(LockProxy);
 
 impl LockProxy {
-    /// Waits for the lock and takes it; dropping the guard releases it.
+    /// Waits for the lock and takes it; dropping the guard releases it. The lock is not
+    /// reentrant: if this thread holds it already, this is an error rather than a deadlock.
     pub fn acquire(&self) -> Result<LockProxyGuard<'_>> {
         self.acquire_within(None)?.ok_or_else(|| unexpected(Answer::Done))
     }
 
-    /// Waits at most `timeout`: `Ok(None)` if the lock stayed held.
+    /// Waits at most `timeout`: `Ok(None)` if the lock stayed held. If this thread holds it
+    /// already, no wait can free it, so this is `Ok(None)` at once, for any timeout.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<Option<LockProxyGuard<'_>>> {
         self.acquire_within(Some(timeout))
     }

@@ -252,7 +252,13 @@ fn call(id: u64, o: &Object, op: Op, peer: &Peer<'_>) -> (Reply, Option<Undo>) {
         (State::Lock(owner, cond), Op::LockAcquire { thread, timeout_ms }) => {
             let me = (peer.id, thread);
             if *lock(owner) == Some(me) {
-                return (Err(Failure::Other("this thread holds the lock already".into())), None);
+                // Only this thread can release it, and it is asking: with a timeout the lock
+                // stays held for all of it, so say so now; without one it would wait for ever.
+                let failure = match timeout_ms {
+                    Some(_) => Failure::TimedOut,
+                    None => Failure::Other("this thread holds the lock already".into()),
+                };
+                return (Err(failure), None);
             }
             return match wait_until(lock(owner), cond, timeout_ms, peer, |o| o.is_none()) {
                 Ok(mut o) => {
