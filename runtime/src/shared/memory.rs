@@ -50,11 +50,22 @@ const MEMORY: Type = Type::bare(Kind::SharedMemory);
 
 impl SharedMemory {
     /// New shared memory of `len` bytes, all zero. Pages take memory only once written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SharedConfig`] for a `len` of zero, as CPython refuses `size=0`: memory of no
+    /// bytes can hold nothing, and is most often a size computed wrong.
     pub fn new(len: usize) -> Result<SharedMemory> {
+        if len == 0 {
+            return Err(Error::SharedConfig {
+                reason: "shared memory of 0 bytes holds nothing: give it a size of at least 1".into(),
+            });
+        }
         Ok(SharedMemory { region: Region::create(MEMORY, len, Relock::Refuse, |_, _| {})? })
     }
 
-    /// New shared memory holding a copy of `bytes`.
+    /// New shared memory holding a copy of `bytes`; as with [`new`](SharedMemory::new), `bytes`
+    /// may not be empty.
     pub fn from_bytes(bytes: &[u8]) -> Result<SharedMemory> {
         let m = SharedMemory::new(bytes.len())?;
         m.write_at(0, bytes)?;
@@ -66,7 +77,7 @@ impl SharedMemory {
         self.region.len()
     }
 
-    /// Whether it is empty.
+    /// Whether it is empty: never, since [`new`](SharedMemory::new) refuses a length of 0.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -382,7 +382,16 @@ fn shared_memory_reads_writes_and_refuses_past_its_end() {
     // SAFETY: no other thread or process has this memory.
     assert_eq!(unsafe { *m.as_ptr().add(3) }, b'b');
     assert_eq!(SharedMemory::from_bytes(b"xyz").unwrap().to_vec().unwrap(), b"xyz");
-    assert!(SharedMemory::new(0).unwrap().is_empty());
+}
+
+#[test]
+fn shared_memory_of_no_bytes_is_refused_with_the_reason() {
+    for made in [SharedMemory::new(0), SharedMemory::from_bytes(b"")] {
+        match made {
+            Err(Error::SharedConfig { reason }) => assert!(reason.contains("0 bytes"), "{reason}"),
+            other => panic!("expected SharedConfig, got {other:?}"),
+        }
+    }
 }
 
 #[test]
