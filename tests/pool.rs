@@ -378,6 +378,44 @@ fn imap_reads_its_input_lazily_and_keeps_order() {
     });
 }
 
+#[process_fn]
+fn crashes_on_seven_or_eleven(x: u64) -> u64 {
+    match x {
+        7 => std::process::abort(),
+        11 => panic!("eleven"),
+        _ => x,
+    }
+}
+
+#[test]
+fn imap_errors_say_which_input_failed_even_unordered() {
+    within(DEADLINE, || {
+        let pool = quiet_pool(2);
+        for ordered in [true, false] {
+            let mut failed = Vec::new();
+            let mut fine = Vec::new();
+            let stream = match ordered {
+                true => pool.imap(crashes_on_seven_or_eleven, 0..20u64).collect::<Vec<_>>(),
+                false => pool.imap_unordered(crashes_on_seven_or_eleven, 0..20u64).collect(),
+            };
+            for r in stream {
+                match r {
+                    Ok(x) => fine.push(x),
+                    Err(Error::Item { index, source }) => failed.push((index, *source)),
+                    Err(other) => panic!("an error without its item's index: {other:?}"),
+                }
+            }
+            failed.sort_by_key(|(i, _)| *i);
+            assert_eq!(fine.len(), 18, "ordered {ordered}: {fine:?}");
+            assert!(matches!(failed[0], (7, Error::Signaled { signal: libc::SIGABRT, .. })), "{failed:?}");
+            assert!(matches!(&failed[1], (11, Error::Panicked { message, .. }) if message == "eleven"), "{failed:?}");
+            assert!(failed[0].1.to_string().contains("SIGABRT"));
+        }
+        let err = pool.istarmap(panics_on, [(1, 2), (2, 2)]).nth(1).unwrap().unwrap_err();
+        assert!(err.to_string().starts_with("item 1 failed:"), "{err}");
+    });
+}
+
 #[test]
 fn imap_unordered_yields_everything_fast_ones_first() {
     within(DEADLINE, || {

@@ -269,7 +269,14 @@ fn one_call(pool: &Pool, rng: &mut Rng, shape: &Shape, tally: &Tally) -> Result<
         }
         3 => {
             let batch = items(n);
-            let results: Vec<_> = pool.imap(picky_act, batch.iter().map(Item::arg)).collect();
+            let mut results = Vec::new();
+            for (i, r) in pool.imap(picky_act, batch.iter().map(Item::arg)).enumerate() {
+                results.push(match r {
+                    Err(Error::Item { index, source }) if index == i => Err(*source),
+                    Err(e) => return Err(format!("imap item {i} failed without its index: {e:?}")),
+                    Ok(v) => Ok(v),
+                });
+            }
             (batch, results)
         }
         4 => {

@@ -168,7 +168,10 @@ fn an_argument_that_fails_to_encode_fails_only_its_item() {
         }
         let each: Vec<_> = pool.imap(picky_value, items()).chunksize(4).collect();
         assert_eq!(each.iter().filter(|r| r.is_err()).count(), 2, "{each:?}");
-        assert!(matches!(each[13], Err(Error::Encode { .. })));
+        match &each[13] {
+            Err(Error::Item { index: 13, source }) => assert!(matches!(**source, Error::Encode { .. }), "{source:?}"),
+            other => panic!("expected item 13 to fail with its index, got {other:?}"),
+        }
     });
 }
 

@@ -429,7 +429,8 @@ fn one_error_each<R>(n: usize, e: Error) -> Vec<Result<R>> {
 }
 
 /// The lazy results of [`Pool::imap`], [`Pool::imap_unordered`] and [`Pool::istarmap`]: one
-/// `Result` per item.
+/// `Result` per item. A failed item is an [`Error::Item`] holding its index in the input and
+/// what went wrong, so an unordered stream still says which input crashed.
 pub struct Imap<'p, F: ProcessFn, I> {
     pool: &'p Pool,
     items: I,
@@ -439,6 +440,8 @@ pub struct Imap<'p, F: ProcessFn, I> {
     shared: Arc<ImapShared<F::Output>>,
     /// Chunks submitted; the next chunk's number.
     submitted: u64,
+    /// Items read from the input: the next item's index.
+    read: usize,
     /// In order: the chunk whose results come next.
     next_chunk: u64,
     in_flight: usize,
@@ -488,6 +491,7 @@ where
                 arrived: Condvar::new(),
             }),
             submitted: 0,
+            read: 0,
             next_chunk: 0,
             in_flight: 0,
             exhausted: false,
@@ -535,18 +539,27 @@ where
         }
     }
 
+    /// Submits a chunk of input; a failed item's error is an [`Error::Item`] with its index in
+    /// the input, so that an unordered stream still tells which input failed.
     fn submit(&mut self, chunk: Vec<F::Args>) {
         self.in_flight += chunk.len();
         let (shared, ordered, submitted) = (Arc::clone(&self.shared), self.ordered, &mut self.submitted);
+        let first = &mut self.read;
         self.pool.submit_pieces::<F>(&chunk, chunk.len(), usize::MAX, |len| {
             let number = *submitted;
             *submitted += 1;
+            let base = *first;
+            *first += len;
             let shared = Arc::clone(&shared);
             Sink::new(move |delivery| {
                 let results = decode::batch::<F>(delivery, len, std::path::Path::new("/proc/self/exe")).into_results();
+                let results = results
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| r.map_err(|e| Error::Item { index: base + i, source: Box::new(e) }));
                 let mut st = shared.lock();
                 if ordered {
-                    st.chunks.insert(number, results.into());
+                    st.chunks.insert(number, results.collect());
                 } else {
                     st.unordered.extend(results);
                 }
