@@ -177,6 +177,26 @@ fn an_executable_that_is_not_a_multiproc_binary_is_reported_as_such() {
     assert!(err.to_string().contains("multiproc"), "{err}");
 }
 
+#[test]
+fn a_child_killed_before_its_handshake_is_reported_as_killed_not_as_a_foreign_binary() {
+    use std::os::unix::fs::PermissionsExt;
+    // A child that is SIGKILLed the moment it starts, as the OOM killer or an operator would.
+    let dir = std::env::temp_dir().join(format!("multiproc-prekill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("killed-at-start");
+    std::fs::write(&script, "#!/bin/sh\nkill -9 $$\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = ProcessBuilder::new().executable(&script).spawn(square, (1,)).unwrap();
+    let pid = p.pid();
+    let err = join(p).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+    match &err {
+        Error::Signaled { pid: p, signal: libc::SIGKILL, name: "SIGKILL" } => assert_eq!(*p, pid),
+        other => panic!("expected Signaled SIGKILL, got {other:?}"),
+    }
+    assert!(err.to_string().contains("SIGKILL") && !err.to_string().contains("built with multiproc"), "{err}");
+}
+
 /// A copy of this test binary with one byte of its GNU build id changed: the same code, a
 /// different build.
 fn other_build() -> PathBuf {

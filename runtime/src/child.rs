@@ -287,9 +287,9 @@ impl ChildProc {
             if self.sent.is_some_and(|s| s.number() == signal) {
                 return Error::Killed { pid, signal, name: sys::signal_name(signal) };
             }
-            if !greeted {
-                return Error::NoHandshake { pid, executable: self.executable.clone() };
-            }
+            // Even before the handshake, a signal is a death to report as such (a kill from
+            // outside, the OOM killer, a crash at start-up): a binary that is not multiproc's
+            // would exit, not be signaled.
             return Error::Signaled { pid, signal, name: sys::signal_name(signal) };
         }
         if !greeted {

@@ -38,7 +38,8 @@ pub enum Error {
     },
 
     /// The child was ended by a signal it did not get from this handle: a crash (`SIGSEGV`,
-    /// `SIGABRT`), the OOM killer, or a `kill` from outside.
+    /// `SIGABRT`), the OOM killer, or a `kill` from outside, whether it had started the
+    /// function or not.
     #[error("the child process {pid} was killed by signal {signal} ({name}) before returning a result: a crash, an abort, the OOM killer or a kill from outside")]
     Signaled {
         /// The child's process id.
@@ -148,7 +149,8 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The child ended before it answered the handshake: it is probably not a multiproc binary.
+    /// The child exited before it answered the handshake: it is probably not a multiproc
+    /// binary. (A child killed by a signal before its handshake is [`Error::Signaled`].)
     #[error("the child process {pid} ({}) ended without answering the handshake; is it a binary built with multiproc?", executable.display())]
     NoHandshake {
         /// The child's process id.
