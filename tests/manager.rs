@@ -458,18 +458,45 @@ fn after_the_handshake_an_oversize_malformed_or_truncated_frame_closes_only_that
     });
 }
 
+/// A client that sends nothing after the greeting, and one that sends a byte of the
+/// handshake every 1.5 s (slowloris): both are cut off when the whole handshake's 10 s are up.
 #[test]
-fn a_client_that_never_finishes_the_handshake_is_cut_off() {
+fn a_client_that_never_finishes_the_handshake_is_cut_off_even_if_it_drips_bytes() {
     within(DEADLINE, || {
         let server = Manager::serve("127.0.0.1:0", KEY).unwrap();
-        let s = TcpStream::connect(server.local_addr().unwrap()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let start = Instant::now();
-        let mut greeting = [0u8; 40];
-        (&s).read_exact(&mut greeting).unwrap();
-        assert!(hung_up(s), "still connected after 30 s");
-        let waited = start.elapsed();
-        assert!(waited >= Duration::from_secs(9) && waited < Duration::from_secs(25), "{waited:?}");
+        let addr = server.local_addr().unwrap();
+        let client = |drip: bool| {
+            std::thread::spawn(move || {
+                let s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let start = Instant::now();
+                let mut greeting = [0u8; 40];
+                (&s).read_exact(&mut greeting).unwrap();
+                let mut sent = 0;
+                while drip && sent < 8 + 64 {
+                    std::thread::sleep(Duration::from_millis(1500));
+                    s.set_nonblocking(true).unwrap();
+                    let closed =
+                        !matches!((&s).read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+                    s.set_nonblocking(false).unwrap();
+                    if closed || (&s).write_all(&greeting[sent % 8..sent % 8 + 1]).is_err() {
+                        break; // cut off: the server closed the connection
+                    }
+                    sent += 1;
+                    if start.elapsed() > Duration::from_secs(20) {
+                        break;
+                    }
+                }
+                assert!(hung_up(s), "still connected after {:?}", start.elapsed());
+                (start.elapsed(), sent)
+            })
+        };
+        let (silent, dripping) = (client(false), client(true));
+        let (waited, _) = silent.join().unwrap();
+        assert!(waited >= Duration::from_secs(9) && waited < Duration::from_secs(13), "silent: {waited:?}");
+        let (waited, sent) = dripping.join().unwrap();
+        assert!(waited < Duration::from_secs(13), "dripping {sent} bytes: cut off only after {waited:?}");
+        assert!(sent >= 5, "it was sending: {sent} bytes in {waited:?}");
     });
 }
 

@@ -4,6 +4,8 @@
 //! constant time (`Mac::verify_slice`).
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -15,6 +17,46 @@ const ANSWER: usize = 32;
 /// What the server sends after a right answer, and after a wrong one (then it hangs up).
 const WELCOME: &[u8; 4] = b"OKAY";
 const REFUSED: &[u8; 4] = b"DENY";
+
+/// A TCP stream whose reads and writes all end by one deadline: a per-call timeout alone lets
+/// a peer that sends a byte now and then (slowloris) hold a server thread for ever.
+pub(crate) struct ByDeadline<'s> {
+    stream: &'s TcpStream,
+    until: Instant,
+}
+
+impl<'s> ByDeadline<'s> {
+    /// `stream`, for reads and writes that must all be done within `limit` from now.
+    pub(crate) fn new(stream: &'s TcpStream, limit: Duration) -> ByDeadline<'s> {
+        ByDeadline { stream, until: Instant::now() + limit }
+    }
+
+    /// The time left, or a `TimedOut` error once there is none.
+    fn left(&self) -> io::Result<Duration> {
+        match self.until.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left),
+            _ => Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake did not finish in time")),
+        }
+    }
+}
+
+impl Read for ByDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+impl Write for ByDeadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        (&mut &*self.stream).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// How a handshake failed.
 #[derive(Debug)]

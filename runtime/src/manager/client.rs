@@ -76,12 +76,10 @@ impl Endpoint {
                 Ok(Conn::Unix(mine))
             }
             Endpoint::Remote { addr, authkey, .. } => {
-                let mut s =
+                let s =
                     TcpStream::connect(addr.as_str()).map_err(|e| Error::io("could not connect to the manager", e))?;
                 s.set_nodelay(true).ok();
-                s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).ok();
-                s.set_write_timeout(Some(HANDSHAKE_TIMEOUT)).ok();
-                match auth::connect(&mut s, authkey) {
+                match auth::connect(&mut auth::ByDeadline::new(&s, HANDSHAKE_TIMEOUT), authkey) {
                     Ok(()) => {}
                     Err(auth::Refused::WrongKey) => return Err(Error::AuthenticationFailed),
                     Err(auth::Refused::Io(e)) => return Err(Error::io("the manager's handshake failed", e)),

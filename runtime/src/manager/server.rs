@@ -428,14 +428,12 @@ pub(crate) fn run(acceptor: std::os::fd::OwnedFd, tcp: Option<(std::net::TcpList
     }
 }
 
-/// One TCP client: the handshake under a time limit, then its requests.
-fn serve_tcp(store: &Store, mut stream: std::net::TcpStream, key: &[u8], id: u64) {
+/// One TCP client: the whole handshake within one time limit, then its requests.
+fn serve_tcp(store: &Store, stream: std::net::TcpStream, key: &[u8], id: u64) {
+    use crate::manager::auth::{self, ByDeadline};
     use std::os::fd::AsFd;
-    let limit = Some(crate::manager::client::HANDSHAKE_TIMEOUT);
-    if stream.set_read_timeout(limit).is_err() || stream.set_write_timeout(limit).is_err() {
-        return;
-    }
-    if crate::manager::auth::serve(&mut stream, key).is_err() {
+    let mut timed = ByDeadline::new(&stream, crate::manager::client::HANDSHAKE_TIMEOUT);
+    if auth::serve(&mut timed, key).is_err() {
         return; // a wrong key, garbage, or too slow: nothing was read past the handshake
     }
     let _ = stream.set_nodelay(true);
