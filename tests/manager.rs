@@ -224,6 +224,47 @@ fn a_holder_asking_for_its_own_lock_with_a_timeout_gets_none_and_without_one_an_
     });
 }
 
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// In a child of its own, so that no other test's descriptors count: descriptors open after
+/// a long-lived thread used many managers, local and remote, each dropped after, and after
+/// short-lived threads used one that stays.
+#[process_fn]
+fn descriptors_after_many_managers(local: u32, remote: u32) -> (usize, usize, usize) {
+    let before = open_fds();
+    for i in 0..local {
+        let m = Manager::start().unwrap();
+        let d: DictProxy<u32, u32> = m.dict().unwrap();
+        d.insert(i, i).unwrap();
+    }
+    for i in 0..remote {
+        let server = Manager::serve("127.0.0.1:0", KEY).unwrap();
+        let m = Manager::connect(server.local_addr().unwrap(), KEY).unwrap();
+        m.named_dict::<u32, u32>("d").unwrap().insert(i, i).unwrap();
+    }
+    let after_managers = open_fds();
+    let m = Manager::start().unwrap();
+    let d: DictProxy<u32, u32> = m.dict().unwrap();
+    let with_one = open_fds();
+    for i in 0..20 {
+        let d = d.clone();
+        std::thread::spawn(move || d.insert(i, i).unwrap()).join().unwrap();
+    }
+    assert_eq!(d.len().unwrap(), 20);
+    (before, after_managers, open_fds() - with_one)
+}
+
+#[test]
+fn a_threads_connections_close_with_their_manager_or_their_thread() {
+    within(DEADLINE, || {
+        let (before, after, left_by_threads) = join(descriptors_after_many_managers.spawn(100, 20).unwrap()).unwrap();
+        assert!(after <= before + 2, "{before} descriptors before 120 managers came and went, {after} after");
+        assert!(left_by_threads <= 1, "20 ended threads left {left_by_threads} descriptors open");
+    });
+}
+
 #[test]
 fn a_dead_server_is_manager_gone_at_once_for_waiting_and_new_requests() {
     within(DEADLINE, || {

@@ -2,15 +2,18 @@
 //! over TCP with the key; and each thread's connection to each manager it uses.
 //!
 //! Each thread has a connection of its own (made on its first request), so a thread waiting at
-//! the server (a queue's `get`, a lock) holds no other thread of its process up.
+//! the server (a queue's `get`, a lock) holds no other thread of its process up. The endpoint
+//! holds them, so they last as long as both it and their thread.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -21,14 +24,35 @@ use crate::sys;
 /// How long a remote handshake may take, each way.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A manager as this process knows it, with each thread's connection to it. The connections
+/// belong to it: they close when its last handle in this process is dropped, or when their
+/// thread ends, so a long-lived thread that used many managers holds no socket to the gone.
+pub(crate) struct Endpoint {
+    pub(crate) place: Place,
+    /// Each thread's connection, by thread number.
+    conns: Mutex<HashMap<u64, Shared>>,
+}
+
+/// One thread's connection; shared only so that a request under way keeps it open.
+type Shared = Arc<Mutex<Framed<Conn>>>;
+
 /// Where a manager is.
 #[derive(Debug)]
-pub(crate) enum Endpoint {
+pub(crate) enum Place {
     /// A server started by this program: new connections are handed to it as descriptors
     /// through its acceptor (a sequenced-packet socket).
-    Local { acceptor: OwnedFd, name: String },
+    Local { acceptor: OwnedFd },
     /// A server at a TCP address, that wants the key.
-    Remote { addr: String, authkey: Vec<u8>, name: String },
+    Remote { addr: String, authkey: Vec<u8> },
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.place {
+            Place::Local { acceptor } => write!(f, "Endpoint::Local({acceptor:?})"),
+            Place::Remote { addr, .. } => write!(f, "Endpoint::Remote({addr})"),
+        }
+    }
 }
 
 /// A connection to a manager.
@@ -60,22 +84,39 @@ impl Write for Conn {
 }
 
 impl Endpoint {
-    /// A key for this thread's connection to it.
-    fn key(&self) -> &str {
-        match self {
-            Endpoint::Local { name, .. } | Endpoint::Remote { name, .. } => name,
+    fn new(place: Place) -> Endpoint {
+        Endpoint { place, conns: Mutex::new(HashMap::new()) }
+    }
+
+    pub(crate) fn local(acceptor: OwnedFd) -> Endpoint {
+        Endpoint::new(Place::Local { acceptor })
+    }
+
+    /// The endpoint of the remote manager at `addr` with `authkey`: the one this process knows
+    /// already, if any, so that its proxies share each thread's connection.
+    pub(crate) fn remote(addr: String, authkey: Vec<u8>) -> Arc<Endpoint> {
+        type Known = HashMap<(String, Vec<u8>), Weak<Endpoint>>;
+        static REMOTE: OnceLock<Mutex<Known>> = OnceLock::new();
+        let mut known = REMOTE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        known.retain(|_, w| w.strong_count() > 0);
+        let key = (addr, authkey);
+        if let Some(e) = known.get(&key).and_then(Weak::upgrade) {
+            return e;
         }
+        let e = Arc::new(Endpoint::new(Place::Remote { addr: key.0.clone(), authkey: key.1.clone() }));
+        known.insert(key, Arc::downgrade(&e));
+        e
     }
 
     /// A new connection.
-    pub(crate) fn connect(&self) -> Result<Conn> {
-        match self {
-            Endpoint::Local { acceptor, .. } => {
+    fn connect(&self) -> Result<Conn> {
+        match &self.place {
+            Place::Local { acceptor } => {
                 let (mine, theirs) = UnixStream::pair().map_err(|e| Error::io("could not make a socket pair", e))?;
                 sys::send_fd(acceptor.as_fd(), theirs.as_fd()).map_err(|_| Error::ManagerGone)?;
                 Ok(Conn::Unix(mine))
             }
-            Endpoint::Remote { addr, authkey, .. } => {
+            Place::Remote { addr, authkey } => {
                 let s =
                     TcpStream::connect(addr.as_str()).map_err(|e| Error::io("could not connect to the manager", e))?;
                 s.set_nodelay(true).ok();
@@ -90,22 +131,65 @@ impl Endpoint {
             }
         }
     }
-}
 
-impl Endpoint {
-    pub(crate) fn local(acceptor: OwnedFd, key: (u64, u64)) -> Endpoint {
-        Endpoint::Local { acceptor, name: format!("local:{}:{}", key.0, key.1) }
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Shared>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn remote(addr: String, authkey: Vec<u8>) -> Endpoint {
-        let hex: String = authkey.iter().map(|b| format!("{b:02x}")).collect();
-        Endpoint::Remote { name: format!("remote:{addr}:{hex}"), addr, authkey }
+    /// Thread `thread`'s connection, made now if it has none. A thread whose end is already
+    /// under way gets a connection for this request only.
+    fn conn(self: &Arc<Self>, thread: Option<u64>) -> Result<Shared> {
+        let Some(thread) = thread else { return Ok(Arc::new(Mutex::new(Framed::new(self.connect()?)))) };
+        if let Some(c) = self.conns().get(&thread) {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(Mutex::new(Framed::new(self.connect()?)));
+        self.keep(thread, Arc::clone(&c));
+        Ok(c)
+    }
+
+    /// Keeps `conn` as `thread`'s, to be closed when the thread ends if this endpoint is
+    /// still here then.
+    fn keep(self: &Arc<Self>, thread: u64, conn: Shared) {
+        self.conns().insert(thread, conn);
+        let _ = THREAD.try_with(|t| {
+            let mut used = t.used.borrow_mut();
+            used.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(self)));
+            used.push(Arc::downgrade(self));
+        });
+    }
+
+    /// Closes `thread`'s connection (unless a request on it is under way: then when it ends).
+    fn forget(&self, thread: u64) {
+        let gone = self.conns().remove(&thread);
+        drop(gone); // outside the table's lock
+    }
+}
+
+/// The calling thread: its number, and the endpoints it has connections to.
+struct ThisThread {
+    id: u64,
+    used: RefCell<Vec<Weak<Endpoint>>>,
+}
+
+impl Drop for ThisThread {
+    fn drop(&mut self) {
+        for endpoint in self.used.get_mut().drain(..).filter_map(|w| w.upgrade()) {
+            endpoint.forget(self.id);
+        }
     }
 }
 
 thread_local! {
-    /// This thread's connections, by endpoint.
-    static CONNS: RefCell<HashMap<String, Framed<Conn>>> = RefCell::new(HashMap::new());
+    static THREAD: ThisThread = {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ThisThread { id: NEXT.fetch_add(1, Relaxed), used: RefCell::new(Vec::new()) }
+    };
+}
+
+/// This thread's number, or `None` while its thread-locals are being torn down.
+fn this_thread() -> Option<u64> {
+    THREAD.try_with(|t| t.id).ok()
 }
 
 /// Sends a request on this thread's connection to `endpoint` and returns the reply.
@@ -118,23 +202,22 @@ pub(crate) fn call(endpoint: &Arc<Endpoint>, request: &Request) -> Result<Answer
 
 /// As [`call`], with the server's failure as it came.
 pub(crate) fn call_raw(endpoint: &Arc<Endpoint>, request: &Request) -> Result<Reply> {
-    CONNS.with(|conns| {
-        let mut conns = conns.borrow_mut();
-        let conn = match conns.get_mut(endpoint.key()) {
-            Some(conn) => conn,
-            None => conns.entry(endpoint.key().to_string()).or_insert(Framed::new(endpoint.connect()?)),
-        };
-        let reply = conn.send(request).and_then(|()| conn.recv::<Reply>());
-        match reply {
-            Ok(Some(reply)) => Ok(reply),
-            // nothing was sent: the connection is as good as before
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(Error::io("could not send a request", e)),
-            Ok(None) | Err(_) => {
-                conns.remove(endpoint.key()); // the next request tries a new connection
-                Err(Error::ManagerGone)
+    let thread = this_thread();
+    let conn = endpoint.conn(thread)?;
+    let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+    let reply = conn.send(request).and_then(|()| conn.recv::<Reply>());
+    match reply {
+        Ok(Some(reply)) => Ok(reply),
+        // nothing was sent: the connection is as good as before
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(Error::io("could not send a request", e)),
+        Ok(None) | Err(_) => {
+            drop(conn);
+            if let Some(thread) = thread {
+                endpoint.forget(thread); // the next request tries a new connection
             }
+            Err(Error::ManagerGone)
         }
-    })
+    }
 }
 
 pub(crate) fn failure(f: Failure) -> Error {
@@ -151,7 +234,9 @@ pub(crate) fn failure(f: Failure) -> Error {
 /// Connects now, keeping the connection for this thread's next request: a wrong key is found
 /// at once.
 pub(crate) fn check(endpoint: &Arc<Endpoint>) -> Result<()> {
-    let conn = endpoint.connect()?;
-    CONNS.with(|c| c.borrow_mut().insert(endpoint.key().to_string(), Framed::new(conn)));
+    let conn = Arc::new(Mutex::new(Framed::new(endpoint.connect()?)));
+    if let Some(thread) = this_thread() {
+        endpoint.keep(thread, conn);
+    }
     Ok(())
 }

@@ -123,7 +123,7 @@ impl Manager {
             .map_err(|e| Error::io("could not resolve the manager's address", e))?
             .next()
             .ok_or_else(|| Error::io("could not resolve the manager's address", std::io::ErrorKind::NotFound.into()))?;
-        let endpoint = Arc::new(Endpoint::remote(addr.to_string(), authkey.to_vec()));
+        let endpoint = Endpoint::remote(addr.to_string(), authkey.to_vec());
         client::check(&endpoint)?; // the key is checked now, not at the first request
         Ok(Manager { endpoint, server: None, addr: Some(addr) })
     }
@@ -263,5 +263,5 @@ fn local_endpoint(acceptor: OwnedFd) -> Result<Arc<Endpoint>> {
     if let Some(known) = endpoints().get(key) {
         return Ok(known);
     }
-    Ok(endpoints().insert(key, Arc::new(Endpoint::local(acceptor, key))))
+    Ok(endpoints().insert(key, Arc::new(Endpoint::local(acceptor))))
 }

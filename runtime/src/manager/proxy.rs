@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
 use crate::error::{Error, Result};
-use crate::manager::client::{self, Endpoint};
+use crate::manager::client::{self, Endpoint, Place};
 use crate::manager::proto::{Answer, Failure, Op, Request};
 use crate::manager::served::Served;
 use crate::wire::fds;
@@ -45,9 +45,9 @@ enum Wire {
 impl Serialize for Handle {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
-        let wire = match &*self.endpoint {
-            Endpoint::Local { acceptor, .. } => Wire::Local(fds::share(acceptor.as_fd()).map_err(S::Error::custom)?),
-            Endpoint::Remote { addr, authkey, .. } => {
+        let wire = match &self.endpoint.place {
+            Place::Local { acceptor } => Wire::Local(fds::share(acceptor.as_fd()).map_err(S::Error::custom)?),
+            Place::Remote { addr, authkey } => {
                 if !fds::in_frame() {
                     return Err(S::Error::custom(fds::OUTSIDE_A_FRAME));
                 }
@@ -67,7 +67,7 @@ impl<'de> Deserialize<'de> for Handle {
                 let fd = fds::take(index).map_err(D::Error::custom)?;
                 super::local_endpoint(fd).map_err(D::Error::custom)?
             }
-            Wire::Remote(addr, authkey) => Arc::new(Endpoint::remote(addr, authkey.into_vec())),
+            Wire::Remote(addr, authkey) => Endpoint::remote(addr, authkey.into_vec()),
         };
         Ok(Handle { endpoint, id })
     }
