@@ -307,3 +307,28 @@ fn a_process_handle_can_move_to_another_thread() {
     assert_send(&p);
     assert_eq!(std::thread::spawn(move || join(p).unwrap()).join().unwrap(), 36);
 }
+
+/// What descriptor `fd` is in this process, if it is open: `socket:[inode]` and the like.
+#[process_fn]
+fn what_is_fd(fd: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok().map(|p| p.display().to_string())
+}
+
+#[test]
+fn a_parents_inheritable_descriptor_is_not_open_in_its_children_or_pool_workers() {
+    use std::os::fd::AsRawFd;
+    common::within(common::DEADLINE, || {
+        // a socket without FD_CLOEXEC, high enough that nothing else in a child is there
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: fcntl(F_DUPFD) makes a new descriptor (without FD_CLOEXEC) we own below.
+        let fd = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD, 700) };
+        assert!(fd >= 700, "{}", std::io::Error::last_os_error());
+        let ours = what_is_fd(fd).expect("open here");
+        assert!(ours.starts_with("socket:"), "{ours}");
+        assert_eq!(join(what_is_fd.spawn(fd).unwrap()).unwrap(), None, "inherited by a child as {ours}");
+        let pool = multiproc::Pool::new(1).unwrap();
+        assert_eq!(pool.apply(what_is_fd, (fd,)).unwrap(), None, "inherited by a pool worker as {ours}");
+        // SAFETY: the descriptor made above, closed once.
+        unsafe { libc::close(fd) };
+    });
+}

@@ -7,6 +7,8 @@ use crate::error::Error;
 
 /// Marks a process started as a worker. Removed by the hook before anything else runs.
 pub(crate) const WORKER_ENV: &str = "__MULTIPROC_WORKER";
+/// The descriptors a worker inherited that it should not have: its hook closes them.
+pub(crate) const CLOSE_ENV: &str = "__MULTIPROC_CLOSE_FDS";
 /// How deeply this process is nested under the first multiproc parent.
 pub(crate) const DEPTH_ENV: &str = "__MULTIPROC_DEPTH";
 /// Overrides [`DEFAULT_MAX_DEPTH`].
@@ -38,11 +40,25 @@ pub fn init() {
         // Before `main` nothing else runs yet; with `init()` in `main`, nothing has started
         // threads that read the environment (the documented rule for calling it first).
         std::env::remove_var(WORKER_ENV);
+        close_inherited();
         crate::worker::run_child();
     }
     // Started by mpirun or srun: every rank but 0 serves as a pool worker from here on.
     #[cfg(feature = "mpi")]
     crate::mpi::init();
+}
+
+/// Closes the descriptors the parent named as inherited by accident (open in it without
+/// `FD_CLOEXEC`), as CPython's spawn does: a worker holds only what it was given. They hold
+/// those numbers since exec, so nothing run before this hook can have reused them.
+fn close_inherited() {
+    let Some(list) = std::env::var_os(CLOSE_ENV) else { return };
+    std::env::remove_var(CLOSE_ENV);
+    for fd in list.to_string_lossy().split(',').filter_map(|n| n.parse::<i32>().ok()).filter(|fd| *fd > 2) {
+        // SAFETY: a descriptor this process inherited and nothing in it owns: no Rust object
+        // holds it, so closing it cannot close another's.
+        unsafe { libc::close(fd) };
+    }
 }
 
 /// The nesting depth a new child of this process gets, if starting one is allowed.

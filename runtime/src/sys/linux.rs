@@ -348,3 +348,19 @@ pub(crate) fn on_termination(f: extern "C" fn()) {
         libc::signal(libc::SIGTERM, terminated as *const () as libc::sighandler_t);
     }
 }
+
+/// This process's descriptors above stdio without `FD_CLOEXEC`, which a child would inherit.
+/// (Rust opens everything close-on-exec; these come from this process's own parent, from C
+/// code or from an explicit `fcntl`.)
+pub(crate) fn inheritable_above_stdio() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
+    let fds = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+    fds.filter(|fd| *fd > 2)
+        .filter(|fd| {
+            // SAFETY: fcntl(F_GETFD) on a descriptor number only reads its flags; a closed one
+            // (say, the directory's own, gone by now) gives -1.
+            let flags = unsafe { libc::fcntl(*fd, libc::F_GETFD) };
+            flags >= 0 && flags & libc::FD_CLOEXEC == 0
+        })
+        .collect()
+}
