@@ -180,3 +180,69 @@ fn consumers_killed_while_taking_large_items_never_hand_on_a_corrupt_one() {
         assert!(held < 4 << 20, "{held} bytes of queue memory still in use after {put} items of 100 KB were taken");
     });
 }
+
+/// Gets, works on the item a little (so that kills land between get and task_done too), and
+/// marks it done, for ever.
+#[process_fn]
+fn get_and_mark_done(q: multiproc::JoinableQueue<u64>) {
+    loop {
+        let x = q.get().unwrap();
+        let until = Instant::now() + Duration::from_micros(x % 50);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        q.task_done().unwrap();
+    }
+}
+
+#[test]
+fn joinable_consumers_killed_at_random_lose_at_most_their_task_in_hand_and_join_says_so() {
+    within(Duration::from_secs(120), || {
+        let q = multiproc::JoinableQueue::<u64>::new().unwrap();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut consumers: Vec<_> = (0..3).map(|_| get_and_mark_done.spawn(q.clone()).unwrap()).collect();
+        let (mut kills, mut put) = (0u64, 0u64);
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            for _ in 0..1 + next() % 200 {
+                q.put(put).unwrap();
+                put += 1;
+            }
+            std::thread::sleep(Duration::from_micros(next() % 2000));
+            let victim = (next() % 3) as usize;
+            consumers[victim].kill().unwrap();
+            let _ = consumers[victim].join_timeout(DEADLINE);
+            kills += 1;
+            consumers[victim] = get_and_mark_done.spawn(q.clone()).unwrap();
+        }
+        for c in &mut consumers {
+            c.kill().unwrap();
+            let _ = c.join_timeout(DEADLINE);
+        }
+        kills += consumers.len() as u64;
+        while q.try_get().is_ok() {
+            q.task_done().unwrap();
+        }
+        // every loss is named once, at most one task for each process killed; then join returns
+        let mut lost = 0;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(Instant::now() < deadline, "join kept failing");
+            match q.join_timeout(DEADLINE) {
+                Ok(()) => break,
+                // (several processes that died in one participant slot are counted together)
+                Err(multiproc::Error::TasksLost { tasks, .. }) => lost += tasks,
+                Err(e) => panic!("after {lost} losses: {e}"),
+            }
+        }
+        assert!(lost <= kills, "{lost} tasks lost in {kills} kills");
+        assert_eq!(q.unfinished(), lost, "{put} put: the unfinished ones are exactly the lost ones");
+        eprintln!("{put} items, {kills} consumer kills, {lost} tasks lost");
+    });
+}

@@ -357,6 +357,86 @@ fn a_joinable_queue_counts_tasks_done_across_processes() {
     });
 }
 
+/// Takes `n` tasks without marking them done, says so, then ends as `how` says: killed while it
+/// waits, by an abort, or by returning.
+#[process_fn]
+fn take_and_end(q: JoinableQueue<u64>, n: u32, how: String, ready: multiproc::Event) {
+    for _ in 0..n {
+        q.get().unwrap();
+    }
+    ready.set();
+    match how.as_str() {
+        "abort" => std::process::abort(),
+        "return" => {}
+        _ => std::thread::sleep(Duration::from_secs(600)),
+    }
+}
+
+#[process_fn]
+fn join_in_a_child(q: JoinableQueue<u64>) -> String {
+    match q.join_timeout(DEADLINE) {
+        Ok(()) => "ok".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn join_names_a_consumer_that_ended_holding_tasks_instead_of_waiting_for_ever() {
+    within(DEADLINE, || {
+        for (how, n) in [("kill", 1), ("abort", 2), ("return", 1)] {
+            let q = JoinableQueue::<u64>::new().unwrap();
+            for i in 0..5 {
+                q.put(i).unwrap();
+            }
+            let ready = multiproc::Event::new().unwrap();
+            let mut p = multiproc::ProcessBuilder::new()
+                .stderr(multiproc::Output::Null)
+                .spawn(take_and_end, (q.clone(), n, how.to_string(), ready.clone()))
+                .unwrap();
+            let pid = p.pid();
+            assert!(ready.wait_timeout(DEADLINE), "{how}");
+            // a joiner already waiting when the consumer ends learns of it
+            let joiner = {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let t = Instant::now();
+                    (q.join_timeout(DEADLINE), t.elapsed())
+                })
+            };
+            std::thread::sleep(Duration::from_millis(100));
+            if how == "kill" {
+                p.kill().unwrap();
+            }
+            let _ = p.join_timeout(DEADLINE);
+            let (result, waited) = joiner.join().unwrap();
+            match result {
+                Err(Error::TasksLost { pid: who, tasks }) => assert_eq!((who, tasks), (pid, n as u64), "{how}"),
+                other => panic!("{how}: expected TasksLost, got {other:?}"),
+            }
+            assert!(waited < Duration::from_secs(5), "{how}: it took {waited:?} to notice");
+            // the rest are there, done here; the loss was reported once: join now returns
+            for _ in n..5 {
+                q.get_timeout(DEADLINE).unwrap();
+                q.task_done().unwrap();
+            }
+            q.join_timeout(DEADLINE).unwrap_or_else(|e| panic!("{how}: {e}"));
+            assert_eq!(q.unfinished(), n as u64, "the lost ones stay unfinished");
+            // and a process that comes later does not wait on the dead either
+            assert_eq!(join(join_in_a_child.spawn(q.clone()).unwrap()).unwrap(), "ok", "{how}");
+        }
+    });
+}
+
+#[test]
+fn join_timeout_says_how_many_tasks_are_unfinished() {
+    let q = JoinableQueue::<u8>::new().unwrap();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    let e = q.join_timeout(Duration::from_millis(30)).unwrap_err();
+    assert!(matches!(e, Error::TasksUnfinished { tasks: 2, .. }) && e.is_timeout(), "{e:?}");
+    assert!(e.to_string().contains("2 task(s)") && !e.to_string().contains("result"), "{e}");
+}
+
 #[process_fn]
 fn get_until_shut_down(q: Queue<u8>) -> Vec<u8> {
     let mut got = Vec::new();

@@ -276,6 +276,30 @@ pub enum Error {
     #[error("this process closed the queue; it can no longer put or get here")]
     QueueClosed,
 
+    /// Tasks of a `JoinableQueue` that can never be marked done: the process that took them
+    /// ended (killed, crashed, or returned) before its `task_done`. `join` says so instead of
+    /// waiting for ever; join again to wait for the other tasks. Call `task_done` in the
+    /// process that took the item: the loss is counted where the take was.
+    #[error("process {pid} ended holding {tasks} task(s) it had taken from the queue and not marked done: they are lost (put them again if they matter); join again to wait for the rest")]
+    TasksLost {
+        /// The process that took them (the last one, if several processes lost tasks in one
+        /// participant slot).
+        pid: u32,
+        /// How many.
+        tasks: u64,
+    },
+
+    /// `join_timeout` ran out with tasks unfinished; they go on, and the queue stays usable.
+    #[error(
+        "{tasks} task(s) of the queue were still unfinished after {waited:?}: they go on; join again to wait more"
+    )]
+    TasksUnfinished {
+        /// How long it was waited for.
+        waited: Duration,
+        /// Tasks put and not yet done (or lost) when it gave up.
+        tasks: u64,
+    },
+
     /// `task_done` was called more times than items were put.
     #[error("task_done was called more times than there were items put on the queue")]
     TaskDoneTooMany,
@@ -365,12 +389,14 @@ impl Error {
     }
 
     /// Returns `true` when a wait ran out and the work goes on: [`Error::TimedOut`],
-    /// [`Error::NotReady`], and [`Error::Empty`] or [`Error::Full`] after a wait.
+    /// [`Error::NotReady`], [`Error::TasksUnfinished`], and [`Error::Empty`] or
+    /// [`Error::Full`] after a wait.
     pub fn is_timeout(&self) -> bool {
         matches!(
             self,
             Error::TimedOut { .. }
                 | Error::NotReady { .. }
+                | Error::TasksUnfinished { .. }
                 | Error::Empty { waited: Some(_) }
                 | Error::Full { waited: Some(_), .. }
         )
@@ -391,7 +417,8 @@ impl Error {
             | Error::TimedOut { pid, .. }
             | Error::TaskTimedOut { pid, .. }
             | Error::NoHandshake { pid, .. }
-            | Error::HandshakeTimedOut { pid, .. } => Some(*pid),
+            | Error::HandshakeTimedOut { pid, .. }
+            | Error::TasksLost { pid, .. } => Some(*pid),
             Error::Item { source, .. } => source.pid(),
             _ => None,
         }

@@ -39,6 +39,12 @@ pub(crate) struct Shared {
     pub(crate) tail_seen: [AtomicU64; LANES],
     /// Wake-ups in a row from this process that woke nobody.
     pub(crate) futile_wakes: std::sync::atomic::AtomicU32,
+    /// A joinable queue's takes in this process, one at a time, so that a process killed in
+    /// one leaves at most one take to count (see `ConsumerSide::take_owner`).
+    pub(crate) take_turn: Mutex<()>,
+    /// Per participant slot, the tasks lost with its processes that a `join` here reported (or
+    /// that were lost before this process came).
+    pub(crate) reported_lost: Mutex<Vec<u64>>,
 }
 
 /// Every queue mapped in this process, by the identity of its memfd: a handle received again
@@ -109,7 +115,13 @@ impl Shared {
             released_seen: std::array::from_fn(|_| AtomicU64::new(0)),
             tail_seen: std::array::from_fn(|_| AtomicU64::new(0)),
             futile_wakes: std::sync::atomic::AtomicU32::new(0),
+            take_turn: Mutex::new(()),
+            reported_lost: Mutex::new(Vec::new()),
         });
+        if header.flags & JOINABLE != 0 {
+            *shared.reported_lost.lock().unwrap_or_else(|p| p.into_inner()) =
+                (0..PARTICIPANTS).map(|p| shared.lost_by(p).0).collect();
+        }
         // Two threads may have raced to map the same queue: the first one's stands.
         Ok(registry().insert(identity, shared))
     }
@@ -206,6 +218,9 @@ impl Drop for Shared {
         let slot = &h.participants[self.me as usize];
         forget_registrations(h, slot);
         slot.state.store((self.generation << 1) & !1, Release);
+        if h.flags & JOINABLE != 0 && self.lost_by(self.me as usize).0 > 0 {
+            self.wake(Sleep::Done, true); // tasks left undone: joiners learn of them now
+        }
         shm::unlock_byte(self.private.as_fd(), self.me as u64);
         registry().remove(self.identity);
     }
@@ -221,16 +236,35 @@ fn join(header: &Header, private: &OwnedFd) -> Result<(u32, u32)> {
             Ok(false) => continue,
             Err(e) => return Err(Error::io("could not lock a queue participant's byte", e)),
         }
+        // A joinable queue's slot whose last process died in the middle of a take is left
+        // until the take is counted by whoever takes that lane's lock over.
+        if header.flags & JOINABLE != 0 && take_under_way(header, p as u32) {
+            shm::unlock_byte(private.as_fd(), p as u64);
+            continue;
+        }
         let old = slot.state.load(Acquire);
         if old & 1 == 1 {
             forget_registrations(header, slot); // a dead process's
         }
         let generation = ((old >> 1) + 1) & 0xff_ffff;
+        // What the earlier processes here left undone is theirs, lost: the base of this one.
+        let net = slot.taken.load(Acquire).wrapping_sub(slot.done.load(Acquire));
+        if net as i64 > slot.base.load(Acquire) as i64 {
+            slot.lost_pid.store(slot.pid.load(Relaxed), Relaxed);
+        }
+        slot.base.store(net, Release);
+        header.counts.0.slots_used.fetch_max(p as u32 + 1, AcqRel);
         slot.pid.store(std::process::id(), Relaxed);
         slot.state.store((generation << 1) | 1, Release);
         return Ok((p as u32, generation));
     }
     Err(Error::io("could not join a queue", std::io::Error::other(format!("{PARTICIPANTS} processes use it already"))))
+}
+
+/// Whether a lane holds a note of a take under way by a process of slot `p` (dead, since its
+/// byte was free): its count may not be settled yet.
+fn take_under_way(header: &Header, p: u32) -> bool {
+    header.lanes.iter().any(|l| owner_of(l.consumer.0.take_owner.load(Acquire)).is_some_and(|(q, _)| q == p))
 }
 
 /// Takes a participant's sleepers and pollers out of the totals.

@@ -40,30 +40,68 @@ impl Shared {
         self.wake(Sleep::Done, true);
     }
 
-    /// Counts one task done (`JoinableQueue::task_done`).
+    /// Counts one task done (`JoinableQueue::task_done`), for this process's slot.
     pub(crate) fn task_done(&self) -> Result<()> {
-        let counts = &self.header().counts.0;
-        loop {
-            let done = counts.done.load(Acquire);
-            if done >= counts.put.load(Acquire) {
-                return Err(Error::TaskDoneTooMany);
-            }
-            if counts.done.compare_exchange(done, done + 1, AcqRel, Acquire).is_ok() {
-                if done + 1 >= counts.put.load(Acquire) {
-                    self.wake(Sleep::Done, true);
-                }
-                return Ok(());
-            }
+        let h = self.header();
+        let put = h.counts.0.put.load(Acquire);
+        let done = self.done_total();
+        if done >= put {
+            return Err(Error::TaskDoneTooMany);
         }
+        h.participants[self.me as usize].done.fetch_add(1, AcqRel);
+        if done + 1 >= put {
+            self.wake(Sleep::Done, true);
+        }
+        Ok(())
+    }
+
+    /// `task_done` calls, of every process that ever used the queue.
+    fn done_total(&self) -> u64 {
+        let h = self.header();
+        let used = (h.counts.0.slots_used.load(Acquire) as usize).min(PARTICIPANTS);
+        h.participants[..used].iter().map(|s| s.done.load(Acquire)).fold(0, u64::wrapping_add)
     }
 
     /// Items put and not yet done.
     pub(crate) fn unfinished(&self) -> u64 {
-        let counts = &self.header().counts.0;
-        counts.put.load(Acquire).saturating_sub(counts.done.load(Acquire))
+        self.header().counts.0.put.load(Acquire).saturating_sub(self.done_total())
     }
 
-    /// Waits until every item put is done (`JoinableQueue::join`).
+    /// The tasks lost with the processes of participant slot `p`, and the pid to blame: all
+    /// the undone tasks of a slot no live process has; what earlier processes left, for a
+    /// slot in use. (A process that marks done tasks another took lowers its own count: the
+    /// loss is counted where the take was.)
+    pub(crate) fn lost_by(&self, p: usize) -> (u64, u32) {
+        let slot = &self.header().participants[p];
+        let state = slot.state.load(Acquire);
+        let live = state & 1 == 1 && self.alive(owner_word(p as u32, state >> 1, 0));
+        let base = slot.base.load(Acquire) as i64;
+        if live {
+            return (base.max(0) as u64, slot.lost_pid.load(Relaxed));
+        }
+        let net = slot.taken.load(Acquire).wrapping_sub(slot.done.load(Acquire)) as i64;
+        let pid = if net > base { slot.pid.load(Relaxed) } else { slot.lost_pid.load(Relaxed) };
+        (net.max(0) as u64, pid)
+    }
+
+    /// All the tasks lost with their processes, and the first loss not yet reported here.
+    fn losses(&self) -> (u64, Option<(u32, u64)>) {
+        let used = (self.header().counts.0.slots_used.load(Acquire) as usize).min(PARTICIPANTS);
+        let mut reported = self.reported_lost.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut total, mut news) = (0, None);
+        for p in 0..used {
+            let (lost, pid) = self.lost_by(p);
+            total += lost;
+            if news.is_none() && lost > reported[p] {
+                news = Some((pid, lost - reported[p]));
+                reported[p] = lost;
+            }
+        }
+        (total, news)
+    }
+
+    /// Waits until every item put is done (`JoinableQueue::join`), or one is lost: taken by a
+    /// process that ended without marking it done.
     pub(crate) fn join(&self, wait: Wait) -> Result<()> {
         let h = self.header();
         let mut sleeper = Sleeper::new(self, Sleep::Done);
@@ -75,13 +113,27 @@ impl Shared {
             if putting {
                 self.repair_dead_put();
             }
-            if self.unfinished() == 0 {
+            let unfinished = self.unfinished();
+            if unfinished == 0 {
                 return Ok(());
             }
-            // a live put ends within microseconds: look again soon while one is under way
-            let cap = putting.then_some(PUT_UNDER_WAY);
-            if !sleeper.sleep(seq, wait, cap) {
-                return Err(Error::NotReady { timeout: wait.timeout().unwrap_or_default() });
+            // A consumer that died in a take leaves it to count to whoever takes its lock.
+            self.take_back_dead_locks(false);
+            let (lost, news) = self.losses();
+            if let Some((pid, tasks)) = news {
+                return Err(Error::TasksLost { pid, tasks });
+            }
+            if unfinished <= lost {
+                return Ok(()); // done, but for the losses reported already
+            }
+            // a live put ends within microseconds: look again soon while one is under way;
+            // and look for dead consumers now and then
+            let cap = if putting { PUT_UNDER_WAY } else { LOOK_FOR_THE_DEAD };
+            if !sleeper.sleep(seq, wait, Some(cap)) {
+                return Err(Error::TasksUnfinished {
+                    waited: wait.timeout().unwrap_or_default(),
+                    tasks: unfinished - lost,
+                });
             }
         }
     }
@@ -103,6 +155,8 @@ impl Shared {
 
 /// How soon a joiner looks again while a put is under way (it may be a dead producer's).
 const PUT_UNDER_WAY: Duration = Duration::from_millis(20);
+/// How often a joiner looks for consumers that died holding tasks.
+const LOOK_FOR_THE_DEAD: Duration = Duration::from_millis(50);
 
 /// Holds the producers' mutex.
 pub(super) struct ProducersGuard<'a> {
@@ -142,5 +196,56 @@ mod tests {
         // nobody puts again: the joiner itself must put the count right
         shared.join(Wait::at_most(Duration::from_secs(10))).unwrap();
         assert_eq!(shared.unfinished(), 0);
+    }
+
+    /// A consumer of a joinable queue dies at each step of a take: 0 holds the lock, 1 noted
+    /// the take, 2 moved the head, 3 counted it. Whoever takes its lock over counts the take
+    /// exactly when the head had moved, and `join` then names the loss, or finds none.
+    #[test]
+    fn a_consumer_killed_at_any_step_of_a_take_leaves_the_count_exact() {
+        for step in 0..4 {
+            let shared = Shared::create(0, JOINABLE).unwrap();
+            shared.put_bytes(&[1; 8], Wait::Now).unwrap();
+            shared.put_bytes(&[2; 8], Wait::Now).unwrap();
+            let h = shared.header();
+            let i = shared.active_lanes().next().unwrap();
+            let c = &h.lanes[i].consumer.0;
+            // slot 200: a process that used the queue and is gone (its state is not in use)
+            let dead = &h.participants[200];
+            dead.pid.store(4242, Relaxed);
+            h.counts.0.slots_used.fetch_max(201, AcqRel);
+            let owner = owner_word(200, 1, 1);
+            c.lock.store(owner, Release);
+            let head = c.head.load(Relaxed);
+            if step >= 1 {
+                c.take_head.store(head, Relaxed);
+                c.take_count.store(dead.taken.load(Relaxed), Relaxed);
+                c.take_owner.store(owner, Release);
+            }
+            if step >= 2 {
+                c.head.store(advance(head, record_len(8)), Release);
+            }
+            if step >= 3 {
+                dead.taken.fetch_add(1, AcqRel);
+            }
+            let mut got = Vec::new();
+            shared.take(Wait::Now, |b| got = b.to_vec()).unwrap();
+            let moved = step >= 2;
+            assert_eq!(got, if moved { [2; 8] } else { [1; 8] }, "step {step}");
+            assert_eq!(dead.taken.load(Relaxed), moved as u64, "step {step}: the dead one's take counted wrong");
+            assert_eq!(c.take_owner.load(Relaxed), 0, "step {step}: the note stays");
+            shared.task_done().unwrap();
+            if !moved {
+                shared.take(Wait::Now, |_| ()).unwrap();
+                shared.task_done().unwrap();
+                shared.join(Wait::Now).unwrap();
+                continue;
+            }
+            match shared.join(Wait::at_most(Duration::from_secs(10))) {
+                Err(Error::TasksLost { pid: 4242, tasks: 1 }) => {}
+                other => panic!("step {step}: expected the dead one's loss, got {other:?}"),
+            }
+            shared.join(Wait::Now).unwrap(); // reported once; nothing else is unfinished
+        }
     }
 }

@@ -82,10 +82,10 @@ impl Shared {
         if immediate {
             // Drain: every item goes, counted done, so that joiners are released.
             let mut held = false;
-            let counts = &h.counts.0;
+            let done = &h.participants[self.me as usize].done;
             while let Ok(true) = self.try_take(&mut |_| (), &mut held) {
                 if h.flags & JOINABLE != 0 {
-                    counts.done.fetch_add(1, AcqRel);
+                    done.fetch_add(1, AcqRel); // taken here, and done: nobody will process it
                 }
             }
         }

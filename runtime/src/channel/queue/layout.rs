@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Marks a queue's memory, with the layout's version in its last byte.
-pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPQUEUE\x02");
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPQUEUE\x03");
 /// Lanes a thread can have to itself.
 pub(crate) const PRIVATE_LANES: usize = 64;
 /// The lane producers share, under a lock, when every private lane is taken.
@@ -61,14 +61,14 @@ pub(crate) struct Waiters {
     pub(crate) pollers: AtomicU32,
 }
 
-/// A `JoinableQueue`'s counts: unfinished = `put` - `done`.
+/// A `JoinableQueue`'s counts: unfinished = `put` - the participants' `done`, summed.
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct Counts {
     /// Items put; written only under the producers' lock.
     pub(crate) put: AtomicU64,
-    /// `task_done` calls.
-    pub(crate) done: AtomicU64,
+    /// Participant slots ever taken: the ones whose counts are summed.
+    pub(crate) slots_used: AtomicU32,
     /// A put in progress (under the lock), for the next holder to finish if its process died:
     /// `lane + 1` (0: none), the lane's tail before, and `put` before.
     pub(crate) pending_lane: AtomicU64,
@@ -87,6 +87,15 @@ pub(crate) struct Participant {
     /// the totals if it dies registered.
     pub(crate) sleeping: [AtomicU32; 3],
     pub(crate) polling: AtomicU32,
+    /// The pid of the last process in this slot that left tasks undone.
+    pub(crate) lost_pid: AtomicU32,
+    /// A joinable queue's items taken, and `task_done` calls, by this slot's processes over all
+    /// its generations; never reset, so that what a dead one left undone stays counted.
+    pub(crate) taken: AtomicU64,
+    pub(crate) done: AtomicU64,
+    /// `taken - done` when the present generation began: what the earlier ones left undone,
+    /// lost with them.
+    pub(crate) base: AtomicU64,
 }
 
 /// A lane, seen by its producer.
@@ -116,6 +125,13 @@ pub(crate) struct ConsumerSide {
     pub(crate) punch_head: AtomicU64,
     pub(crate) punch_at: AtomicU64,
     pub(crate) punch_len: AtomicU64,
+    /// A joinable queue's take under way, for whoever takes the lock over to count it: the
+    /// taker's owner word (0: none; stored last), the head before, and the taker's slot's
+    /// `taken` before. The count goes up only after the head moves, so a head that moved with
+    /// the count still at `take_count` is an item taken and not yet counted.
+    pub(crate) take_owner: AtomicU64,
+    pub(crate) take_head: AtomicU64,
+    pub(crate) take_count: AtomicU64,
 }
 
 /// How far the producer may write: told by the consumers now and then, not at every item, so

@@ -271,6 +271,13 @@ impl<T> Queue<T> {
 /// A [`Queue`] that counts unfinished work: every item put is one task, [`task_done`] marks one
 /// done, and [`join`] waits until all are. Python's `JoinableQueue`.
 ///
+/// **A consumer that dies.** Where Python's `join` waits for ever on a task whose consumer died
+/// between `get` and `task_done`, this one returns [`Error::TasksLost`] with the process and
+/// how many tasks it took with it: killed, crashed, or returned without `task_done`. The item
+/// is gone with it (a queue hands each item out once); put it again if it matters, and join
+/// again to wait for the rest. So call `task_done` in the process that took the item: the
+/// count of what a process holds is kept per process.
+///
 /// It derefs to its `Queue` for `put`, `get` and the rest.
 ///
 /// [`task_done`]: JoinableQueue::task_done
@@ -305,12 +312,19 @@ impl<T> JoinableQueue<T> {
     }
 
     /// Waits until every item put has been marked done.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TasksLost`] as soon as a process is found to have ended holding tasks it took
+    /// and did not mark done (looked for every 50 ms while waiting); each loss is reported once
+    /// in this process, so joining again waits for the other tasks.
     pub fn join(&self) -> Result<()> {
         self.queue.shared.join(Wait::Forever)
     }
 
     /// Waits at most `timeout` until every item put has been marked done:
-    /// [`Error::NotReady`] if some are not.
+    /// [`Error::TasksUnfinished`] if some are not, [`Error::TasksLost`] as for
+    /// [`join`](JoinableQueue::join).
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
         self.queue.shared.join(Wait::at_most(timeout))
     }

@@ -165,6 +165,16 @@ impl Shared {
             _ => return Err(corrupt(&format!("a record of kind {kind} and length {len}"))),
         };
         let c = &lane.consumer.0;
+        // A joinable queue counts the take for this process's slot, after the head moves; the
+        // note lets whoever takes this lock over count it if this process dies in between.
+        let counting = h.flags & JOINABLE != 0;
+        let turn = counting.then(|| self.take_turn.lock().unwrap_or_else(|p| p.into_inner()));
+        let slot = &h.participants[self.me as usize];
+        if counting {
+            c.take_head.store(head, Relaxed);
+            c.take_count.store(slot.taken.load(Relaxed), Relaxed);
+            c.take_owner.store(c.lock.load(Relaxed), Release);
+        }
         if let Some((offset, freed)) = blob {
             // Freed only once the head has moved past it: a consumer killed before that leaves
             // the item whole for the next one (freed first, the next one would read zeros). The
@@ -175,6 +185,11 @@ impl Shared {
         }
         let new_head = advance(head, record_len(len));
         c.head.store(new_head, Release);
+        if counting {
+            slot.taken.fetch_add(1, AcqRel);
+            c.take_owner.store(0, Release);
+            drop(turn);
+        }
         if blob.is_some() {
             self.finish_punch(i);
         }
@@ -206,6 +221,22 @@ impl Shared {
         c.punch_len.store(0, Release);
     }
 
+    /// Counts the take noted in lane `i`'s consumer side for its taker's slot, if the head
+    /// moved and the count did not, and clears the note. Called under the lane's lock, by the
+    /// one that took it over from a dead taker (or from one that died doing this). Counted at
+    /// most once: the count is compared with what it was before the take, and a slot with a
+    /// note naming it is not given to a new process.
+    fn finish_take_count(&self, i: usize) {
+        let c = &self.header().lanes[i].consumer.0;
+        let Some((p, _)) = owner_of(c.take_owner.load(Acquire)) else { return };
+        if c.head.load(Acquire) != c.take_head.load(Relaxed) {
+            let before = c.take_count.load(Relaxed);
+            let taken = &self.header().participants[p as usize].taken;
+            let _ = taken.compare_exchange(before, before.wrapping_add(1), AcqRel, Relaxed);
+        }
+        c.take_owner.store(0, Release);
+    }
+
     /// Takes lane `i`'s consumer lock over from `holder`, found dead, and puts right what it
     /// left half done: frees the large item it had taken, if it had, and tells the producer
     /// where the head is. `false`: someone else took it over first.
@@ -216,6 +247,7 @@ impl Shared {
             return false;
         }
         self.finish_punch(i);
+        self.finish_take_count(i);
         // the dead holder may have moved the head without telling the producer
         let head = lane.consumer.0.head.load(Acquire);
         lane.released.0.pos.store(pos(head), Release);
