@@ -246,3 +246,74 @@ fn joinable_consumers_killed_at_random_lose_at_most_their_task_in_hand_and_join_
         eprintln!("{put} items, {kills} consumer kills, {lost} tasks lost");
     });
 }
+
+/// An item whose bytes say whether it is whole: its number, then bytes derived from it.
+fn numbered_item(n: u64, len: usize) -> Vec<u8> {
+    let mut v = n.to_le_bytes().to_vec();
+    v.extend((0..len).map(|i| (n as usize).wrapping_mul(131).wrapping_add(i % 251) as u8 | 1));
+    v
+}
+
+/// The item's number if it is whole.
+fn numbered_item_number(v: &[u8]) -> Option<u64> {
+    let n = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+    (v == numbered_item(n, v.len() - 8).as_slice()).then_some(n)
+}
+
+/// Takes items and sends on each one's number, or `u64::MAX` for a corrupt one, until killed.
+#[process_fn]
+fn forward_numbers(q: Queue<serde_bytes::ByteBuf>, out: multiproc::Sender<u64>) {
+    loop {
+        let item = q.get().unwrap();
+        out.send(numbered_item_number(&item).unwrap_or(u64::MAX)).unwrap();
+    }
+}
+
+#[test]
+fn consumers_killed_while_taking_from_a_spill_never_hand_on_a_corrupt_or_duplicate_item() {
+    within(Duration::from_secs(120), || {
+        // 4,000 items of 8 B to 100 KB put before anyone takes: 1 MiB in the ring, the other
+        // 60-odd MiB spilled, so the consumers take (and are killed taking) from the spill
+        const N: u64 = 4_000;
+        let q = Queue::<serde_bytes::ByteBuf>::new().unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for n in 0..N {
+            let len = if n % 8 == 7 { 100_000 } else { (next() % 20_000) as usize };
+            q.try_put(serde_bytes::ByteBuf::from(numbered_item(n, len))).unwrap();
+        }
+        let full = queue_memory_in_use();
+        assert!(full > 40 << 20, "only {full} bytes held: did the items spill?");
+        let (rx, tx) = multiproc::pipe_one_way::<u64>().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        let mut kills = 0u64;
+        let start = Instant::now();
+        while !q.is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(100), "stalled at {} items", seen.len());
+            let mut consumer = forward_numbers.spawn(q.clone(), tx.clone()).unwrap();
+            std::thread::sleep(Duration::from_micros(1_000 + next() % 4_000));
+            consumer.kill().unwrap();
+            let _ = consumer.join_timeout(DEADLINE);
+            kills += 1;
+            while let Ok(n) = rx.recv_timeout(Duration::from_millis(1)) {
+                assert_ne!(n, u64::MAX, "a corrupt item was handed on");
+                assert!(seen.insert(n), "item {n} was handed on twice");
+            }
+        }
+        while let Ok(n) = rx.recv_timeout(Duration::from_millis(100)) {
+            assert_ne!(n, u64::MAX, "a corrupt item was handed on");
+            assert!(seen.insert(n), "item {n} was handed on twice");
+        }
+        let lost = N - seen.len() as u64;
+        assert!(lost <= kills, "{lost} items lost in {kills} kills");
+        assert!(kills >= 10, "only {kills} kills: the consumers were too fast to be hit");
+        let held = queue_memory_in_use();
+        assert!(held < 4 << 20, "{held} bytes of the spill's {full} are still held once it is empty");
+        eprintln!("{N} items, {kills} consumer kills, {lost} lost");
+    });
+}

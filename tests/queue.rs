@@ -171,6 +171,63 @@ fn a_child_that_put_a_large_item_can_be_joined_before_the_item_is_taken() {
     });
 }
 
+#[process_fn]
+fn put_many_then_return(q: Queue<u64>, n: u64) {
+    for i in 0..n {
+        q.put(i).unwrap();
+    }
+}
+
+#[test]
+fn a_child_that_puts_two_million_items_returns_before_anyone_reads_them() {
+    // Python's queue holds them in the child's feeder thread, and the child cannot end until
+    // they are read; with a bound at the ring, put would wait for ever.
+    within(Duration::from_secs(120), || {
+        let q = Queue::new().unwrap();
+        join(put_many_then_return.spawn(q.clone(), 2_000_000).unwrap()).unwrap();
+        assert_eq!(q.len(), 2_000_000);
+        for i in 0..2_000_000u64 {
+            assert_eq!(q.try_get().unwrap(), i, "in order");
+        }
+        assert!(q.is_empty());
+    });
+}
+
+/// Python's pipeline: tasks from a joinable queue, results to another queue, which nobody
+/// reads until every task is done.
+#[process_fn]
+fn double_each(tasks: JoinableQueue<Option<u64>>, results: Queue<u64>) {
+    while let Some(x) = tasks.get().unwrap() {
+        results.put(2 * x).unwrap();
+        tasks.task_done().unwrap();
+    }
+    tasks.task_done().unwrap();
+}
+
+#[test]
+fn a_pipeline_joins_its_tasks_before_it_reads_the_results() {
+    within(Duration::from_secs(120), || {
+        const N: u64 = 450_000;
+        let tasks = JoinableQueue::new().unwrap();
+        let results = Queue::new().unwrap();
+        let workers: Vec<_> = (0..2).map(|_| double_each.spawn(tasks.clone(), results.clone()).unwrap()).collect();
+        for x in 0..N {
+            tasks.put(Some(x)).unwrap();
+        }
+        for _ in &workers {
+            tasks.put(None).unwrap();
+        }
+        tasks.join_timeout(Duration::from_secs(100)).unwrap(); // before a single result is read
+        workers.into_iter().for_each(|w| join(w).unwrap());
+        let mut sum = 0;
+        for _ in 0..N {
+            sum += results.try_get().unwrap();
+        }
+        assert_eq!(sum, N * (N - 1));
+        assert!(results.is_empty());
+    });
+}
+
 /// An item whose contents say whether it is whole: a seed, and bytes derived from it.
 fn checked_item(seed: u64, len: usize) -> Vec<u8> {
     let mut v = seed.to_le_bytes().to_vec();

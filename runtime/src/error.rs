@@ -259,7 +259,7 @@ pub enum Error {
 
     /// No room: a bounded queue held `maxsize` items, or this producer's buffer in the queue
     /// was full (within the time given, for a wait).
-    #[error("the queue is full ({}){}", match maxsize { Some(n) => format!("it holds its maximum of {n} items"), None => "this producer's 1 MiB of items waits to be taken".into() }, waited.map(|w| format!(" for {w:?}")).unwrap_or_default())]
+    #[error("the queue is full ({}){}", match maxsize { Some(n) => format!("it holds its maximum of {n} items"), None => "this producer's 16 GiB of items waits to be taken".into() }, waited.map(|w| format!(" for {w:?}")).unwrap_or_default())]
     Full {
         /// The queue's bound, or `None` when the producer's buffer was what was full.
         maxsize: Option<usize>,

@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     /// Per lane, what a consumer here last read of the tail: more items than that are taken
     /// without reading the producer's cache line again.
     pub(crate) tail_seen: [AtomicU64; LANES],
+    /// Per lane, a spill tail a producer here saw the spill's head reach: the spill was empty.
+    pub(crate) spill_drained_seen: [AtomicU64; LANES],
     /// Wake-ups in a row from this process that woke nobody.
     pub(crate) futile_wakes: std::sync::atomic::AtomicU32,
     /// A joinable queue's takes in this process, one at a time, so that a process killed in
@@ -114,6 +116,7 @@ impl Shared {
             bound: Mutex::new(Vec::new()),
             released_seen: std::array::from_fn(|_| AtomicU64::new(0)),
             tail_seen: std::array::from_fn(|_| AtomicU64::new(0)),
+            spill_drained_seen: std::array::from_fn(|_| AtomicU64::new(0)),
             futile_wakes: std::sync::atomic::AtomicU32::new(0),
             take_turn: Mutex::new(()),
             reported_lost: Mutex::new(Vec::new()),

@@ -28,13 +28,16 @@ impl Shared {
     pub(super) fn finish_dead_put(&self) {
         let h = self.header();
         let counts = &h.counts.0;
-        let lane = counts.pending_lane.load(Acquire);
-        if lane == 0 {
+        let pending = counts.pending_lane.load(Acquire);
+        if pending == 0 {
             return;
         }
+        let (lane, spill) = ((pending & 0xffff_ffff) as usize - 1, pending >> 32 != 0);
         let tail_before = counts.pending_tail.load(Acquire);
         let put_before = counts.pending_put.load(Acquire);
-        let published = h.lanes[lane as usize - 1].producer.0.tail.load(Acquire) != tail_before;
+        let producer = &h.lanes[lane].producer.0;
+        let tail = if spill { &producer.spill_tail } else { &producer.tail };
+        let published = tail.load(Acquire) != tail_before;
         counts.put.store(put_before + published as u64, Release);
         counts.pending_lane.store(0, Release);
         self.wake(Sleep::Done, true);

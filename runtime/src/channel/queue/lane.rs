@@ -59,7 +59,8 @@ impl Shared {
         self.active_lanes()
             .map(|i| {
                 let lane = &h.lanes[i];
-                items_between(lane.consumer.0.head.load(Acquire), lane.producer.0.tail.load(Acquire)) as usize
+                let ring = items_between(lane.consumer.0.head.load(Acquire), lane.producer.0.tail.load(Acquire));
+                (ring + self.spilled(i)) as usize
             })
             .sum()
     }

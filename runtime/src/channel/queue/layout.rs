@@ -5,7 +5,16 @@
 //! RINGS_AT   lane 0's ring, lane 1's ring, ... (LANE_CAP bytes each; pages touched on use)
 //! BLOBS_AT   items too large for a ring, one after another (written and read with pwrite/pread,
 //!            holes punched once taken)
+//! SPILL_AT   lane 0's spill, lane 1's spill, ... (SPILL_SPAN bytes each, never mapped: written
+//!            and read with pwrite/pread, holes punched once taken)
 //! ```
+//!
+//! **Spills.** When a lane's ring is full, its producer goes on putting into the lane's spill,
+//! a ring of 16 GiB of sparse memory, until a consumer has emptied it: then back to the ring.
+//! A consumer takes from the ring first (what is there is older than any item in the spill)
+//! and from the spill when the ring is empty, so each lane stays in order. The memory a spill
+//! holds is what its items take, given back as they are taken: an unbounded queue is bounded
+//! by memory, not by the rings.
 //!
 //! Positions in a lane (`tail`, `head`) are one word each: the item count in the top 24 bits,
 //! the byte position in the low 40, both counting up and wrapping; a lane never holds 2^23
@@ -27,6 +36,10 @@ pub(crate) const PARTICIPANTS: usize = 256;
 pub(crate) const LANE_CAP: u64 = 1 << 20;
 /// Larger encoded items are stored apart (blobs), so a ring holds many items.
 pub(crate) const INLINE_MAX: usize = 64 * 1024;
+/// The bytes of one lane's spill (see the module's doc).
+pub(crate) const SPILL_SPAN: u64 = 1 << 34;
+/// Where the spills begin: far above any blob area (which ends there at the latest).
+pub(crate) const SPILL_AT: u64 = 1 << 46;
 /// A consumer tells the producer about freed space at least this often.
 pub(crate) const RELEASE_EVERY: u64 = LANE_CAP / 8;
 /// Bytes before an item's bytes in a ring: its length and kind.
@@ -108,6 +121,9 @@ pub(crate) struct ProducerSide {
     pub(crate) tail: AtomicU64,
     /// The shared lane's lock: 0, or an owner word.
     pub(crate) lock: AtomicU64,
+    /// Where the next item goes in the lane's spill (a spill word); stored once the item is
+    /// wholly written.
+    pub(crate) spill_tail: AtomicU64,
 }
 
 /// A lane, seen by its consumers.
@@ -132,6 +148,14 @@ pub(crate) struct ConsumerSide {
     pub(crate) take_owner: AtomicU64,
     pub(crate) take_head: AtomicU64,
     pub(crate) take_count: AtomicU64,
+    /// Whether the noted take is from the spill (then `take_head` is a spill word).
+    pub(crate) take_spill: AtomicU32,
+    /// The next item to take from the spill (a spill word); stored once it is taken.
+    pub(crate) spill_head: AtomicU64,
+    /// The spill's byte position below which its memory is given back: the producer writes no
+    /// further than a span past it, so nothing below it is ever written again while a
+    /// consumer killed in the middle of giving memory back may give it back a second time.
+    pub(crate) spill_freed: AtomicU64,
 }
 
 /// How far the producer may write: told by the consumers now and then, not at every item, so
@@ -246,6 +270,39 @@ pub(crate) fn bytes_between(from: u64, to: u64) -> u64 {
     to.wrapping_sub(from) & POS_MASK
 }
 
+const SPILL_POS_BITS: u32 = 34;
+const SPILL_POS_MASK: u64 = (1 << SPILL_POS_BITS) - 1;
+const SPILL_ITEMS_MASK: u64 = (1 << (64 - SPILL_POS_BITS)) - 1;
+
+// A spill word's position is a byte of the spill: it wraps with the span.
+const _: () = assert!(1 << SPILL_POS_BITS == SPILL_SPAN);
+
+/// A spill word's byte position: an item count in the top 30 bits, the byte in the low 34 (a
+/// spill holds fewer than 2^30 records, as each takes 16 bytes at least).
+#[inline]
+pub(crate) fn spill_pos(word: u64) -> u64 {
+    word & SPILL_POS_MASK
+}
+
+/// The spill word after one more record of `bytes` bytes.
+#[inline]
+pub(crate) fn spill_advance(word: u64, bytes: u64) -> u64 {
+    ((((word >> SPILL_POS_BITS) + 1) & SPILL_ITEMS_MASK) << SPILL_POS_BITS)
+        | (word.wrapping_add(bytes) & SPILL_POS_MASK)
+}
+
+/// Items between two spill words.
+#[inline]
+pub(crate) fn spill_items(head: u64, tail: u64) -> u64 {
+    ((tail >> SPILL_POS_BITS).wrapping_sub(head >> SPILL_POS_BITS)) & SPILL_ITEMS_MASK
+}
+
+/// Bytes between two spill byte positions.
+#[inline]
+pub(crate) fn spill_bytes(from: u64, to: u64) -> u64 {
+    to.wrapping_sub(from) & SPILL_POS_MASK
+}
+
 /// The bytes a record of an item of `len` bytes takes in a ring.
 #[inline]
 pub(crate) fn record_len(len: usize) -> u64 {
@@ -286,6 +343,16 @@ mod tests {
         assert_eq!(record_len(1), 16);
         assert_eq!(record_len(8), 16);
         assert_eq!(record_len(9), 24);
+    }
+
+    #[test]
+    fn spill_words_count_and_wrap_with_the_span() {
+        let near = (SPILL_ITEMS_MASK << SPILL_POS_BITS) | (SPILL_SPAN - 8);
+        let after = spill_advance(near, 24);
+        assert_eq!(spill_pos(after), 16);
+        assert_eq!(spill_items(near, after), 1);
+        assert_eq!(spill_bytes(spill_pos(near), spill_pos(after)), 24);
+        assert_eq!(spill_items(0, spill_advance(spill_advance(0, 16), 16)), 2);
     }
 
     #[test]

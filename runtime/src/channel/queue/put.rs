@@ -1,6 +1,6 @@
 //! The put path: a producing thread's lane, writing an item's record, waiting for room.
 
-use std::sync::atomic::Ordering::*;
+use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -89,16 +89,22 @@ impl Shared {
         r
     }
 
-    /// Writes one item's record into `lane` (which this thread may write alone now), waiting
-    /// for room, and publishes it.
+    /// Writes one item's record into `lane` (which this thread may write alone now), and
+    /// publishes it: in the lane's ring, waiting a little for room there, else in its spill.
     pub(super) fn put_in_lane(self: &Arc<Self>, lane: usize, bytes: &[u8], wait: Wait, count_it: bool) -> Result<()> {
         let h = self.header();
         let meta = &h.lanes[lane];
+        // while the spill holds items, the lane's items go after them, to keep it in order
+        if self.producer_spilling(lane) {
+            return self.put_spilled(lane, bytes, count_it);
+        }
         let blob = bytes.len() > INLINE_MAX;
         let len = if blob { 16 } else { bytes.len() };
         let need = record_len(len);
         let tail = meta.producer.0.tail.load(Relaxed);
-        self.wait_for_room(lane, pos(tail), need, wait)?;
+        if !self.wait_for_room(lane, pos(tail), need, wait)? {
+            return self.put_spilled(lane, bytes, count_it);
+        }
         if blob {
             let offset = self.store_blob(bytes)?;
             let mut body = [0u8; 16];
@@ -108,24 +114,40 @@ impl Shared {
         } else {
             self.write_record(lane, pos(tail), INLINE, bytes);
         }
-        let new_tail = advance(tail, need);
+        self.publish(lane, &meta.producer.0.tail, tail, advance(tail, need), count_it);
+        Ok(())
+    }
+
+    /// Puts one item into `lane`'s spill and publishes it.
+    fn put_spilled(&self, lane: usize, bytes: &[u8], count_it: bool) -> Result<()> {
+        let spill_tail = &self.header().lanes[lane].producer.0.spill_tail;
+        let before = spill_tail.load(Relaxed);
+        let after = self.write_spilled(lane, bytes)?;
+        self.publish(lane, spill_tail, before, after, count_it);
+        Ok(())
+    }
+
+    /// Publishes an item written past `before`: stores `after` in `tail` (the ring's or the
+    /// spill's), and wakes a consumer.
+    #[inline]
+    fn publish(&self, lane: usize, tail: &AtomicU64, before: u64, after: u64, count_it: bool) {
         if count_it {
             // A JoinableQueue counts the item before it is visible (so a task_done for it never
             // finds it uncounted); `pending` lets the lock's next holder put the count right if
             // this process dies in between.
-            let counts = &h.counts.0;
+            let counts = &self.header().counts.0;
+            let spill = std::ptr::eq(tail, &self.header().lanes[lane].producer.0.spill_tail);
             let put = counts.put.load(Relaxed);
-            counts.pending_tail.store(tail, Relaxed);
+            counts.pending_tail.store(before, Relaxed);
             counts.pending_put.store(put, Relaxed);
-            counts.pending_lane.store(lane as u64 + 1, Release);
+            counts.pending_lane.store(pending_lane(lane, spill), Release);
             counts.put.store(put + 1, Release);
-            meta.producer.0.tail.store(new_tail, Release);
+            tail.store(after, Release);
             counts.pending_lane.store(0, Release);
         } else {
-            meta.producer.0.tail.store(new_tail, Release);
+            tail.store(after, Release);
         }
         self.wake(Sleep::Items, false);
-        Ok(())
     }
 
     /// Writes a record (header, then `body`) at byte position `at` of lane `lane`'s ring. A
@@ -174,21 +196,34 @@ impl Shared {
     pub(super) fn store_blob(&self, bytes: &[u8]) -> Result<u64> {
         let len = (bytes.len() as u64).next_multiple_of(4096);
         let offset = self.header().blob_end.0.fetch_add(len, AcqRel);
+        if BLOBS_AT + offset + len > SPILL_AT {
+            // 64 TiB of large items put over the queue's life: the area's addresses are spent
+            let e = std::io::Error::other("a queue's area for large items is used up: make a new queue");
+            return Err(Error::io("could not store a large item", e));
+        }
         shm::write_at(self.fd_ref(), bytes, BLOBS_AT + offset).map_err(|e| {
             Error::io("could not store a large item in the queue's memory (is /dev/shm or memory full?)", e)
         })?;
         Ok(offset)
     }
 
-    /// Waits until `need` bytes from `at` are free in `lane`.
-    pub(super) fn wait_for_room(&self, lane: usize, at: u64, need: u64, wait: Wait) -> Result<()> {
+    /// Waits until `need` bytes from `at` are free in `lane`'s ring (`true`), or says to spill
+    /// (`false`): at once for a `put_nowait`, else after [`SPILL_AFTER`] or the end of the
+    /// wait, whichever comes first. A live consumer frees room within microseconds, so a
+    /// producer only a little ahead of its consumers keeps to the ring.
+    pub(super) fn wait_for_room(&self, lane: usize, at: u64, need: u64, wait: Wait) -> Result<bool> {
         let h = self.header();
         let released = &h.lanes[lane].released.0;
         let seen = &self.released_seen[lane];
         let fits = |r: u64| bytes_between(r, at) + need <= LANE_CAP;
         if fits(seen.load(Relaxed)) {
-            return Ok(());
+            return Ok(true);
         }
+        let patience = match wait {
+            Wait::Now => Wait::Now,
+            Wait::For(t, deadline) if t < SPILL_AFTER => Wait::For(t, deadline),
+            _ => Wait::at_most(SPILL_AFTER),
+        };
         let mut sleeper = Sleeper::new(self, Sleep::Space);
         let mut spin_until: Option<Instant> = None;
         loop {
@@ -196,9 +231,9 @@ impl Shared {
             let r = released.pos.load(Acquire);
             seen.store(r, Relaxed);
             if fits(r) {
-                return Ok(());
+                return Ok(true);
             }
-            if !matches!(wait, Wait::Now) && !sleeper.registered {
+            if !matches!(patience, Wait::Now) && !sleeper.registered {
                 let until = *spin_until.get_or_insert_with(|| Instant::now() + SPIN);
                 if Instant::now() < until {
                     std::thread::yield_now();
@@ -213,8 +248,8 @@ impl Shared {
             // or it died doing so: look again soon, to take its lock back if it is dead.
             let lock = &h.lanes[lane].consumer.0.lock;
             let held = lock.load(Acquire);
-            if !sleeper.sleep(seq, wait, (held != 0).then_some(SUSPECT_AFTER)) {
-                return Err(Error::Full { maxsize: None, waited: wait.timeout() });
+            if !sleeper.sleep(seq, patience, (held != 0).then_some(SUSPECT_AFTER)) {
+                return Ok(false);
             }
             let holder = lock.load(Acquire);
             if holder != 0 && holder == held && !self.alive(holder) {
@@ -222,6 +257,15 @@ impl Shared {
             }
         }
     }
+}
+
+/// How long a producer whose ring is full waits for room before it spills.
+const SPILL_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A put under way's lane, as `Counts::pending_lane` holds it: `lane + 1`, and whether the item
+/// goes to the spill in bit 32.
+pub(super) fn pending_lane(lane: usize, spill: bool) -> u64 {
+    (lane as u64 + 1) | (spill as u64) << 32
 }
 
 /// Takes a lock word (the shared lane's), taking it over from a dead holder.

@@ -106,14 +106,14 @@ impl Shared {
     ) -> Result<bool> {
         let h = self.header();
         let lane = &h.lanes[i];
-        if items_between(lane.consumer.0.head.load(Acquire), self.tail(i, lane)) == 0 {
+        if items_between(lane.consumer.0.head.load(Acquire), self.tail(i, lane)) == 0 && !self.spilling(i) {
             return Ok(false);
         }
         if lane.consumer.0.lock.compare_exchange(0, me, Acquire, Relaxed).is_err() {
             *held_elsewhere = true;
             return Ok(false);
         }
-        let taken = self.take_from(i, read);
+        let taken = self.take_next(i, read);
         lane.consumer.0.lock.store(0, Release);
         if h.maxsize > 0 && matches!(taken, Ok(true)) {
             self.wake(Sleep::Space, true);
@@ -121,7 +121,24 @@ impl Shared {
         taken
     }
 
-    /// Takes the item at the head of `lane`, whose lock this thread holds.
+    /// Takes lane `i`'s next item, whose lock this thread holds: from the ring while it has
+    /// any (they are older than every spilled one), else from the spill.
+    fn take_next(&self, i: usize, read: &mut impl FnMut(&[u8])) -> Result<bool> {
+        if self.take_from(i, read)? {
+            return Ok(true);
+        }
+        if !self.spilling(i) {
+            return Ok(false);
+        }
+        // A ring item put before the spilled item just seen is visible now (the ring's tail is
+        // read again, after the spill's): it is older, so it goes first.
+        if self.take_from(i, read)? {
+            return Ok(true);
+        }
+        self.take_spilled(i, read)
+    }
+
+    /// Takes the item at the head of lane `i`'s ring, whose lock this thread holds.
     pub(super) fn take_from(&self, i: usize, read: &mut impl FnMut(&[u8])) -> Result<bool> {
         let h = self.header();
         let lane = &h.lanes[i];
@@ -172,6 +189,7 @@ impl Shared {
         let slot = &h.participants[self.me as usize];
         if counting {
             c.take_head.store(head, Relaxed);
+            c.take_spill.store(0, Relaxed);
             c.take_count.store(slot.taken.load(Relaxed), Relaxed);
             c.take_owner.store(c.lock.load(Relaxed), Release);
         }
@@ -229,7 +247,8 @@ impl Shared {
     fn finish_take_count(&self, i: usize) {
         let c = &self.header().lanes[i].consumer.0;
         let Some((p, _)) = owner_of(c.take_owner.load(Acquire)) else { return };
-        if c.head.load(Acquire) != c.take_head.load(Relaxed) {
+        let head = if c.take_spill.load(Relaxed) != 0 { &c.spill_head } else { &c.head };
+        if head.load(Acquire) != c.take_head.load(Relaxed) {
             let before = c.take_count.load(Relaxed);
             let taken = &self.header().participants[p as usize].taken;
             let _ = taken.compare_exchange(before, before.wrapping_add(1), AcqRel, Relaxed);
@@ -248,6 +267,7 @@ impl Shared {
         }
         self.finish_punch(i);
         self.finish_take_count(i);
+        self.free_spilled(i);
         // the dead holder may have moved the head without telling the producer
         let head = lane.consumer.0.head.load(Acquire);
         lane.released.0.pos.store(pos(head), Release);
