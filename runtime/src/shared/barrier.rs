@@ -61,7 +61,7 @@ pub struct Barrier {
     region: Arc<Region>,
 }
 
-const BARRIER: Type = Type::bare(Kind::Barrier);
+const BARRIER: Type = Type::with_members(Kind::Barrier, bury);
 /// `generation << 13 | broken << 12 | arrived`.
 const STATE: usize = 0;
 const PARTIES: usize = 1;
@@ -230,7 +230,7 @@ fn break_region(region: &Region, reason: u32, pid: u32) {
 }
 
 /// A member died without leaving: a party that will never arrive.
-pub(crate) fn bury(region: &Region, slot: usize, state: u32) {
+fn bury(region: &Region, slot: usize, state: u32) {
     let member = &region.header().members[slot];
     if member.state.load(Acquire) == state {
         break_region(region, PARTY_DIED, member.pid.load(Relaxed));

@@ -75,12 +75,12 @@ impl Kind {
     fn uses_lock(self) -> bool {
         !matches!(self, Kind::AtomicValue | Kind::SharedMemory | Kind::Event | Kind::Barrier)
     }
-
-    /// Whether processes using the object take member slots.
-    fn has_members(self) -> bool {
-        matches!(self, Kind::Semaphore | Kind::Barrier)
-    }
 }
+
+/// Takes back what a dead member held (see [`Region::sweep`]): given by the kinds whose
+/// processes take member slots, called with the slot and the dead one's state word, and only
+/// under the rules [`Region::bury`] keeps.
+pub(crate) type Bury = fn(region: &Region, slot: usize, state: u32);
 
 /// The type of an object's data, as checked when a handle arrives.
 #[derive(Clone, Copy, Debug)]
@@ -90,6 +90,8 @@ pub(crate) struct Type {
     pub(crate) name: &'static str,
     pub(crate) size: usize,
     pub(crate) align: usize,
+    /// For a kind whose processes take member slots, how to take back a dead one's share.
+    pub(crate) bury: Option<Bury>,
 }
 
 impl Type {
@@ -99,11 +101,18 @@ impl Type {
             name: std::any::type_name::<T>(),
             size: std::mem::size_of::<T>(),
             align: std::mem::align_of::<T>(),
+            bury: None,
         }
     }
 
     pub(crate) const fn bare(kind: Kind) -> Type {
-        Type { kind, name: "", size: 0, align: 1 }
+        Type { kind, name: "", size: 0, align: 1, bury: None }
+    }
+
+    /// A kind without a data type whose processes take member slots, and `bury` what one that
+    /// died held.
+    pub(crate) const fn with_members(kind: Kind, bury: Bury) -> Type {
+        Type { kind, name: "", size: 0, align: 1, bury: Some(bury) }
     }
 
     fn tag(&self) -> u64 {
@@ -187,6 +196,8 @@ pub(crate) struct Region {
     pub(crate) pid: u32,
     /// This process's member slot, for the kinds with members.
     membership: Option<Membership>,
+    /// What the kind takes back from a dead member (for the kinds with members).
+    burial: Option<Bury>,
 }
 
 #[derive(Debug)]
@@ -284,11 +295,11 @@ impl Region {
     }
 
     fn attach(fd: OwnedFd, map: Mapping, identity: (u64, u64), ty: Type) -> Result<Arc<Region>> {
-        let mut region = Region { fd, map, identity, pid: std::process::id(), membership: None };
+        let mut region = Region { fd, map, identity, pid: std::process::id(), membership: None, burial: ty.bury };
         if ty.kind.uses_lock() {
             region.header().lock.mutex.watch(); // unwatched in `drop`, before the memory is unmapped
         }
-        if ty.kind.has_members() {
+        if ty.bury.is_some() {
             region.membership = Some(region.join()?);
             leave_at_exit();
         }
@@ -381,10 +392,8 @@ impl Region {
     /// Takes back what the dead member in `slot` held, if the slot is still in `state` (the
     /// dead one's): once only, and never from a process that took the slot over since.
     fn bury(&self, slot: usize, state: u32) {
-        match Kind::from_u32(self.header().kind) {
-            Some(Kind::Semaphore) => super::semaphore::bury(self, slot, state),
-            Some(Kind::Barrier) => super::barrier::bury(self, slot, state),
-            _ => {}
+        if let Some(bury) = self.burial {
+            bury(self, slot, state);
         }
     }
 }

@@ -61,7 +61,7 @@ pub struct Semaphore {
     region: Arc<Region>,
 }
 
-const SEMAPHORE: Type = Type::bare(Kind::Semaphore);
+const SEMAPHORE: Type = Type::with_members(Kind::Semaphore, bury);
 const VALUE: usize = 0;
 const SLEEPERS: usize = 1;
 /// The bound of a `BoundedSemaphore` (0: none).
@@ -207,7 +207,7 @@ fn wake(region: &Region, n: u32) {
 }
 
 /// Gives back what a dead member's guards held, once.
-pub(crate) fn bury(region: &Region, slot: usize, state: u32) {
+fn bury(region: &Region, slot: usize, state: u32) {
     let member = &region.header().members[slot];
     let mut returned = 0;
     // under the semaphore's lock: a second burial finds nothing held, and a slot taken over
