@@ -14,32 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{children, signal};
+use common::{children, signal, Rng};
 use multiproc::{process_fn, Error, Output, Pool};
 use serde::{Deserialize, Serialize, Serializer};
-
-/// A small, seedable generator (splitmix64): the same seed replays the same choices.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn fork(&mut self) -> Rng {
-        Rng(self.next())
-    }
-}
 
 #[process_fn]
 fn square(x: u64) -> u64 {
