@@ -399,6 +399,26 @@ fn storm(seed: u64, secs: u64) {
             }
         })
     };
+    // and it joins the joinable queue now and then, as a Python parent would: a join that
+    // returns at a quiet moment, or names the tasks a dead consumer took with it
+    let joiner = {
+        let (q, stop) = (b.joinable.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut joined, mut lost) = (0u64, 0u64);
+            while !stop.load(Relaxed) {
+                let started = Instant::now();
+                match q.join_timeout(Duration::from_millis(5)) {
+                    Ok(()) => joined += 1,
+                    Err(Error::TasksUnfinished { .. }) => {}
+                    Err(Error::TasksLost { tasks, .. }) => lost += tasks,
+                    Err(e) => panic!("join_timeout: {e}"),
+                }
+                assert!(started.elapsed() < HANG, "join_timeout(5 ms) took {:?}", started.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (joined, lost)
+        })
+    };
     let mut incarnation = 0u32;
     let mut start_one = |party: bool, slot: usize, rng: &mut Rng| {
         incarnation += 1;
@@ -418,6 +438,15 @@ fn storm(seed: u64, secs: u64) {
         std::thread::sleep(Duration::from_millis(10 + rng.below(40)));
         while let Ok(r) = b.reports.try_get() {
             tally.add(r);
+        }
+        // the bound holds (len is a sum over lanes, read while they change: a bound broken
+        // for a moment only may be the reading's; one broken for 50 ms is not)
+        if b.bounded.len() > BOUNDED {
+            std::thread::sleep(Duration::from_millis(50));
+            let len = b.bounded.len();
+            if len > BOUNDED {
+                tally.bad.push(format!("the bounded queue holds {len} items, over its {BOUNDED}"));
+            }
         }
         // a worker that exited holding the lock is replaced
         for r in running.iter_mut().filter(|r| !r.process.is_alive()) {
@@ -450,6 +479,7 @@ fn storm(seed: u64, secs: u64) {
     kills += running.len() as u64;
     stop.store(true, Relaxed);
     ticker.join().unwrap();
+    let (joined, mut tasks_lost) = joiner.join().unwrap();
     while let Ok(r) = b.reports.try_get() {
         tally.add(r);
     }
@@ -470,7 +500,6 @@ fn storm(seed: u64, secs: u64) {
         b.joinable.task_done().unwrap();
         left += 1;
     }
-    let mut tasks_lost = 0;
     let until = Instant::now() + common::DEADLINE;
     loop {
         assert!(Instant::now() < until, "join kept failing");
@@ -511,7 +540,7 @@ fn storm(seed: u64, secs: u64) {
     println!(
         "seed={seed}: {secs} s, operations: {}, {taken} items taken ({left} left at the end), {kills} kills, \
          {stops} stops, {exits} exits holding a lock, {holes} items lost in a killed hand, {tasks_lost} tasks \
-         named lost, {} dead lock holders repaired, {} dict keys",
+         named lost, {joined} joins that returned, {} dead lock holders repaired, {} dict keys",
         KINDS.iter().zip(tally.ops).map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", "),
         pair[2],
         items.len()
