@@ -35,8 +35,7 @@ impl Shared {
         let (lane, spill) = ((pending & 0xffff_ffff) as usize - 1, pending >> 32 != 0);
         let tail_before = counts.pending_tail.load(Acquire);
         let put_before = counts.pending_put.load(Acquire);
-        let producer = &h.lanes[lane].producer.0;
-        let tail = if spill { &producer.spill_tail } else { &producer.tail };
+        let tail = if spill { &self.spill_side(lane).tail } else { &h.lanes[lane].producer.0.tail };
         let published = tail.load(Acquire) != tail_before;
         counts.put.store(put_before + published as u64, Release);
         counts.pending_lane.store(0, Release);

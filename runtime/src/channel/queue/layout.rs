@@ -24,7 +24,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Marks a queue's memory, with the layout's version in its last byte.
-pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPQUEUE\x03");
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"MPQUEUE\x04");
 /// Lanes a thread can have to itself.
 pub(crate) const PRIVATE_LANES: usize = 64;
 /// The lane producers share, under a lock, when every private lane is taken.
@@ -121,9 +121,6 @@ pub(crate) struct ProducerSide {
     pub(crate) tail: AtomicU64,
     /// The shared lane's lock: 0, or an owner word.
     pub(crate) lock: AtomicU64,
-    /// Where the next item goes in the lane's spill (a spill word); stored once the item is
-    /// wholly written.
-    pub(crate) spill_tail: AtomicU64,
 }
 
 /// A lane, seen by its consumers.
@@ -148,14 +145,25 @@ pub(crate) struct ConsumerSide {
     pub(crate) take_owner: AtomicU64,
     pub(crate) take_head: AtomicU64,
     pub(crate) take_count: AtomicU64,
-    /// Whether the noted take is from the spill (then `take_head` is a spill word).
-    pub(crate) take_spill: AtomicU32,
-    /// The next item to take from the spill (a spill word); stored once it is taken.
-    pub(crate) spill_head: AtomicU64,
-    /// The spill's byte position below which its memory is given back: the producer writes no
+}
+
+/// A lane's spill (see the module's doc), on a line of its own: written only while the lane
+/// spills, so that the ring's producer and consumers read it, on every put and on every look
+/// at an empty ring, from their caches.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct SpillSide {
+    /// Where the next item goes (a spill word); stored once the item is wholly written.
+    pub(crate) tail: AtomicU64,
+    /// The next item to take (a spill word); stored once it is taken.
+    pub(crate) head: AtomicU64,
+    /// The byte position below which the spill's memory is given back: the producer writes no
     /// further than a span past it, so nothing below it is ever written again while a
     /// consumer killed in the middle of giving memory back may give it back a second time.
-    pub(crate) spill_freed: AtomicU64,
+    pub(crate) freed: AtomicU64,
+    /// Whether the consumers' noted take (`ConsumerSide::take_head`) is from the spill (then
+    /// `take_head` is a spill word). Stored only when it changes.
+    pub(crate) take_spill: AtomicU32,
 }
 
 /// How far the producer may write: told by the consumers now and then, not at every item, so
@@ -198,6 +206,8 @@ pub(crate) struct Header {
     pub(crate) active: Line<[AtomicU64; LANES.div_ceil(64)]>,
     pub(crate) participants: [Participant; PARTICIPANTS],
     pub(crate) lanes: [Lane; LANES],
+    /// Each lane's spill, apart from the lanes (which stay three lines each).
+    pub(crate) spills: [Line<SpillSide>; LANES],
 }
 
 impl Header {

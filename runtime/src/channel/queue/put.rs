@@ -102,7 +102,9 @@ impl Shared {
         let len = if blob { 16 } else { bytes.len() };
         let need = record_len(len);
         let tail = meta.producer.0.tail.load(Relaxed);
-        if !self.wait_for_room(lane, pos(tail), need, wait)? {
+        // room as last told (the common case, checked here), else wait for room or spill
+        let room = bytes_between(self.released_seen[lane].load(Relaxed), pos(tail)) + need <= LANE_CAP;
+        if !room && !self.wait_for_room(lane, pos(tail), need, wait)? {
             return self.put_spilled(lane, bytes, count_it);
         }
         if blob {
@@ -119,8 +121,9 @@ impl Shared {
     }
 
     /// Puts one item into `lane`'s spill and publishes it.
+    #[cold]
     fn put_spilled(&self, lane: usize, bytes: &[u8], count_it: bool) -> Result<()> {
-        let spill_tail = &self.header().lanes[lane].producer.0.spill_tail;
+        let spill_tail = &self.spill_side(lane).tail;
         let before = spill_tail.load(Relaxed);
         let after = self.write_spilled(lane, bytes)?;
         self.publish(lane, spill_tail, before, after, count_it);
@@ -136,7 +139,7 @@ impl Shared {
             // finds it uncounted); `pending` lets the lock's next holder put the count right if
             // this process dies in between.
             let counts = &self.header().counts.0;
-            let spill = std::ptr::eq(tail, &self.header().lanes[lane].producer.0.spill_tail);
+            let spill = std::ptr::eq(tail, &self.spill_side(lane).tail);
             let put = counts.put.load(Relaxed);
             counts.pending_tail.store(before, Relaxed);
             counts.pending_put.store(put, Relaxed);
@@ -211,6 +214,7 @@ impl Shared {
     /// (`false`): at once for a `put_nowait`, else after [`SPILL_AFTER`] or the end of the
     /// wait, whichever comes first. A live consumer frees room within microseconds, so a
     /// producer only a little ahead of its consumers keeps to the ring.
+    #[inline(never)]
     pub(super) fn wait_for_room(&self, lane: usize, at: u64, need: u64, wait: Wait) -> Result<bool> {
         let h = self.header();
         let released = &h.lanes[lane].released.0;

@@ -21,25 +21,31 @@ const FREE_EVERY: u64 = 64 * 1024;
 const FIRST_READ: usize = 512;
 
 impl Shared {
+    /// Lane `i`'s spill.
+    #[inline]
+    pub(super) fn spill_side(&self, i: usize) -> &SpillSide {
+        &self.header().spills[i].0
+    }
+
     /// Whether lane `i`'s spill holds items: then its producer puts there, not in the ring.
     #[inline]
     pub(super) fn spilling(&self, i: usize) -> bool {
-        let lane = &self.header().lanes[i];
-        spill_pos(lane.consumer.0.spill_head.load(Acquire)) != spill_pos(lane.producer.0.spill_tail.load(Acquire))
+        let sp = self.spill_side(i);
+        spill_pos(sp.head.load(Acquire)) != spill_pos(sp.tail.load(Acquire))
     }
 
     /// [`spilling`](Shared::spilling), as lane `i`'s producer asks it before each put: the
-    /// spill's head (on the consumers' busy cache line) is read only while its tail is not the
-    /// head last seen equal to it, since a head never passes the tail.
+    /// spill's head (which consumers write while the spill drains) is read only while its tail
+    /// is not the head last seen equal to it, since a head never passes the tail.
     #[inline]
     pub(super) fn producer_spilling(&self, i: usize) -> bool {
-        let lane = &self.header().lanes[i];
-        let tail = spill_pos(lane.producer.0.spill_tail.load(Acquire));
+        let sp = self.spill_side(i);
+        let tail = spill_pos(sp.tail.load(Acquire));
         let seen = &self.spill_drained_seen[i];
         if seen.load(Relaxed) == tail {
             return false;
         }
-        let head = spill_pos(lane.consumer.0.spill_head.load(Acquire));
+        let head = spill_pos(sp.head.load(Acquire));
         if head == tail {
             seen.store(tail, Relaxed);
         }
@@ -48,8 +54,8 @@ impl Shared {
 
     /// Items in lane `i`'s spill.
     pub(super) fn spilled(&self, i: usize) -> u64 {
-        let lane = &self.header().lanes[i];
-        spill_items(lane.consumer.0.spill_head.load(Acquire), lane.producer.0.spill_tail.load(Acquire))
+        let sp = self.spill_side(i);
+        spill_items(sp.head.load(Acquire), sp.tail.load(Acquire))
     }
 
     /// Where byte position `at` of lane `i`'s spill is in the memfd.
@@ -77,10 +83,10 @@ impl Shared {
     /// Writes one item's record into lane `i`'s spill, which this thread may write alone now;
     /// the caller publishes it with the returned spill word, the new tail.
     pub(super) fn write_spilled(&self, i: usize, bytes: &[u8]) -> Result<u64> {
-        let lane = &self.header().lanes[i];
-        let tail = lane.producer.0.spill_tail.load(Relaxed);
+        let sp = self.spill_side(i);
+        let tail = sp.tail.load(Relaxed);
         let need = record_len(bytes.len());
-        let freed = lane.consumer.0.spill_freed.load(Acquire);
+        let freed = sp.freed.load(Acquire);
         if spill_bytes(freed, spill_pos(tail)) + need > SPILL_SPAN {
             return Err(Error::Full { maxsize: None, waited: None });
         }
@@ -102,12 +108,13 @@ impl Shared {
     /// Takes the item at the head of lane `i`'s spill, whose consumer lock this thread holds,
     /// handing its bytes to `read`. The head moves once the item is read; a joinable queue
     /// counts the take as a ring's take is counted.
+    #[cold]
     pub(super) fn take_spilled(&self, i: usize, read: &mut impl FnMut(&[u8])) -> Result<bool> {
         let h = self.header();
         let lane = &h.lanes[i];
-        let c = &lane.consumer.0;
-        let head = c.spill_head.load(Relaxed);
-        if spill_pos(head) == spill_pos(lane.producer.0.spill_tail.load(Acquire)) {
+        let (c, sp) = (&lane.consumer.0, self.spill_side(i));
+        let head = sp.head.load(Relaxed);
+        if spill_pos(head) == spill_pos(sp.tail.load(Acquire)) {
             return Ok(false);
         }
         let at = spill_pos(head);
@@ -141,11 +148,13 @@ impl Shared {
         let slot = &h.participants[self.me as usize];
         if counting {
             c.take_head.store(head, Relaxed);
-            c.take_spill.store(1, Relaxed);
+            if sp.take_spill.load(Relaxed) != 1 {
+                sp.take_spill.store(1, Relaxed);
+            };
             c.take_count.store(slot.taken.load(Relaxed), Relaxed);
             c.take_owner.store(c.lock.load(Relaxed), Release);
         }
-        c.spill_head.store(spill_advance(head, record_len(len)), Release);
+        sp.head.store(spill_advance(head, record_len(len)), Release);
         if counting {
             slot.taken.fetch_add(1, AcqRel);
             c.take_owner.store(0, Release);
@@ -158,15 +167,14 @@ impl Shared {
     /// Gives back the memory of lane `i`'s spill behind its head, in pieces of [`FREE_EVERY`]
     /// or all of it once the spill is empty. Under the lane's consumer lock; done again by the
     /// next holder if this one dies in the middle (punching a hole twice does no harm, and the
-    /// producer writes nothing there until `spill_freed` has moved).
+    /// producer writes nothing there until `freed` has moved).
     pub(super) fn free_spilled(&self, i: usize) {
-        let lane = &self.header().lanes[i];
-        let c = &lane.consumer.0;
-        let head = spill_pos(c.spill_head.load(Acquire));
-        let freed = c.spill_freed.load(Relaxed);
+        let sp = self.spill_side(i);
+        let head = spill_pos(sp.head.load(Acquire));
+        let freed = sp.freed.load(Relaxed);
         let upto = head & !4095;
         let behind = spill_bytes(freed, upto);
-        let empty = head == spill_pos(lane.producer.0.spill_tail.load(Acquire));
+        let empty = head == spill_pos(sp.tail.load(Acquire));
         if behind == 0 || (behind < FREE_EVERY && !empty) {
             return;
         }
@@ -175,7 +183,7 @@ impl Shared {
         if behind > first {
             shm::punch_hole(self.fd_ref(), Self::spill_offset(i, 0), behind - first);
         }
-        c.spill_freed.store(upto, Release);
+        sp.freed.store(upto, Release);
     }
 }
 

@@ -115,27 +115,40 @@ impl Shared {
         }
         let taken = self.take_next(i, read);
         lane.consumer.0.lock.store(0, Release);
-        if h.maxsize > 0 && matches!(taken, Ok(true)) {
-            self.wake(Sleep::Space, true);
+        // (each arm builds its own result: moving the whole `Result` out costs a stalled copy
+        // on every take)
+        match taken {
+            Ok(true) => {
+                if h.maxsize > 0 {
+                    self.wake(Sleep::Space, true);
+                }
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(e),
         }
-        taken
     }
 
     /// Takes lane `i`'s next item, whose lock this thread holds: from the ring while it has
     /// any (they are older than every spilled one), else from the spill.
+    #[inline]
     fn take_next(&self, i: usize, read: &mut impl FnMut(&[u8])) -> Result<bool> {
-        if self.take_from(i, read)? {
-            return Ok(true);
+        // (one call of the ring's take, so that it is inlined on the hot path)
+        let mut spill_seen = false;
+        loop {
+            if self.take_from(i, read)? {
+                return Ok(true);
+            }
+            if spill_seen {
+                return self.take_spilled(i, read);
+            }
+            if !self.spilling(i) {
+                return Ok(false);
+            }
+            // A ring item put before the spilled item just seen is visible now (the ring's
+            // tail is read again, after the spill's): it is older, so it goes first.
+            spill_seen = true;
         }
-        if !self.spilling(i) {
-            return Ok(false);
-        }
-        // A ring item put before the spilled item just seen is visible now (the ring's tail is
-        // read again, after the spill's): it is older, so it goes first.
-        if self.take_from(i, read)? {
-            return Ok(true);
-        }
-        self.take_spilled(i, read)
     }
 
     /// Takes the item at the head of lane `i`'s ring, whose lock this thread holds.
@@ -189,7 +202,10 @@ impl Shared {
         let slot = &h.participants[self.me as usize];
         if counting {
             c.take_head.store(head, Relaxed);
-            c.take_spill.store(0, Relaxed);
+            let sp = self.spill_side(i);
+            if sp.take_spill.load(Relaxed) != 0 {
+                sp.take_spill.store(0, Relaxed);
+            }
             c.take_count.store(slot.taken.load(Relaxed), Relaxed);
             c.take_owner.store(c.lock.load(Relaxed), Release);
         }
@@ -247,7 +263,8 @@ impl Shared {
     fn finish_take_count(&self, i: usize) {
         let c = &self.header().lanes[i].consumer.0;
         let Some((p, _)) = owner_of(c.take_owner.load(Acquire)) else { return };
-        let head = if c.take_spill.load(Relaxed) != 0 { &c.spill_head } else { &c.head };
+        let sp = self.spill_side(i);
+        let head = if sp.take_spill.load(Relaxed) != 0 { &sp.head } else { &c.head };
         if head.load(Acquire) != c.take_head.load(Relaxed) {
             let before = c.take_count.load(Relaxed);
             let taken = &self.header().participants[p as usize].taken;
