@@ -327,6 +327,39 @@ pub use multiproc_runtime::{
 
 /// The crate behind the plain-data bound of [`Value`] and [`Array`]: derive its `Pod` and
 /// `Zeroable` (or `NoUninit` and `CheckedBitPattern`) for a `#[repr(C)]` struct of your own.
+///
+/// Through this re-export (without `bytemuck` in your own `Cargo.toml`) the derives need to be
+/// told where the crate is, with `#[bytemuck(crate = "multiproc::bytemuck")]`; with `bytemuck`
+/// as your own dependency (`features = ["derive"]`), plain `#[derive(Pod, Zeroable)]` works.
+///
+/// # Examples
+///
+/// A struct inside a [`Value`], changed by a child under the value's lock:
+///
+/// ```
+/// use multiproc::bytemuck::{Pod, Zeroable};
+/// use multiproc::{process_fn, Value};
+///
+/// #[repr(C)]
+/// #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+/// #[bytemuck(crate = "multiproc::bytemuck")]
+/// struct Particle {
+///     position: [f32; 3],
+///     mass: f32,
+/// }
+///
+/// #[process_fn]
+/// fn heavier(p: Value<Particle>) {
+///     p.lock().unwrap().mass *= 2.0;
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let p = Value::new(Particle { position: [0.0; 3], mass: 1.5 })?;
+/// heavier.spawn(p.clone())?.join()?;
+/// assert_eq!(p.get()?.mass, 3.0);
+/// # Ok(())
+/// # }
+/// ```
 pub use multiproc_runtime::bytemuck;
 
 #[cfg(feature = "progress")]
