@@ -257,8 +257,11 @@ fn a_producer_killed_in_the_middle_of_a_put_100_times_leaves_no_partial_item() {
         for round in 0..100u64 {
             let mut child = put_forever.spawn(q.clone(), round).unwrap();
             // take while it puts, so that it is writing (not waiting for room) when killed
+            // (and until this round's producer has put one: a child slow to start on a loaded
+            // machine would otherwise be killed before it put anything, round after round)
             let until = Instant::now() + Duration::from_micros(300 + 100 * (round % 30));
-            while Instant::now() < until || taken == 0 {
+            let before = taken;
+            while Instant::now() < until || taken == before {
                 if let Ok(item) = q.try_get() {
                     assert!(is_whole(&item), "round {round}: a partial item was visible");
                     taken += 1;
