@@ -45,8 +45,11 @@ impl Shared {
     /// Counts one task done (`JoinableQueue::task_done`), for this process's slot.
     pub(crate) fn task_done(&self) -> Result<()> {
         let h = self.header();
-        let put = h.counts.0.put.load(Acquire);
+        // The done first: every task counted in it was put before it was done, so the count of
+        // items put read after covers them all, and this task too. (Read the other way round,
+        // tasks put and done in between could make this one look done already.)
         let done = self.done_total();
+        let put = h.counts.0.put.load(Acquire);
         if done >= put {
             return Err(Error::TaskDoneTooMany);
         }
@@ -64,9 +67,10 @@ impl Shared {
         h.participants[..used].iter().map(|s| s.done.load(Acquire)).fold(0, u64::wrapping_add)
     }
 
-    /// Items put and not yet done.
+    /// Items put and not yet done (the done read first, as in `task_done`: never too few).
     pub(crate) fn unfinished(&self) -> u64 {
-        self.header().counts.0.put.load(Acquire).saturating_sub(self.done_total())
+        let done = self.done_total();
+        self.header().counts.0.put.load(Acquire).saturating_sub(done)
     }
 
     /// The tasks lost with the processes of participant slot `p`, and the pid to blame: all
@@ -175,6 +179,44 @@ impl Drop for ProducersGuard<'_> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    /// Consumers that keep up with the producer mark each task done the moment they take it:
+    /// a `task_done` must never find its own task uncounted (the count of tasks done it reads
+    /// may include tasks put after it read the count of items put, so it reads the done first).
+    #[test]
+    fn task_done_never_finds_its_task_uncounted_while_others_race_it() {
+        const N: u64 = 400_000;
+        for _round in 0..8 {
+            race_task_done(N);
+        }
+    }
+
+    fn race_task_done(n: u64) {
+        let shared = Shared::create(0, JOINABLE).unwrap();
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let s = Arc::clone(&shared);
+                std::thread::spawn(move || loop {
+                    let mut last = false;
+                    s.take(Wait::at_most(Duration::from_secs(30)), |b| last = b == [0xff; 8]).unwrap();
+                    s.task_done().unwrap();
+                    if last {
+                        return;
+                    }
+                })
+            })
+            .collect();
+        for i in 0..n {
+            shared.put_bytes(&i.to_le_bytes(), Wait::Forever).unwrap();
+        }
+        for _ in &consumers {
+            shared.put_bytes(&[0xff; 8], Wait::Forever).unwrap();
+        }
+        for c in consumers {
+            c.join().expect("a task_done found its own task uncounted");
+        }
+        shared.join(Wait::Now).unwrap();
+    }
 
     #[test]
     fn a_joiner_repairs_the_count_of_a_producer_that_died_between_counting_and_publishing() {
