@@ -87,8 +87,19 @@ pub(crate) fn w6() {
             q.put(u64::MAX).unwrap();
         }
         let results: Vec<(u64, u64, u64, u64)> = consumers.into_iter().map(|c| c.join().unwrap()).collect();
-        assert_eq!(results.iter().map(|r| r.0).sum::<u64>(), N);
-        assert_eq!(results.iter().fold(0u64, |s, r| s.wrapping_add(r.1)), expected);
+        // Items of different producers come in no promised order (see `Queue`), and the end
+        // marks are a fifth producer's: a consumer may take its mark while another lane still
+        // holds items. Those are here still, every one (a loss fails the counts below).
+        let (mut left, mut left_sum) = (0, 0u64);
+        while let Ok(v) = q.try_get() {
+            left += 1;
+            left_sum = left_sum.wrapping_add(v);
+        }
+        if left > 0 {
+            println!("W6 queue(4 producers x 4 consumers): {left} items were behind the end marks");
+        }
+        assert_eq!(results.iter().map(|r| r.0).sum::<u64>() + left, N);
+        assert_eq!(results.iter().fold(left_sum, |s, r| s.wrapping_add(r.1)), expected);
         let first = results.iter().map(|r| r.2).min().unwrap();
         let last = results.iter().map(|r| r.3).max().unwrap();
         (last - first) as f64 / N as f64
