@@ -294,6 +294,44 @@ thread_local! {
     static LANES_HELD: RefCell<Held> = RefCell::new(Held::default());
     /// This thread's tag in owner words.
     static TAG: Cell<u64> = const { Cell::new(0) };
+    /// Where this thread's last item in each queue's shared lane went, while it may not have
+    /// been taken yet.
+    static SHARED_PUTS: RefCell<Vec<SharedPut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A thread's last item in a queue's shared lane: the lane's ring and spill tails just after it.
+struct SharedPut {
+    key: (u64, u64),
+    ring_tail: u64,
+    spill_tail: u64,
+}
+
+/// Records that this thread's last item in `shared`'s shared lane ends at these tails.
+pub(crate) fn note_shared_put(shared: &Shared, ring_tail: u64, spill_tail: u64) {
+    let key = shared.key();
+    SHARED_PUTS.with(|p| {
+        let mut p = p.borrow_mut();
+        match p.iter_mut().find(|s| s.key == key) {
+            Some(s) => (s.ring_tail, s.spill_tail) = (ring_tail, spill_tail),
+            None => p.push(SharedPut { key, ring_tail, spill_tail }),
+        }
+    });
+}
+
+/// Whether this thread may leave `shared`'s shared lane for a lane of its own: only once the
+/// consumers have taken every item it put there, or its next items could be taken before them.
+/// `taken` says whether the lane's heads have passed the given tails.
+pub(crate) fn may_leave_shared_lane(shared: &Shared, taken: impl Fn(u64, u64) -> bool) -> bool {
+    let key = shared.key();
+    SHARED_PUTS.with(|p| {
+        let mut p = p.borrow_mut();
+        let Some(at) = p.iter().position(|s| s.key == key) else { return true };
+        if !taken(p[at].ring_tail, p[at].spill_tail) {
+            return false;
+        }
+        p.swap_remove(at);
+        true
+    })
 }
 
 /// Lanes held by one thread; given back when the thread ends.

@@ -8,7 +8,9 @@
 //! one word. No atomic read-modify-write on the way, so a stream of puts is not slowed by the
 //! other core's reads. A producer killed at any instant has either published an item whole or
 //! not at all; its lane is taken over by the next thread that needs one, when its process is
-//! found dead. With more producing threads than lanes, the rest share one lane under a lock.
+//! found dead. With more producing threads than lanes, the rest share one lane under a lock;
+//! a thread that put there moves to a lane of its own only once its items there are taken, so
+//! each thread's items keep their order.
 //!
 //! **Consumers.** Any consumer takes from any lane, holding the lane's lock (an owner word)
 //! while it reads one item and moves the head. One killed before it moved the head leaves the

@@ -307,6 +307,14 @@ pub(crate) fn spill_items(head: u64, tail: u64) -> u64 {
     ((tail >> SPILL_POS_BITS).wrapping_sub(head >> SPILL_POS_BITS)) & SPILL_ITEMS_MASK
 }
 
+/// Whether spill word `later` has items past `earlier` (a spill never holds half the count's
+/// range).
+#[inline]
+pub(crate) fn spill_is_ahead(earlier: u64, later: u64) -> bool {
+    let d = spill_items(earlier, later);
+    d != 0 && d <= SPILL_ITEMS_MASK / 2
+}
+
 /// Bytes between two spill byte positions.
 #[inline]
 pub(crate) fn spill_bytes(from: u64, to: u64) -> u64 {

@@ -537,6 +537,70 @@ mod tests {
         assert!(q.is_empty());
     }
 
+    /// A thread put into the shared lane (every lane was held); then a lane is given back. The
+    /// thread's next items may not go to that lane while its first still waits in the shared
+    /// one, or a consumer would take them first (seen in CI: "thread 2: 0 out of order").
+    #[test]
+    fn a_thread_leaves_the_shared_lane_only_once_its_items_there_are_taken() {
+        for bounded in [false, true] {
+            let q = match bounded {
+                false => Queue::<u32>::new().unwrap(),
+                true => Queue::<u32>::bounded(1000).unwrap(),
+            };
+            let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+            let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let holders: Vec<_> = (0..layout::PRIVATE_LANES)
+                .map(|_| {
+                    let (q, rx, held_tx) = (q.clone(), release_rx.clone(), held_tx.clone());
+                    std::thread::spawn(move || {
+                        q.put(1_000_000).unwrap(); // takes a lane of its own
+                        held_tx.send(()).unwrap();
+                        let _ = rx.lock().unwrap().recv();
+                    })
+                })
+                .collect();
+            for _ in 0..layout::PRIVATE_LANES {
+                held_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            }
+            let (step_tx, step_rx) = std::sync::mpsc::channel::<()>();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let sharer = {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    q.put(0).unwrap(); // every lane is held: the shared one
+                    done_tx.send(()).unwrap();
+                    step_rx.recv().unwrap();
+                    for i in 1..100 {
+                        q.put(i).unwrap();
+                    }
+                })
+            };
+            done_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            release_tx.send(()).unwrap(); // one holder ends, and its lane is free
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !holders.iter().any(|h| h.is_finished()) {
+                assert!(std::time::Instant::now() < deadline, "no lane holder ended");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            step_tx.send(()).unwrap();
+            sharer.join().unwrap();
+            let mut next = 0;
+            for _ in 0..layout::PRIVATE_LANES + 100 {
+                let x = q.get_timeout(Duration::from_secs(30)).unwrap();
+                if x < 1_000_000 {
+                    assert_eq!(x, next, "the sharing thread's items out of order (bounded: {bounded})");
+                    next += 1;
+                }
+            }
+            assert_eq!(next, 100);
+            drop(release_tx);
+            for h in holders {
+                h.join().unwrap();
+            }
+        }
+    }
+
     #[test]
     fn joinable_counts_and_shutdown() {
         let q = JoinableQueue::<u8>::new().unwrap();

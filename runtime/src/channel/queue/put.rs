@@ -35,6 +35,9 @@ impl Shared {
             if h.maxsize == 0 || (self.len() as u64) < h.maxsize {
                 let (lane, _) = self.my_lane()?; // the lock serializes the shared lane too
                 let r = self.put_in_lane(lane, bytes, wait, h.flags & JOINABLE != 0);
+                if r.is_ok() && lane == SHARED_LANE {
+                    self.note_shared_put();
+                }
                 drop(guard);
                 return r;
             }
@@ -54,6 +57,17 @@ impl Shared {
             attach::drop_lane(self); // taken back (this process was thought dead?)
         }
         let h = self.header();
+        // A thread whose items wait in the shared lane stays there until they are taken: in a
+        // lane of its own, its next items could be taken first.
+        let shared = &h.lanes[SHARED_LANE];
+        let spill = self.spill_side(SHARED_LANE);
+        let taken = |ring_tail: u64, spill_tail: u64| {
+            !is_ahead(shared.consumer.0.head.load(Acquire), ring_tail)
+                && !spill_is_ahead(spill.head.load(Acquire), spill_tail)
+        };
+        if !attach::may_leave_shared_lane(self, taken) {
+            return Ok((SHARED_LANE, false));
+        }
         let owner = self.owner(attach::thread_tag());
         let take = |i: usize, expected: u64| {
             let ok = h.lanes[i].producer.0.owner.compare_exchange(expected, owner, AcqRel, Relaxed).is_ok();
@@ -85,8 +99,17 @@ impl Shared {
         let me = self.owner(attach::thread_tag());
         acquire(self, lock, me);
         let r = self.put_in_lane(SHARED_LANE, bytes, wait, false);
+        if r.is_ok() {
+            self.note_shared_put();
+        }
         lock.store(0, Release);
         r
+    }
+
+    /// Notes where this thread's item just put in the shared lane ends (see `my_lane`).
+    fn note_shared_put(&self) {
+        let ring_tail = self.header().lanes[SHARED_LANE].producer.0.tail.load(Relaxed);
+        attach::note_shared_put(self, ring_tail, self.spill_side(SHARED_LANE).tail.load(Relaxed));
     }
 
     /// Writes one item's record into `lane` (which this thread may write alone now), and
