@@ -51,6 +51,13 @@ fn handles_do_not_cross_ranks_and_a_brokered_queue_does() {
 }
 
 #[test]
+fn large_values_cross_to_ranks_inline_as_descriptors_cannot() {
+    let out = mpirun(&["large"]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.trim(), "4 large values there and back: all correct", "{}", out.stderr);
+}
+
+#[test]
 fn imap_apply_async_and_a_panic_on_a_rank_that_fails_only_its_item() {
     let out = mpirun(&["more"]);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);

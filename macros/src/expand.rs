@@ -64,18 +64,35 @@ fn with_error(mut tokens: TokenStream, error: syn::Error) -> TokenStream {
     tokens
 }
 
-/// `Vec<u8>`, `std::vec::Vec<u8>`, `alloc::vec::Vec<u8>`, written out (a type alias is not seen,
-/// and simply takes the general path).
-fn is_byte_vec(ty: &syn::Type) -> bool {
-    let syn::Type::Path(p) = ty else { return false };
-    let Some(last) = p.path.segments.last() else { return false };
+/// How a type crosses: the general path, or as one block of bytes.
+enum Block {
+    /// `Vec<u8>`: through serde_bytes, the same bytes as the general path.
+    Bytes,
+    /// A `Vec` of plain numbers: their bytes as one block, its length in bytes first.
+    Numbers,
+}
+
+/// Numbers whose `Vec` crosses as a block of their bytes.
+const NUMBERS: [&str; 11] = ["u16", "u32", "u64", "u128", "i8", "i16", "i32", "i64", "i128", "f32", "f64"];
+
+/// `Vec<u8>` or a `Vec` of plain numbers (also as `std::vec::Vec<..>`, `alloc::vec::Vec<..>`),
+/// written out: a type alias is not seen, and simply takes the general path.
+fn as_block(ty: &syn::Type) -> Option<Block> {
+    let syn::Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
     let prefix_ok = p.qself.is_none()
         && p.path.segments.iter().rev().skip(1).all(|s| s.ident == "std" || s.ident == "alloc" || s.ident == "vec");
-    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return false };
-    prefix_ok
-        && last.ident == "Vec"
-        && args.args.len() == 1
-        && matches!(args.args.first(), Some(syn::GenericArgument::Type(syn::Type::Path(t))) if t.path.is_ident("u8"))
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    if !prefix_ok || last.ident != "Vec" || args.args.len() != 1 {
+        return None;
+    }
+    let Some(syn::GenericArgument::Type(syn::Type::Path(t))) = args.args.first() else { return None };
+    let element = t.path.get_ident()?.to_string();
+    match element.as_str() {
+        "u8" => Some(Block::Bytes),
+        e if NUMBERS.contains(&e) => Some(Block::Numbers),
+        _ => None,
+    }
 }
 
 fn is(attr: &Attribute, name: &str) -> bool {
@@ -114,22 +131,28 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
     };
     // One codec call per type, spanned where the user wrote the type: a type that is not
     // serializable is reported there (and only there).
-    // A `Vec<u8>` goes through serde_bytes: the same bytes on the wire, in one block instead of
-    // element by element.
-    let encode_args = names.iter().zip(&tys).map(|(name, ty)| match is_byte_vec(ty) {
-        true => quote_spanned! {ty.span()=> #private::encode_bytes("arguments", #name, __out)?; },
-        false => quote_spanned! {ty.span()=> #private::encode_arg::<#ty>(#name, __out)?; },
+    // A `Vec<u8>` goes through serde_bytes (the same bytes on the wire) and a `Vec` of plain
+    // numbers as their bytes: one block instead of element by element, out of line when large.
+    let encode_args = names.iter().zip(&tys).map(|(name, ty)| match as_block(ty) {
+        Some(Block::Bytes) => quote_spanned! {ty.span()=> #private::encode_bytes("arguments", #name, __out)?; },
+        Some(Block::Numbers) => quote_spanned! {ty.span()=> #private::encode_numbers("arguments", #name, __out)?; },
+        None => quote_spanned! {ty.span()=> #private::encode_arg::<#ty>(#name, __out)?; },
     });
-    let decode_args = tys.iter().map(|ty| match is_byte_vec(ty) {
-        true => quote_spanned! {ty.span()=> __args.read_bytes()?, },
-        false => quote_spanned! {ty.span()=> __args.read::<#ty>()?, },
+    let decode_args = tys.iter().map(|ty| match as_block(ty) {
+        Some(Block::Bytes) => quote_spanned! {ty.span()=> __args.read_bytes()?, },
+        Some(Block::Numbers) => quote_spanned! {ty.span()=> __args.read_numbers()?, },
+        None => quote_spanned! {ty.span()=> __args.read::<#ty>()?, },
     });
-    let (encode_output, decode_output) = match is_byte_vec(output) {
-        true => (
+    let (encode_output, decode_output) = match as_block(output) {
+        Some(Block::Bytes) => (
             quote_spanned! {output.span()=> #private::encode_bytes("result", __output, __out) },
             quote_spanned! {output.span()=> __results.read_bytes() },
         ),
-        false => (
+        Some(Block::Numbers) => (
+            quote_spanned! {output.span()=> #private::encode_numbers("result", __output, __out) },
+            quote_spanned! {output.span()=> __results.read_numbers() },
+        ),
+        None => (
             quote_spanned! {output.span()=> #private::encode_output::<#output>(__output, __out) },
             quote_spanned! {output.span()=> __results.read::<#output>() },
         ),

@@ -29,6 +29,30 @@ pub fn encode_bytes(what: &'static str, value: &[u8], out: &mut Vec<u8>) -> Resu
     crate::wire::codec::encode_into(what, serde_bytes::Bytes::new(value), out)
 }
 
+/// Appends a `Vec` of plain numbers as one block of their little-endian bytes, its length in
+/// bytes first (read back by `ValueReader::read_numbers`): one copy instead of serde's element
+/// by element, and out of line when large. `what`: `arguments` or `result`.
+#[cfg(target_endian = "little")]
+pub fn encode_numbers<T: bytemuck::Pod>(what: &'static str, value: &[T], out: &mut Vec<u8>) -> Result<()> {
+    crate::wire::codec::encode_into(what, serde_bytes::Bytes::new(bytemuck::cast_slice(value)), out)
+}
+
+/// As above, on a big-endian machine: the general path, element by element.
+#[cfg(target_endian = "big")]
+pub fn encode_numbers<T: bytemuck::Pod + serde::Serialize>(
+    what: &'static str,
+    value: &[T],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    crate::wire::codec::encode_into(what, value, out)
+}
+
+/// Sets the size from which byte runs go out of line, in this process (the benchmarks'
+/// sweep); 0 goes back to `MULTIPROC_LARGE_MIN` or the default.
+pub fn set_large_min(bytes: usize) {
+    crate::wire::large::set_threshold(bytes)
+}
+
 /// Appends the encoded result.
 pub fn encode_output<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     crate::wire::codec::encode_into("result", value, out)

@@ -14,7 +14,7 @@ use crate::sys;
 
 use crate::wire::codec::{self, ValueReader};
 use crate::wire::fds;
-use crate::wire::frame::{FrameReader, Kind, OutFrame, RecvError, HEADER_LEN, MAX_FRAME_LEN};
+use crate::wire::frame::{self, FrameReader, Kind, OutFrame, RecvError, HEADER_LEN, MAX_FRAME_LEN};
 use crate::wire::handshake::build_id;
 use crate::wire::items::{ItemsReader, ItemsWriter, ITEM_FAIL, ITEM_PANIC};
 use crate::wire::message::{self, FailReport, Hello, PanicReport, PROTOCOL};
@@ -240,7 +240,7 @@ fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
 /// close afterwards: the handles made from them hold theirs.
 fn with_handles(received: Vec<OwnedFd>, answer: impl FnOnce() -> OutFrame) -> OutFrame {
     let ((mut reply, _received), sent) = fds::collect(|| fds::provide(received, answer));
-    reply.fds = sent;
+    reply.attach(sent);
     reply
 }
 
@@ -262,9 +262,13 @@ fn answer(id: u64, name: &str, args: &[u8], limit: usize) -> OutFrame {
         Err(CallFailure::Panic(report)) => message::reply_frame(Kind::Panic, id, "message", &report)
             .unwrap_or_else(|e| fail_frame(id, FailReport::from_error(e))),
     };
-    match reply.check_len(limit) {
+    // what went out of line counts too (it is attached to the reply after)
+    match frame::check_len(reply.payload_len().saturating_add(fds::large_so_far() as usize), limit) {
         Ok(()) => reply,
-        Err(e) => fail(e),
+        Err(e) => {
+            fds::uncount_large_since(0);
+            fail(e)
+        }
     }
 }
 
@@ -304,6 +308,8 @@ pub(crate) struct Batch<'a> {
     limit: usize,
     /// Items not yet finished.
     left: usize,
+    /// Bytes out of line before the current item.
+    large_before: u64,
 }
 
 impl<'a> Batch<'a> {
@@ -312,7 +318,7 @@ impl<'a> Batch<'a> {
         let payload_at = HEADER_LEN;
         out.extend_from_slice(&id.to_le_bytes());
         let list = ItemsWriter::new(out);
-        Batch { out, list, payload_at, limit, left: count }
+        Batch { out, list, payload_at, limit, left: count, large_before: 0 }
     }
 
     /// Where the current item's output goes.
@@ -325,6 +331,7 @@ impl<'a> Batch<'a> {
     #[inline(always)]
     pub(crate) fn begin(&mut self) {
         self.list.begin(self.out);
+        self.large_before = fds::large_so_far();
     }
 
     /// The item's output is complete. One that would take the reply over the frame limit fails
@@ -332,7 +339,7 @@ impl<'a> Batch<'a> {
     #[inline(always)]
     pub(crate) fn end_ok(&mut self) {
         self.left = self.left.saturating_sub(1);
-        let len = self.out.len() - self.payload_at;
+        let len = self.out.len() - self.payload_at + fds::large_so_far() as usize;
         if len + self.left * ROOM_PER_ITEM > self.limit {
             self.too_large(len);
             return;
@@ -351,6 +358,7 @@ impl<'a> Batch<'a> {
     /// The item failed: whatever it wrote is dropped, and its failure recorded.
     pub(crate) fn end_failed(&mut self, failure: CallFailure) {
         self.left = self.left.saturating_sub(1);
+        fds::uncount_large_since(self.large_before);
         let (tag, body) = match failure {
             CallFailure::Panic(report) => (ITEM_PANIC, encode_report(&report)),
             CallFailure::Fail(e) => (ITEM_FAIL, encode_report(&FailReport::from_error(e))),

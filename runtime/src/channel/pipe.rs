@@ -20,6 +20,7 @@ use crate::sys;
 use crate::wire::codec;
 use crate::wire::fds;
 use crate::wire::frame::{Frame, FrameReader, Kind, OutFrame, RecvError, MAX_FRAME_LEN};
+use crate::wire::large;
 
 /// One end's socket: read under one lock, written under another, so that one thread can wait
 /// for a message while another sends.
@@ -68,12 +69,23 @@ impl End {
                 .map(|()| frame)
         });
         let mut frame = frame?;
-        frame.fds = fds;
+        frame.attach(fds);
         self.send_frame(frame)
     }
 
     fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
         crate::wire::frame::check_len(bytes.len(), MAX_FRAME_LEN)?; // before copying a byte
+        if large::is_large(bytes.len()) {
+            // out of line: the frame names the memfd (the only descriptor a Bytes frame has)
+            let (index, table) = fds::collect(|| fds::put_large(bytes));
+            if let Some(index) = index {
+                let mut frame = OutFrame::new(Kind::Bytes);
+                frame.payload().extend_from_slice(&(bytes.len() as u64 | large::OUT_OF_LINE).to_le_bytes());
+                frame.payload().extend_from_slice(&index.to_le_bytes());
+                frame.attach(table);
+                return self.send_frame(frame);
+            }
+        }
         let mut frame = OutFrame::with_capacity(Kind::Bytes, bytes.len());
         frame.payload().extend_from_slice(bytes);
         self.send_frame(frame)
@@ -131,7 +143,18 @@ impl End {
     fn recv_bytes(&self, wait: Wait) -> Result<Vec<u8>> {
         let frame = self.recv_frame(wait)?;
         match frame.kind {
-            Kind::Bytes => Ok(frame.payload),
+            Kind::Bytes if frame.fds.is_empty() => Ok(frame.payload),
+            Kind::Bytes => {
+                let bad = |reason: String| Error::BadFrame { reason: format!("bytes out of line: {reason}") };
+                let p = &frame.payload;
+                let word = (p.len() == 12).then(|| u64::from_le_bytes(p[..8].try_into().expect("8 bytes")));
+                let Some(word) = word.filter(|w| w & large::OUT_OF_LINE != 0) else {
+                    return Err(bad(format!("{} bytes, and {} descriptors", p.len(), frame.fds.len())));
+                };
+                let index = u32::from_le_bytes(p[8..].try_into().expect("4 bytes"));
+                let len = (word & !large::OUT_OF_LINE) as usize;
+                fds::provide(frame.fds, || fds::with_received(index, |fd| large::read::<u8>(fd, len))).0.map_err(bad)
+            }
             other => Err(Error::MessageKind { expected: "bytes (send_bytes)", found: kind_name(other) }),
         }
     }

@@ -11,6 +11,7 @@ const ECHO: u8 = Control::Echo as u8;
 
 /// Serves rank 0's sessions until it says stop; then finalizes MPI and exits. Never returns.
 pub(super) fn serve(rank: i32) -> ! {
+    crate::wire::large::inline_everywhere(); // its frames go to rank 0 over MPI
     crate::sys::ignore_sigpipe();
     crate::panic::install_hook();
     let comm = mpi::topology::SimpleCommunicator::world();

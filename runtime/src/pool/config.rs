@@ -37,6 +37,10 @@ pub(crate) struct Initializer {
     args: Vec<u8>,
     /// The descriptors of the handles among the arguments, sent to every worker.
     fds: Vec<OwnedFd>,
+    /// Bytes of the arguments out of line, in memfds among `fds`.
+    large: u64,
+    /// Keeps those memfds as they are while the pool may start workers.
+    _keep: Vec<crate::wire::large::InFlight>,
     check: fn(&[u8]) -> Result<()>,
 }
 
@@ -54,7 +58,14 @@ impl Initializer {
         let mut bytes = Vec::new();
         let (encoded, fds) = fds::collect(|| F::encode_args(&args, &mut bytes));
         encoded?;
-        Ok(Initializer { name: F::NAME, args: bytes, fds, check: check::<F> })
+        Ok(Initializer {
+            name: F::NAME,
+            args: bytes,
+            fds: fds.fds,
+            large: fds.large,
+            _keep: fds.keep,
+            check: check::<F>,
+        })
     }
 
     /// Checks the initializer's reply body: its `Err`, or a result that does not decode, is
@@ -69,6 +80,7 @@ impl Initializer {
             out.extend_from_slice(&self.args);
             Ok(())
         })?;
+        frame.large = self.large;
         for fd in &self.fds {
             frame.fds.push(fd.try_clone().map_err(|e| Error::io("could not duplicate an initializer's handle", e))?);
         }

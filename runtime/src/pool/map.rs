@@ -249,7 +249,8 @@ impl Pool {
         let mut rest = items;
         while !rest.is_empty() {
             let id = inner.next_id();
-            let (frame, len) = match message::batch_frame::<F>(id, rest, max_items, max_bytes, max_frame) {
+            let batch = inner.encoding(|| message::batch_frame::<F>(id, rest, max_items, max_bytes, max_frame));
+            let (frame, len) = match batch {
                 BatchFrame::Frame(frame, len) => (frame.finish(max_frame).map_err(Failure::unsent), len),
                 BatchFrame::BadItem(e) => (Err(Failure::unsent(e)), 1),
             };

@@ -349,7 +349,7 @@ impl Pool {
         let _ = f;
         registry::lookup(F::NAME)?;
         let id = self.inner.next_id();
-        let frame = Arc::new(message::call_frame::<F>(id, &args)?.finish(self.frame_limit())?);
+        let frame = Arc::new(self.inner.encoding(|| message::call_frame::<F>(id, &args))?.finish(self.frame_limit())?);
         if let Some(result) = lease::call::<F>(&self.inner, id, Arc::clone(&frame)) {
             return result;
         }
@@ -365,7 +365,7 @@ impl Pool {
         let _ = f;
         let id = self.inner.next_id();
         let frame = registry::lookup(F::NAME)
-            .and_then(|_| message::call_frame::<F>(id, &args))
+            .and_then(|_| self.inner.encoding(|| message::call_frame::<F>(id, &args)))
             .and_then(|frame| frame.finish(self.frame_limit()));
         match frame {
             Ok(frame) => self.submit_frame::<F>(id, Arc::new(frame)),

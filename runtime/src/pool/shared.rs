@@ -138,6 +138,15 @@ impl Drop for Starting {
 }
 
 impl Inner {
+    /// Runs `encode` (a task's frame): over MPI ranks, with every large value inline, as
+    /// descriptors do not cross hosts.
+    pub(crate) fn encoding<R>(&self, encode: impl FnOnce() -> R) -> R {
+        match self.config.mpi {
+            true => crate::wire::large::inline_only(encode),
+            false => encode(),
+        }
+    }
+
     pub(crate) fn new(config: Config) -> Result<Inner> {
         let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| Error::io("could not create the pool's eventfd", e.into()))?;

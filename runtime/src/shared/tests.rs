@@ -17,7 +17,7 @@ fn cross<T: serde::Serialize, U: serde::de::DeserializeOwned>(value: &T) -> crat
         let mut out = Vec::new();
         codec::encode_into("argument", value, &mut out).map(|()| out)
     });
-    fds::provide(table, || codec::decode::<U>("argument", &bytes?)).0
+    fds::provide(table.fds, || codec::decode::<U>("argument", &bytes?)).0
 }
 
 fn waits_about(took: Duration, asked: Duration) {

@@ -9,6 +9,7 @@ use serde::de::{DeserializeOwned, Visitor};
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::wire::{fds, large};
 
 /// No size limit: a frame is already bounded by `MAX_FRAME_LEN`, a lying length inside it
 /// runs out of bytes (serde preallocates at most 1 MiB on a length's word), and a limit would
@@ -45,6 +46,9 @@ impl io::Write for Append<'_> {
 
     #[inline(always)]
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if large::is_large(buf.len()) && self.out_of_line(buf) {
+            return Ok(());
+        }
         self.0.reserve(buf.len());
         let len = self.0.len();
         // SAFETY: `reserve` made room for `buf.len()` more bytes past `len`; they are written
@@ -58,6 +62,23 @@ impl io::Write for Append<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl Append<'_> {
+    /// Puts a large byte run out of line (see `large.rs`), if it is one (bincode wrote its
+    /// length just before) and a frame's descriptors can carry it. `false`: it goes inline.
+    #[cold]
+    #[inline(never)]
+    fn out_of_line(&mut self, run: &[u8]) -> bool {
+        let at = self.0.len();
+        if at < 8 || self.0[at - 8..] != (run.len() as u64).to_le_bytes() {
+            return false;
+        }
+        let Some(index) = fds::put_large(run) else { return false };
+        self.0[at - 8..].copy_from_slice(&(run.len() as u64 | large::OUT_OF_LINE).to_le_bytes());
+        self.0.extend_from_slice(&index.to_le_bytes());
+        true
     }
 }
 
@@ -88,11 +109,10 @@ pub(crate) fn deserialize_panicked(what: &'static str, type_name: &str, message:
 
 /// Decodes a whole buffer as a `T`.
 pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Error> {
-    options().deserialize(bytes).map_err(|e| Error::Decode {
-        what,
-        type_name: std::any::type_name::<T>().to_string(),
-        message: e.to_string(),
-    })
+    let mut reader = ValueReader::new(bytes, what);
+    let value = reader.read::<T>()?;
+    reader.finish()?;
+    Ok(value)
 }
 
 /// Reads values one after another from an encoded sequence: the arguments of a call (encoded
@@ -127,6 +147,40 @@ impl<'a> ValueReader<'a> {
         self.rest.get().len()
     }
 
+    /// Decodes the next value as a `Vec` of plain numbers written by
+    /// [`encode_numbers`](crate::private::encode_numbers): its bytes as one block.
+    #[cfg(target_endian = "little")]
+    pub fn read_numbers<T: bytemuck::Pod>(&mut self) -> Result<Vec<T>, Error> {
+        let mut tail = Tail { rest: &self.rest };
+        let fail = |message: String| Error::Decode {
+            what: self.what,
+            type_name: std::any::type_name::<Vec<T>>().to_string(),
+            message,
+        };
+        let word = tail.take(8).map_err(|e| fail(e.to_string()))?;
+        let len = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        if len & large::OUT_OF_LINE != 0 {
+            let index = tail.take(4).map_err(|e| fail(e.to_string()))?;
+            let index = u32::from_le_bytes(index.try_into().expect("4 bytes"));
+            return fds::with_received(index, |fd| large::read::<T>(fd, (len & !large::OUT_OF_LINE) as usize))
+                .map_err(fail);
+        }
+        let each = std::mem::size_of::<T>() as u64;
+        if !len.is_multiple_of(each) {
+            return Err(fail(format!("{len} bytes are not a whole number of {each}-byte elements")));
+        }
+        let bytes = tail.take(len as usize).map_err(|e| fail(e.to_string()))?;
+        let mut out = vec![T::zeroed(); (len / each) as usize];
+        bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    /// As above, on a big-endian machine: the general path, element by element.
+    #[cfg(target_endian = "big")]
+    pub fn read_numbers<T: bytemuck::Pod + DeserializeOwned>(&mut self) -> Result<Vec<T>, Error> {
+        self.read::<Vec<T>>()
+    }
+
     /// Decodes the next value as a byte buffer, in one block.
     pub fn read_bytes(&mut self) -> Result<Vec<u8>, Error> {
         self.read::<serde_bytes::ByteBuf>().map(serde_bytes::ByteBuf::into_vec)
@@ -151,7 +205,31 @@ struct Tail<'r, 'a> {
     rest: &'r Cell<&'a [u8]>,
 }
 
+/// A byte run as the reader found it: in the frame, or read from its own memfd.
+enum Run<'a> {
+    Here(&'a [u8]),
+    OutOfLine(Vec<u8>),
+}
+
 impl<'a> Tail<'_, 'a> {
+    /// A byte run of the length bincode just read: here, or out of line (see `large.rs`).
+    #[inline]
+    fn run(&mut self, len: usize) -> bincode::Result<Run<'a>> {
+        if len as u64 & large::OUT_OF_LINE == 0 {
+            return self.take(len).map(Run::Here);
+        }
+        self.run_out_of_line(len)
+    }
+
+    #[cold]
+    fn run_out_of_line(&mut self, len: usize) -> bincode::Result<Run<'a>> {
+        let index = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
+        let len = (len as u64 & !large::OUT_OF_LINE) as usize;
+        fds::with_received(index, |fd| large::read::<u8>(fd, len))
+            .map(Run::OutOfLine)
+            .map_err(|e| Box::new(bincode::ErrorKind::Custom(e)))
+    }
+
     #[inline]
     fn take(&mut self, len: usize) -> bincode::Result<&'a [u8]> {
         let rest = self.rest.get();
@@ -181,17 +259,25 @@ impl io::Read for Tail<'_, '_> {
 
 impl<'a> bincode::BincodeRead<'a> for Tail<'_, 'a> {
     fn forward_read_str<V: Visitor<'a>>(&mut self, length: usize, visitor: V) -> bincode::Result<V::Value> {
-        let bytes = self.take(length)?;
-        let s = std::str::from_utf8(bytes).map_err(|e| Box::new(bincode::ErrorKind::InvalidUtf8Encoding(e)))?;
-        visitor.visit_borrowed_str(s)
+        let utf8 = |e| Box::new(bincode::ErrorKind::InvalidUtf8Encoding(e));
+        match self.run(length)? {
+            Run::Here(bytes) => visitor.visit_borrowed_str(std::str::from_utf8(bytes).map_err(utf8)?),
+            Run::OutOfLine(bytes) => visitor.visit_string(String::from_utf8(bytes).map_err(|e| utf8(e.utf8_error()))?),
+        }
     }
 
     fn get_byte_buffer(&mut self, length: usize) -> bincode::Result<Vec<u8>> {
-        Ok(self.take(length)?.to_vec())
+        Ok(match self.run(length)? {
+            Run::Here(bytes) => bytes.to_vec(),
+            Run::OutOfLine(bytes) => bytes,
+        })
     }
 
     fn forward_read_bytes<V: Visitor<'a>>(&mut self, length: usize, visitor: V) -> bincode::Result<V::Value> {
-        visitor.visit_borrowed_bytes(self.take(length)?)
+        match self.run(length)? {
+            Run::Here(bytes) => visitor.visit_borrowed_bytes(bytes),
+            Run::OutOfLine(bytes) => visitor.visit_byte_buf(bytes),
+        }
     }
 }
 

@@ -8,10 +8,11 @@
 //! exists, so serializing a handle anywhere else (to a file, as JSON, into a `Queue`) is an
 //! error that says why, never bytes that mean nothing elsewhere.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use crate::wire::frame::MAX_FDS_PER_FRAME;
+use crate::wire::large;
 
 /// Why a handle cannot be serialized or deserialized here.
 pub(crate) const OUTSIDE_A_FRAME: &str = "a multiproc handle (Queue, Connection, ...) holds file descriptors, and \
@@ -21,22 +22,99 @@ pub(crate) const OUTSIDE_A_FRAME: &str = "a multiproc handle (Queue, Connection,
 thread_local! {
     static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    /// The open table's `large`, where a batch's encoder looks after each item: one load.
+    static LARGE: Cell<u64> = const { Cell::new(0) };
 }
 
 #[derive(Default)]
 struct Outgoing {
     fds: Vec<OwnedFd>,
-    /// The descriptor each entry was duplicated from: a handle serialized twice is sent once.
+    /// The descriptor each entry was duplicated from (a handle serialized twice is sent once);
+    /// -1 for a large value's memfd.
     sources: Vec<RawFd>,
+    /// Bytes put out of line so far (see `large.rs`).
+    large: u64,
+    /// What keeps those memfds from reuse while the frame exists.
+    keep: Vec<large::InFlight>,
+}
+
+/// What encoding a frame put beside its bytes: the descriptors, and how many of the frame's
+/// bytes went out of line in memfds among them (they count toward its size limit).
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    pub(crate) fds: Vec<OwnedFd>,
+    pub(crate) large: u64,
+    /// Held as long as the frame may be sent (again): its memfds are not reused meanwhile.
+    pub(crate) keep: Vec<large::InFlight>,
 }
 
 /// Runs `encode` with a descriptor table open on this thread; returns its result and the
-/// descriptors the handles it serialized put there.
-pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+/// descriptors the handles (and large values) it serialized put there.
+pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Table) {
     let outer = OUTGOING.with(|o| o.replace(Some(Outgoing::default())));
+    let outer_large = LARGE.replace(0);
     let result = encode();
+    LARGE.set(outer_large);
     let table = OUTGOING.with(|o| o.replace(outer)).unwrap_or_default();
-    (result, table.fds)
+    (result, Table { fds: table.fds, large: table.large, keep: table.keep })
+}
+
+/// Bytes put out of line so far in the frame being encoded (0 outside one).
+#[inline]
+pub(crate) fn large_so_far() -> u64 {
+    LARGE.get()
+}
+
+/// Stops counting the bytes put out of line since `mark` (a value that failed, or went over a
+/// limit, and is not in the frame): their memfds go along unused, and are closed by the
+/// receiver.
+pub(crate) fn uncount_large_since(mark: u64) {
+    OUTGOING.with(|o| {
+        if let Some(t) = o.borrow_mut().as_mut() {
+            t.large = t.large.min(mark);
+            LARGE.set(t.large);
+        }
+    });
+}
+
+/// Puts `bytes` out of line, in a sealed memfd of the frame being encoded, and returns its
+/// index; `None` (the bytes stay inline) outside a frame, where descriptors cannot go, when the
+/// table is full, or when no memfd could be made.
+#[cold]
+pub(crate) fn put_large(bytes: &[u8]) -> Option<u32> {
+    if !large::allowed() {
+        return None;
+    }
+    OUTGOING.with(|o| {
+        let mut o = o.borrow_mut();
+        let table = o.as_mut()?;
+        if table.fds.len() >= MAX_FDS_PER_FRAME {
+            return None;
+        }
+        let (fd, in_flight) = large::write(bytes).ok()?;
+        table.fds.push(fd);
+        table.keep.push(in_flight);
+        table.sources.push(-1);
+        table.large += bytes.len() as u64;
+        LARGE.set(table.large);
+        Some(table.fds.len() as u32 - 1)
+    })
+}
+
+/// Runs `read` on descriptor `index` of the frame being decoded, borrowed (for a large value's
+/// memfd, read once).
+pub(crate) fn with_received<R>(
+    index: u32,
+    read: impl FnOnce(BorrowedFd<'_>) -> Result<R, String>,
+) -> Result<R, String> {
+    INCOMING.with(|i| {
+        let i = i.borrow();
+        let fds = i.as_ref().ok_or_else(|| OUTSIDE_A_FRAME.to_string())?;
+        let fd = fds
+            .get(index as usize)
+            .ok_or_else(|| format!("a large value names descriptor {index}, and its message brought {}", fds.len()))?;
+        read(fd.as_fd())
+    })
 }
 
 /// Runs `decode` with `fds` on offer to the handles it deserializes; gives them back after
@@ -59,7 +137,7 @@ pub(crate) fn share(fd: BorrowedFd<'_>) -> Result<u32, String> {
     OUTGOING.with(|o| {
         let mut o = o.borrow_mut();
         let table = o.as_mut().ok_or_else(|| OUTSIDE_A_FRAME.to_string())?;
-        if let Some(at) = table.sources.iter().position(|s| *s == fd.as_raw_fd()) {
+        if let Some(at) = table.sources.iter().position(|s| *s == fd.as_raw_fd() && *s >= 0) {
             return Ok(at as u32);
         }
         if table.fds.len() >= MAX_FDS_PER_FRAME {
@@ -135,8 +213,9 @@ mod tests {
     #[test]
     fn a_descriptor_goes_out_once_and_comes_back_as_often_as_named() {
         let (r, w) = rustix::pipe::pipe().unwrap();
-        let ((a, b, c), fds) = collect(|| (share(r.as_fd()), share(w.as_fd()), share(r.as_fd())));
+        let ((a, b, c), table) = collect(|| (share(r.as_fd()), share(w.as_fd()), share(r.as_fd())));
         assert_eq!((a, b, c), (Ok(0), Ok(1), Ok(0)));
+        let fds = table.fds;
         assert_eq!(fds.len(), 2);
         let ((x, y), fds) = provide(fds, || (take(1).unwrap(), take(1).unwrap()));
         assert_eq!(fds.len(), 2, "the table keeps its own");

@@ -86,6 +86,10 @@ pub(crate) struct OutFrame {
     kind: Kind,
     /// The descriptors it carries: those of the handles in its payload, and any other.
     pub(crate) fds: Vec<OwnedFd>,
+    /// Bytes of its payload put out of line, in memfds among `fds`: they count toward the limit.
+    pub(crate) large: u64,
+    /// Keeps those memfds from reuse until the frame is gone.
+    pub(crate) keep: Vec<crate::wire::large::InFlight>,
 }
 
 /// A frame ready to be written, by a caller that writes it in pieces (the pool's driver).
@@ -93,6 +97,9 @@ pub(crate) struct OutFrame {
 pub(crate) struct Encoded {
     pub(crate) bytes: Vec<u8>,
     pub(crate) fds: Vec<OwnedFd>,
+    /// Keeps its large values' memfds from reuse while it may be sent (again, to another
+    /// worker after a death).
+    pub(crate) _keep: Vec<crate::wire::large::InFlight>,
 }
 
 impl OutFrame {
@@ -103,7 +110,14 @@ impl OutFrame {
     pub(crate) fn with_capacity(kind: Kind, payload: usize) -> Self {
         let mut buf = Vec::with_capacity(HEADER_LEN + payload);
         buf.resize(HEADER_LEN, 0);
-        OutFrame { buf, kind, fds: Vec::new() }
+        OutFrame { buf, kind, fds: Vec::new(), large: 0, keep: Vec::new() }
+    }
+
+    /// Attaches what encoding its payload put beside it: descriptors, and large values' memfds.
+    pub(crate) fn attach(&mut self, table: crate::wire::fds::Table) {
+        self.fds = table.fds;
+        self.large = table.large;
+        self.keep = table.keep;
     }
 
     /// The payload buffer, to append to.
@@ -116,9 +130,10 @@ impl OutFrame {
         self.buf.len() - HEADER_LEN
     }
 
-    /// Whether the payload fits a connection whose frames may carry at most `max` bytes.
+    /// Whether the payload (with what went out of line) fits a connection whose frames may
+    /// carry at most `max` bytes.
     pub(crate) fn check_len(&self, max: usize) -> Result<(), Error> {
-        check_len(self.payload_len(), max)
+        check_len(self.payload_len().saturating_add(self.large as usize), max)
     }
 
     /// Writes the frame and its descriptors, blocking until all of it is sent. `max`: the
@@ -131,9 +146,10 @@ impl OutFrame {
 
     /// The whole frame, header filled in, for a caller that writes it itself.
     pub(crate) fn finish(mut self, max: usize) -> Result<Encoded, Error> {
+        self.check_len(max)?;
         let header = header(self.payload_len(), self.kind, self.fds.len(), max)?;
         self.buf[..HEADER_LEN].copy_from_slice(&header);
-        Ok(Encoded { bytes: self.buf, fds: self.fds })
+        Ok(Encoded { bytes: self.buf, fds: self.fds, _keep: self.keep })
     }
 }
 

@@ -103,7 +103,7 @@ pub(crate) fn call_frame<F: ProcessFn>(id: u64, args: &F::Args) -> Result<OutFra
         })
     });
     let mut frame = frame?;
-    frame.fds = fds;
+    frame.attach(fds);
     Ok(frame)
 }
 
@@ -191,10 +191,13 @@ pub(crate) fn batch_frame<F: ProcessFn>(
     // One panic catch for the whole chunk: a `Serialize` that panics ends the chunk before
     // its item, as an error does. Handles put their descriptors in the frame's table.
     let mut failure = None;
-    let (caught, fds) = fds::collect(|| {
+    // bytes out of line before the item being encoded: a failed item's do not count
+    let mut large_before = 0;
+    let (caught, mut fds) = fds::collect(|| {
         crate::panic::catch(|| {
             for args in items.iter().take(max_items) {
-                if list.count() > 0 && p.len() - first >= max_bytes {
+                large_before = fds::large_so_far();
+                if list.count() > 0 && p.len() - first + large_before as usize >= max_bytes {
                     break;
                 }
                 list.begin(p);
@@ -202,7 +205,7 @@ pub(crate) fn batch_frame<F: ProcessFn>(
                     failure = Some(e);
                     return;
                 }
-                let needed = p.len() + TAG_LEN * (list.count() + 1);
+                let needed = p.len() + TAG_LEN * (list.count() + 1) + fds::large_so_far() as usize;
                 if needed > limit {
                     failure = Some(too_large(needed - HEADER_LEN, max_frame));
                     return;
@@ -217,6 +220,7 @@ pub(crate) fn batch_frame<F: ProcessFn>(
     };
     if let Some(e) = failure {
         list.cancel(p);
+        fds.large = fds.large.min(large_before); // its memfds go along unused
         if list.count() == 0 {
             return BatchFrame::BadItem(e);
         }
@@ -225,7 +229,7 @@ pub(crate) fn batch_frame<F: ProcessFn>(
     p[count_at..count_at + 4].copy_from_slice(&(taken as u32).to_le_bytes());
     // A failed item may have left descriptors in the table: they go along unused, and are
     // closed by the receiver.
-    f.fds = fds;
+    f.attach(fds);
     BatchFrame::Frame(f, taken)
 }
 

@@ -5,4 +5,5 @@ pub(crate) mod fds;
 pub(crate) mod frame;
 pub(crate) mod handshake;
 pub(crate) mod items;
+pub(crate) mod large;
 pub(crate) mod message;
