@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::{process_fn, Output, Pool, ProcessBuilder};
 
+mod bulk;
 mod channels;
 mod manager;
 #[cfg(feature = "mpi")]
@@ -56,7 +57,7 @@ fn main() {
         echo_stdin();
         return;
     }
-    if channels::floor_child() {
+    if channels::floor_child() || bulk::ipc_child() {
         return;
     }
     #[cfg(feature = "mpi")]
@@ -83,6 +84,8 @@ fn main() {
     }
     if run("W4") {
         shared::w4();
+        bulk::w4_by_value();
+        bulk::threshold_sweep();
     }
     if run("W5") {
         w5();
