@@ -14,6 +14,7 @@ use crate::entry::{self, CLOSE_ENV, DEPTH_ENV, WORKER_ENV};
 use crate::error::{Error, Result};
 use crate::output::{Forwarder, Output};
 use crate::sys::{self, Sig};
+use crate::wire::doorbell::Doorbell;
 use crate::wire::frame::{FrameReader, OutFrame};
 use crate::wire::handshake::build_id;
 use crate::wire::message::{self, Hello, PROTOCOL};
@@ -45,6 +46,8 @@ pub(crate) struct ChildProc {
     pidfd: OwnedFd,
     /// The child ends when this closes: when this is dropped, or this process dies.
     _liveness: Option<OwnedFd>,
+    /// Rung by a local pool worker after each reply.
+    pub(crate) doorbell: Option<Doorbell>,
     pub(crate) reader: FrameReader,
     forwarder: Option<Forwarder>,
     status: Option<ExitStatus>,
@@ -126,6 +129,7 @@ impl ChildProc {
             child: Some(child),
             pidfd,
             _liveness: Some(live_write),
+            doorbell: None,
             reader,
             forwarder,
             status: None,
@@ -158,6 +162,7 @@ impl ChildProc {
             child: None,
             pidfd,
             _liveness: None,
+            doorbell: None,
             reader,
             forwarder: None,
             status: None,
@@ -172,18 +177,26 @@ impl ChildProc {
     /// Sends the handshake (with the liveness pipe's read end, for a local child), then
     /// `first`.
     fn greet(mut self, how: &Spawn<'_>, first: Option<OutFrame>, liveness: Option<OwnedFd>) -> Result<ChildProc> {
+        // a local pool worker's replies are awaited by spinning on its doorbell
+        if !how.one_shot && liveness.is_some() {
+            self.doorbell = Doorbell::new().ok();
+        }
         let hello = Hello {
             protocol: PROTOCOL,
             build_id: build_id().to_vec(),
             name: how.name.map(str::to_owned),
             one_shot: how.one_shot,
             max_frame_len: how.max_frame_len as u64,
+            doorbell: self.doorbell.is_some(),
         };
         // A child that reads nothing (not a multiproc binary) makes a send wait: no send may
         // wait longer than the handshake's time without progress.
         let sock = self.reader.socket();
         let _ = rustix::net::sockopt::set_socket_timeout(sock, Timeout::Send, Some(how.handshake_timeout));
         let mut hello = message::hello_frame(&hello)?;
+        if let Some(bell) = &self.doorbell {
+            hello.fds.push(bell.fd().try_clone_to_owned().map_err(|e| Error::io("could not share a doorbell", e))?);
+        }
         hello.fds.extend(liveness); // ours closes once sent: the child's is then the only one
         let mut sent = hello.send(sock, how.max_frame_len);
         if let (Ok(()), Some(first)) = (&sent, first) {

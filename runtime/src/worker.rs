@@ -13,6 +13,7 @@ use crate::registry;
 use crate::sys;
 
 use crate::wire::codec::{self, ValueReader};
+use crate::wire::doorbell::Doorbell;
 use crate::wire::fds;
 use crate::wire::frame::{self, FrameReader, Kind, OutFrame, RecvError, HEADER_LEN, MAX_FRAME_LEN};
 use crate::wire::handshake::build_id;
@@ -173,9 +174,13 @@ pub(crate) fn serve_stream(sock: OwnedFd) {
 /// Serves calls until the parent hangs up (or after one call, for a one-shot child). A local
 /// child must get a liveness pipe in the handshake (`tied`), to end with its parent.
 fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
-    let (hello, liveness) = match reader.read(None) {
+    let (hello, liveness, bell) = match reader.read(None) {
         Ok(mut f) if f.kind == Kind::Hello => match codec::decode::<Hello>("message", &f.payload) {
-            Ok(h) => (h, f.fds.pop()),
+            Ok(h) => {
+                let liveness = f.fds.pop();
+                let bell = if h.doorbell { f.fds.pop() } else { None };
+                (h, liveness, bell)
+            }
             Err(e) => return refuse(reader, FailReport::Protocol { message: e.to_string() }, EXIT_PROTOCOL),
         },
         Ok(_) | Err(RecvError::Failed(_)) => return EXIT_PROTOCOL,
@@ -206,6 +211,13 @@ fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
     if let Some(name) = &hello.name {
         sys::set_thread_name(name);
     }
+    let bell = match bell.map(Doorbell::attach) {
+        Some(Err(e)) => {
+            return refuse(reader, FailReport::Protocol { message: format!("a bad doorbell: {e}") }, EXIT_PROTOCOL)
+        }
+        Some(Ok(b)) => Some(b),
+        None => None,
+    };
     if OutFrame::new(Kind::Ready).send(reader.socket(), limit).is_err() {
         return EXIT_PARENT_GONE;
     }
@@ -228,6 +240,9 @@ fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
         };
         if reply.send(reader.socket(), limit).is_err() {
             return EXIT_PARENT_GONE;
+        }
+        if let Some(bell) = &bell {
+            bell.ring();
         }
         if hello.one_shot {
             return 0;

@@ -104,23 +104,46 @@ impl End {
         }
     }
 
-    /// The next frame, waiting until `deadline` (forever with `None`; not at all with `Some`
-    /// of the past). The lock is held only while reading, never while waiting, so several
-    /// threads may wait on one end and each deadline holds.
+    /// The next frame, waiting as `wait` says. Without a deadline, the reader blocks in
+    /// `recvmsg` itself, holding the lock: one system call for a message, no `poll` first
+    /// (others without a deadline queue on the lock). With one, it never waits for the lock:
+    /// it reads only while nobody else does, and waits on the socket (or, while another thread
+    /// is reading, a little at a time), so each deadline holds.
     fn recv_frame(&self, wait: Wait) -> Result<Frame> {
-        let deadline = wait.deadline();
-        loop {
-            match self.reader().try_read() {
-                Ok(Some(frame)) => return Ok(frame),
-                Ok(None) | Err(RecvError::TimedOut) => {}
-                Err(RecvError::Closed | RecvError::Truncated) => return Err(Error::Disconnected),
-                Err(RecvError::Failed(e)) => return Err(e),
+        let outcome = |r: std::result::Result<Frame, RecvError>| match r {
+            Ok(frame) => Some(Ok(frame)),
+            Err(RecvError::TimedOut) => None,
+            Err(RecvError::Closed | RecvError::Truncated) => Some(Err(Error::Disconnected)),
+            Err(RecvError::Failed(e)) => Some(Err(e)),
+        };
+        let Some(deadline) = wait.deadline() else {
+            loop {
+                if let Some(done) = outcome(self.reader().read(None)) {
+                    return done;
+                }
             }
-            let fd = self.fd();
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+        };
+        loop {
+            let reader = match self.reader.try_lock() {
+                Ok(r) => Some(r),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            let busy = reader.is_none();
+            if let Some(mut reader) = reader {
+                if let Some(done) = reader.try_read().map_or_else(|e| outcome(Err(e)), |f| f.map(Ok)) {
+                    return done;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(Error::Empty { waited: wait.timeout() });
             }
-            sys::wait_readable(fd, deadline).map_err(|e| Error::io("could not wait on a pipe", e))?;
+            if busy {
+                std::thread::sleep((deadline - now).min(Duration::from_micros(200)));
+            } else {
+                sys::wait_readable(self.fd(), Some(deadline)).map_err(|e| Error::io("could not wait on a pipe", e))?;
+            }
         }
     }
 
@@ -452,6 +475,41 @@ mod tests {
         assert!(matches!(a.recv(), Err(Error::MessageKind { .. })), "bytes are not a message");
         b.send(5).unwrap();
         assert!(matches!(a.recv_bytes(), Err(Error::MessageKind { .. })));
+    }
+
+    /// A receiver without a deadline blocks in `recvmsg` holding the reader: one with a
+    /// deadline on the same end must still return on time, and a `try_recv` at once; what is
+    /// sent goes to one of them, whole.
+    #[test]
+    fn a_deadline_holds_while_another_thread_blocks_on_the_same_end() {
+        let (a, b) = pipe::<u64, u64>().unwrap();
+        let a = std::sync::Arc::new(a);
+        let blocked = {
+            let a = a.clone();
+            std::thread::spawn(move || a.recv())
+        };
+        std::thread::sleep(Duration::from_millis(50)); // it is in recvmsg now
+        let start = Instant::now();
+        assert!(matches!(a.recv_timeout(Duration::from_millis(100)), Err(Error::Empty { .. })));
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(2), "{took:?}");
+        let start = Instant::now();
+        assert!(matches!(a.try_recv(), Err(Error::Empty { waited: None })));
+        assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
+        b.send(7).unwrap();
+        assert_eq!(blocked.join().unwrap().unwrap(), 7);
+        // and the other way: two blocked forever, two messages, one each
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let a = a.clone();
+                std::thread::spawn(move || a.recv())
+            })
+            .collect();
+        b.send(1).unwrap();
+        b.send(2).unwrap();
+        let mut got: Vec<u64> = waiters.into_iter().map(|w| w.join().unwrap().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, [1, 2]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::wire::frame::{self, Kind, OutFrame, HEADER_LEN};
 use crate::wire::items::{ItemsWriter, TAG_LEN};
 
 /// The protocol version; a child refuses a parent that speaks another one.
-pub(crate) const PROTOCOL: u32 = 1;
+pub(crate) const PROTOCOL: u32 = 2;
 
 /// The first frame on every connection, parent to child.
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +28,9 @@ pub(crate) struct Hello {
     pub(crate) one_shot: bool,
     /// The longest frame either side may send on this connection.
     pub(crate) max_frame_len: u64,
+    /// Whether a doorbell comes with it (a local pool worker's; the descriptor before the
+    /// liveness pipe's): the worker rings it after each reply.
+    pub(crate) doorbell: bool,
 }
 
 /// Why a panic happened, as the child saw it.

@@ -1,6 +1,7 @@
 //! What crosses between processes: frames, their encoding, their messages, the handshake.
 
 pub(crate) mod codec;
+pub(crate) mod doorbell;
 pub(crate) mod fds;
 pub(crate) mod frame;
 pub(crate) mod handshake;
