@@ -201,6 +201,9 @@ impl ChildProc {
         let mut sent = hello.send(sock, how.max_frame_len);
         if let (Ok(()), Some(first)) = (&sent, first) {
             sent = first.send(sock, how.max_frame_len);
+            if let (Ok(()), Some(bell)) = (&sent, &self.doorbell) {
+                bell.ring(1); // a call, as the worker counts them
+            }
         }
         let _ = rustix::net::sockopt::set_socket_timeout(sock, Timeout::Send, None);
         match sent {

@@ -24,6 +24,8 @@ use crate::wire::message::{self, FailReport, Hello, PanicReport, PROTOCOL};
 pub(crate) const EXIT_NOT_A_WORKER: i32 = 86;
 /// Exit code after the parent broke the protocol.
 pub(crate) const EXIT_PROTOCOL: i32 = 87;
+/// How long an idle worker watches its doorbell for the next call before it sleeps.
+const WATCH_FOR_CALLS: std::time::Duration = std::time::Duration::from_micros(20);
 /// Exit code after refusing a parent of another build.
 pub(crate) const EXIT_BUILD_MISMATCH: i32 = 88;
 /// Exit code when the parent went away.
@@ -221,12 +223,21 @@ fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
     if OutFrame::new(Kind::Ready).send(reader.socket(), limit).is_err() {
         return EXIT_PARENT_GONE;
     }
+    let mut calls = 0; // frames received since the handshake
     loop {
+        // Calls come back to back (a caller loops over apply): watch the doorbell a little
+        // before sleeping in recvmsg, which would cost a wake-up per call.
+        if let Some(bell) = &bell {
+            if !reader.has_frame() {
+                bell.wait_past(1, calls, WATCH_FOR_CALLS);
+            }
+        }
         let frame = match reader.read(None) {
             Ok(f) => f,
             Err(RecvError::Closed | RecvError::Truncated | RecvError::TimedOut) => return 0,
             Err(RecvError::Failed(_)) => return EXIT_PROTOCOL,
         };
+        calls += 1;
         let reply = match frame.kind {
             Kind::Call => match message::parse_call(&frame.payload) {
                 Ok((id, name, args)) => with_handles(frame.fds, || answer(id, name, args, limit)),
@@ -242,7 +253,7 @@ fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
             return EXIT_PARENT_GONE;
         }
         if let Some(bell) = &bell {
-            bell.ring();
+            bell.ring(0);
         }
         if hello.one_shot {
             return 0;

@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::wire::codec;
+use crate::wire::doorbell::Doorbell;
 use crate::wire::fds;
 use crate::wire::frame::{Frame, FrameReader, Kind, OutFrame, RecvError, MAX_FRAME_LEN};
 use crate::wire::large;
@@ -30,7 +31,17 @@ pub(crate) struct End {
     writer: Mutex<OwnedFd>,
     /// The reader's socket, to wait on without its lock.
     raw: RawFd,
+    /// The pipe's doorbell, if it has one: counter `side` counts this side's frames sent, the
+    /// other the frames sent to it.
+    bell: Option<(Arc<Doorbell>, usize)>,
+    /// Frames received at this end in this process.
+    received: std::sync::atomic::AtomicU64,
 }
+
+/// How long a receiver without a deadline watches the doorbell before it sleeps in `recvmsg`.
+/// Measured (W9, 8-byte echoes, this 2-core VM): 33.6 us per round trip sleeping at once,
+/// 5.5 us watching first (the floor, a blocking socketpair echo, 31 us).
+const SPIN: Duration = Duration::from_micros(20);
 
 impl fmt::Debug for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -39,10 +50,17 @@ impl fmt::Debug for End {
 }
 
 impl End {
-    fn new(sock: OwnedFd) -> Result<End> {
+    fn new(sock: OwnedFd, bell: Option<(Arc<Doorbell>, usize)>) -> Result<End> {
         let writer = sock.try_clone().map_err(|e| Error::io("could not duplicate a pipe's socket", e))?;
         let raw = sock.as_raw_fd();
-        Ok(End { reader: Mutex::new(FrameReader::new(sock)), writer: Mutex::new(writer), raw })
+        let received = std::sync::atomic::AtomicU64::new(0);
+        Ok(End { reader: Mutex::new(FrameReader::new(sock)), writer: Mutex::new(writer), raw, bell, received })
+    }
+
+    /// Notes a frame received. (Received in this process only: another holder of this end
+    /// makes the count here low, so that it never waits for what is already there.)
+    fn got_one(&self) {
+        self.received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn reader(&self) -> MutexGuard<'_, FrameReader> {
@@ -94,7 +112,11 @@ impl End {
     fn send_frame(&self, frame: OutFrame) -> Result<()> {
         frame.check_len(MAX_FRAME_LEN)?;
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        match frame.send(writer.as_fd(), MAX_FRAME_LEN) {
+        let sent = frame.send(writer.as_fd(), MAX_FRAME_LEN);
+        if let (Ok(()), Some((bell, side))) = (&sent, &self.bell) {
+            bell.ring(*side);
+        }
+        match sent {
             Err(Error::Io { source, .. })
                 if matches!(source.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)) =>
             {
@@ -117,8 +139,18 @@ impl End {
             Err(RecvError::Failed(e)) => Some(Err(e)),
         };
         let Some(deadline) = wait.deadline() else {
+            let mut reader = self.reader();
+            if let Some((bell, side)) = &self.bell {
+                let seen = self.received.load(std::sync::atomic::Ordering::Relaxed);
+                if !reader.has_frame() {
+                    bell.wait_past(1 - side, seen, SPIN);
+                }
+            }
             loop {
-                if let Some(done) = outcome(self.reader().read(None)) {
+                if let Some(done) = outcome(reader.read(None)) {
+                    if done.is_ok() {
+                        self.got_one();
+                    }
                     return done;
                 }
             }
@@ -132,6 +164,9 @@ impl End {
             let busy = reader.is_none();
             if let Some(mut reader) = reader {
                 if let Some(done) = reader.try_read().map_or_else(|e| outcome(Err(e)), |f| f.map(Ok)) {
+                    if done.is_ok() {
+                        self.got_one();
+                    }
                     return done;
                 }
             }
@@ -267,7 +302,9 @@ impl Wait {
 /// ```
 pub fn pipe<A, B>() -> Result<(Connection<A, B>, Connection<B, A>)> {
     let (a, b) = sys::socketpair().map_err(|e| Error::io("could not create a pipe", e))?;
-    Ok((Connection::from_socket(a)?, Connection::from_socket(b)?))
+    let bell = Doorbell::new().ok().map(Arc::new); // without one, receivers sleep at once
+    let (bell_a, bell_b) = (bell.clone().map(|b| (b, 0)), bell.map(|b| (b, 1)));
+    Ok((Connection::from_socket(a, bell_a)?, Connection::from_socket(b, bell_b)?))
 }
 
 /// Creates a one-way pipe: what the [`Sender`] sends, the [`Receiver`] receives. Python's
@@ -287,9 +324,11 @@ pub fn pipe_one_way<T>() -> Result<(Receiver<T>, Sender<T>)> {
     // the kernel holds each end to its direction
     let _ = rustix::net::shutdown(&r, rustix::net::Shutdown::Write);
     let _ = rustix::net::shutdown(&w, rustix::net::Shutdown::Read);
+    let bell = Doorbell::new().ok().map(Arc::new);
+    let (bell_r, bell_w) = (bell.clone().map(|b| (b, 0)), bell.map(|b| (b, 1)));
     Ok((
-        Receiver { end: Arc::new(End::new(r)?), _types: PhantomData },
-        Sender { end: Arc::new(End::new(w)?), _types: PhantomData },
+        Receiver { end: Arc::new(End::new(r, bell_r)?), _types: PhantomData },
+        Sender { end: Arc::new(End::new(w, bell_w)?), _types: PhantomData },
     ))
 }
 
@@ -315,8 +354,8 @@ pub struct Receiver<T> {
 }
 
 impl<S, R> Connection<S, R> {
-    fn from_socket(sock: OwnedFd) -> Result<Self> {
-        Ok(Connection { end: Arc::new(End::new(sock)?), _types: PhantomData })
+    fn from_socket(sock: OwnedFd, bell: Option<(Arc<Doorbell>, usize)>) -> Result<Self> {
+        Ok(Connection { end: Arc::new(End::new(sock, bell)?), _types: PhantomData })
     }
 
     pub(crate) fn end(&self) -> &End {
@@ -436,14 +475,23 @@ macro_rules! handle_impls {
         /// Crosses to another process as its socket, with the frame that carries it.
         impl<$($p),*> Serialize for $ty<$($p),*> {
             fn serialize<Z: Serializer>(&self, s: Z) -> std::result::Result<Z::Ok, Z::Error> {
-                fds::serialize(self.end.fd(), s)
+                let bell = self.end.bell.as_ref().map(|(b, side)| (fds::FdRef(b.fd()), *side as u8));
+                (fds::FdRef(self.end.fd()), bell).serialize(s)
             }
         }
 
         impl<'de, $($p),*> Deserialize<'de> for $ty<$($p),*> {
             fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                let fd = fds::deserialize(d)?;
-                let end = End::new(fd).map_err(serde::de::Error::custom)?;
+                let (fd, bell) = <(fds::Fd, Option<(fds::Fd, u8)>)>::deserialize(d)?;
+                let bell = match bell {
+                    Some((_, side)) if side > 1 => return Err(serde::de::Error::custom(format!("a pipe end of side {side}"))),
+                    Some((bell, side)) => {
+                        let bell = Doorbell::attach(bell.0).map_err(serde::de::Error::custom)?;
+                        Some((Arc::new(bell), side as usize))
+                    }
+                    None => None,
+                };
+                let end = End::new(fd.0, bell).map_err(serde::de::Error::custom)?;
                 Ok($ty { end: Arc::new(end), _types: PhantomData })
             }
         }
@@ -510,6 +558,28 @@ mod tests {
         let mut got: Vec<u64> = waiters.into_iter().map(|w| w.join().unwrap().unwrap()).collect();
         got.sort();
         assert_eq!(got, [1, 2]);
+    }
+
+    /// A pipe end arrives with its socket and its doorbell: a doorbell that is not a page of
+    /// memory, or a side that is neither, is a decode error that says so.
+    #[test]
+    fn a_pipe_end_with_a_bad_doorbell_is_refused() {
+        let (sock, _other) = sys::socketpair().unwrap();
+        let page = crate::sys::shm::memfd("test", 4096).unwrap();
+        let (not_memory, _w) = rustix::pipe::pipe().unwrap();
+        let decode = |bell: BorrowedFd<'_>, side: u8| {
+            let (bytes, table) = fds::collect(|| {
+                let mut out = Vec::new();
+                codec::encode_into("argument", &(fds::FdRef(sock.as_fd()), Some((fds::FdRef(bell), side))), &mut out)
+                    .map(|()| out)
+            });
+            fds::provide(table.fds, || codec::decode::<Connection<u8, u8>>("argument", &bytes.unwrap())).0
+        };
+        let e = decode(page.as_fd(), 5).unwrap_err().to_string();
+        assert!(e.contains("a pipe end of side 5"), "{e}");
+        let e = decode(not_memory.as_fd(), 0).unwrap_err().to_string();
+        assert!(e.contains("a doorbell of 0 bytes"), "{e}");
+        assert!(decode(page.as_fd(), 1).is_ok());
     }
 
     #[test]

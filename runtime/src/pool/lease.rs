@@ -68,7 +68,7 @@ pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Encoded
 /// Sends the worker's one task and waits for its reply. `Err(timed_out)` when the worker died
 /// or overran the task's limit.
 fn drive(w: &mut Worker) -> std::result::Result<Frame, bool> {
-    let rung = w.child.doorbell.as_ref().map(|b| b.count());
+    let rung = w.child.doorbell.as_ref().map(|b| b.count(0));
     if w.flush_all().is_err() {
         return Err(false);
     }
@@ -79,7 +79,7 @@ fn drive(w: &mut Worker) -> std::result::Result<Frame, bool> {
     let spin_until = Instant::now() + SPIN_BEFORE_SLEEP;
     while Instant::now() < spin_until {
         if let (Some(bell), Some(rung)) = (&w.child.doorbell, rung) {
-            if bell.count() == rung {
+            if bell.count(0) == rung {
                 std::hint::spin_loop();
                 continue;
             }

@@ -225,6 +225,9 @@ impl Worker {
                     if self.sent == front.bytes.len() {
                         self.outq.pop_front();
                         self.sent = 0;
+                        if let Some(bell) = &self.child.doorbell {
+                            bell.ring(1); // a call sent: the worker may be watching for it
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),

@@ -1,7 +1,8 @@
-//! A pool worker's doorbell: a counter in a page both processes map, which the worker bumps
-//! after each reply it sends. A caller waiting for a reply watches it for a few microseconds
-//! (a short task's reply comes that soon) without a system call, then reads the reply with one
-//! `recvmsg`; without it, each look would be a `recvmsg` that finds nothing.
+//! A doorbell: counters in a page both processes map, one bumped after each frame sent (a pool
+//! worker's replies; each direction of a pipe). A receiver waiting for a frame watches it for a
+//! few microseconds (a short task's reply, an echo, comes that soon) without a system call,
+//! then reads the frame with one `recvmsg`; without it, each look would be a `recvmsg` that
+//! finds nothing, and without looking at all, each frame would cost the receiver a wake-up.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::*};
@@ -36,21 +37,37 @@ impl Doorbell {
         self.fd.as_fd()
     }
 
-    fn word(&self) -> &AtomicU64 {
-        // SAFETY: the mapping is a page long and page-aligned; its first word is only ever
-        // accessed atomically, by the two processes.
-        unsafe { &*(self.map.ptr() as *const AtomicU64) }
+    fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < 2);
+        // SAFETY: the mapping is a page long and page-aligned, so words 0 and 1 are in it and
+        // aligned; they are only ever accessed atomically, by the processes that map it.
+        unsafe { &*(self.map.ptr() as *const AtomicU64).add(i) }
     }
 
-    /// Replies sent so far (as last rung).
+    /// Frames sent so far on counter `i` (as last rung).
     #[inline]
-    pub(crate) fn count(&self) -> u64 {
-        self.word().load(Acquire)
+    pub(crate) fn count(&self, i: usize) -> u64 {
+        self.word(i).load(Acquire)
     }
 
-    /// Rings: one more reply sent.
+    /// Rings counter `i`: one more frame sent.
     #[inline]
-    pub(crate) fn ring(&self) {
-        self.word().fetch_add(1, Release);
+    pub(crate) fn ring(&self, i: usize) {
+        self.word(i).fetch_add(1, Release);
+    }
+
+    /// Waits up to `spin` (without a system call) for counter `i` to pass `seen`; whether it did.
+    #[inline]
+    pub(crate) fn wait_past(&self, i: usize, seen: u64, spin: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + spin;
+        loop {
+            if self.count(i) > seen {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
     }
 }
