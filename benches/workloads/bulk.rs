@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
+use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
 use multiproc::{process_fn, Connection, Pool};
 
 use crate::{median, REPETITIONS};
@@ -34,10 +34,24 @@ fn echo_pipe(c: Connection<u8, u8>) {
 }
 
 /// The peer's echo child: connects to the parent's one-shot server, hands it a sender and a
-/// receiver of bytes, and echoes.
+/// receiver (of raw bytes, or of typed `u64`s for W9), and echoes.
 pub(crate) fn ipc_child() -> bool {
-    let Some(name) = std::env::var_os(IPC_ENV) else { return false };
-    let to_parent = IpcSender::<(IpcBytesSender, IpcBytesReceiver)>::connect(name.into_string().unwrap()).unwrap();
+    let Some(env) = std::env::var_os(IPC_ENV) else { return false };
+    let env = env.into_string().unwrap();
+    let (kind, name) = env.split_once(' ').unwrap();
+    if kind == "typed" {
+        let to_parent = IpcSender::<(IpcSender<u64>, IpcReceiver<u64>)>::connect(name.to_string()).unwrap();
+        let (in_tx, in_rx) = ipc::channel().unwrap();
+        let (out_tx, out_rx) = ipc::channel().unwrap();
+        to_parent.send((in_tx, out_rx)).unwrap();
+        while let Ok(x) = in_rx.recv() {
+            if out_tx.send(x).is_err() {
+                break;
+            }
+        }
+        return true;
+    }
+    let to_parent = IpcSender::<(IpcBytesSender, IpcBytesReceiver)>::connect(name.to_string()).unwrap();
     let (in_tx, in_rx) = ipc::bytes_channel().unwrap();
     let (out_tx, out_rx) = ipc::bytes_channel().unwrap();
     to_parent.send((in_tx, out_rx)).unwrap();
@@ -47,6 +61,27 @@ pub(crate) fn ipc_child() -> bool {
         }
     }
     true
+}
+
+/// W9's peer: ipc-channel's typed round trip of a `u64` with a child, `trips` times; us per
+/// round trip, the median of the repetitions.
+pub(crate) fn ipc_channel_round_trips(trips: u64) -> f64 {
+    let (server, name) = IpcOneShotServer::<(IpcSender<u64>, IpcReceiver<u64>)>::new().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(IPC_ENV, format!("typed {name}"))
+        .spawn()
+        .unwrap();
+    let (_, (tx, rx)) = server.accept().unwrap();
+    let us = time(|| {
+        for x in 0..trips {
+            tx.send(x).unwrap();
+            assert_eq!(rx.recv().unwrap(), x);
+        }
+    }) * 1e3
+        / trips as f64;
+    drop(tx);
+    child.wait().unwrap();
+    us
 }
 
 /// Median ms of `f` over the repetitions, after one warm-up.
@@ -159,7 +194,10 @@ fn pipe_echo_us(size: usize, threshold: usize) -> f64 {
 /// ipc-channel's raw bytes channel: 64 MiB to a child and back; ms per round trip.
 fn ipc_channel_echo(data: &[u8]) -> f64 {
     let (server, name) = IpcOneShotServer::<(IpcBytesSender, IpcBytesReceiver)>::new().unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap()).env(IPC_ENV, name).spawn().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(IPC_ENV, format!("bytes {name}"))
+        .spawn()
+        .unwrap();
     let (_, (tx, rx)) = server.accept().unwrap();
     let ms = time(|| {
         tx.send(data).unwrap();

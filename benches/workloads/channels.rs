@@ -422,7 +422,13 @@ pub(crate) fn w9(start_echo: fn() -> Echo) {
         f.push(floor());
         o.push(ours());
     }
-    report("W9", "pipe", median(o), median(f), "us/trip");
+    let ours = median(o);
+    report("W9", "pipe", ours, median(f), "us/trip");
+    let peer = crate::bulk::ipc_channel_round_trips(TRIPS);
+    println!(
+        "W9 pipe ours={ours:.3} peer(ipc-channel IpcSender<u64>)={peer:.3} unit=us/trip peer/ours={:.2}",
+        peer / ours
+    );
     drop(conn);
     child.join().unwrap();
     match python_pipe() {
