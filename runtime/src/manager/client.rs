@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::manager::auth;
 use crate::manager::proto::{Answer, Failure, Framed, Reply, Request};
 use crate::sys;
+use crate::wire::doorbell::Doorbell;
 
 /// How long a remote handshake may take, each way.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,13 +109,17 @@ impl Endpoint {
         e
     }
 
-    /// A new connection.
-    fn connect(&self) -> Result<Conn> {
+    /// A new connection, framed.
+    fn connect(&self) -> Result<Framed<Conn>> {
         match &self.place {
             Place::Local { acceptor } => {
                 let (mine, theirs) = UnixStream::pair().map_err(|e| Error::io("could not make a socket pair", e))?;
-                sys::send_fd(acceptor.as_fd(), theirs.as_fd()).map_err(|_| Error::ManagerGone)?;
-                Ok(Conn::Unix(mine))
+                // a doorbell with it: each side watches for the other's frame before it sleeps
+                let bell = Doorbell::new().ok();
+                let mut fds = vec![theirs.as_fd()];
+                fds.extend(bell.as_ref().map(|b| b.fd()));
+                sys::send_fds(acceptor.as_fd(), &fds).map_err(|_| Error::ManagerGone)?;
+                Ok(Framed::new(Conn::Unix(mine)).with_bell(bell, 0))
             }
             Place::Remote { addr, authkey } => {
                 let s =
@@ -127,7 +132,7 @@ impl Endpoint {
                 }
                 s.set_read_timeout(None).ok();
                 s.set_write_timeout(None).ok();
-                Ok(Conn::Tcp(s))
+                Ok(Framed::new(Conn::Tcp(s)))
             }
         }
     }
@@ -139,11 +144,11 @@ impl Endpoint {
     /// Thread `thread`'s connection, made now if it has none. A thread whose end is already
     /// under way gets a connection for this request only.
     fn conn(self: &Arc<Self>, thread: Option<u64>) -> Result<Shared> {
-        let Some(thread) = thread else { return Ok(Arc::new(Mutex::new(Framed::new(self.connect()?)))) };
+        let Some(thread) = thread else { return Ok(Arc::new(Mutex::new(self.connect()?))) };
         if let Some(c) = self.conns().get(&thread) {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(Mutex::new(Framed::new(self.connect()?)));
+        let c = Arc::new(Mutex::new(self.connect()?));
         self.keep(thread, Arc::clone(&c));
         Ok(c)
     }
@@ -234,7 +239,7 @@ pub(crate) fn failure(f: Failure) -> Error {
 /// Connects now, keeping the connection for this thread's next request: a wrong key is found
 /// at once.
 pub(crate) fn check(endpoint: &Arc<Endpoint>) -> Result<()> {
-    let conn = Arc::new(Mutex::new(Framed::new(endpoint.connect()?)));
+    let conn = Arc::new(Mutex::new(endpoint.connect()?));
     if let Some(thread) = this_thread() {
         endpoint.keep(thread, conn);
     }

@@ -65,8 +65,8 @@ impl Store {
     }
 
     /// Serves one connection until it closes or sends garbage; then releases what it held.
-    pub(crate) fn serve<S: Read + Write>(&self, stream: S, peer: &Peer<'_>) {
-        let mut stream = proto::Framed::new(stream);
+    pub(crate) fn serve<S: Read + Write>(&self, stream: proto::Framed<S>, peer: &Peer<'_>) {
+        let mut stream = stream;
         // the locks this connection has taken (each once, however often): released if it goes
         let mut held = std::collections::HashSet::new();
         while let Ok(Some(request)) = stream.recv::<Request>() {
@@ -411,14 +411,17 @@ pub(crate) fn run(acceptor: std::os::fd::OwnedFd, tcp: Option<(std::net::TcpList
         });
     }
     loop {
-        match crate::sys::recv_fd(acceptor.as_fd()) {
-            Ok(Some(fd)) => {
+        match crate::sys::recv_fds(acceptor.as_fd()) {
+            Ok(Some(mut fds)) => {
                 let (store, id) = (Arc::clone(&store), ids.fetch_add(1, Relaxed));
+                let bell = (fds.len() > 1).then(|| fds.pop()).flatten();
+                let fd = fds.swap_remove(0);
                 std::thread::spawn(move || {
                     let stream = std::os::unix::net::UnixStream::from(fd);
                     let Ok(watch) = stream.try_clone() else { return };
                     let gone = move || crate::sys::hung_up(watch.as_fd());
-                    store.serve(stream, &Peer { id, gone: &gone });
+                    let bell = bell.and_then(|b| crate::wire::doorbell::Doorbell::attach(b).ok());
+                    store.serve(proto::Framed::new(stream).with_bell(bell, 1), &Peer { id, gone: &gone });
                 });
             }
             // every handle is gone: nobody can connect any more; the owner ends this process
@@ -441,5 +444,5 @@ fn serve_tcp(store: &Store, stream: std::net::TcpStream, key: &[u8], id: u64) {
     let _ = stream.set_write_timeout(None);
     let Ok(watch) = stream.try_clone() else { return };
     let gone = move || crate::sys::hung_up(watch.as_fd());
-    store.serve(stream, &Peer { id, gone: &gone });
+    store.serve(proto::Framed::new(stream), &Peer { id, gone: &gone });
 }

@@ -260,22 +260,23 @@ pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
 }
 
-/// Sends one descriptor as a one-byte message.
-pub(crate) fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+/// Sends one or two descriptors (a connection, and its doorbell) as a one-byte message.
+pub(crate) fn send_fds(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    assert!(fds.len() <= 2);
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds = [fd];
-    control.push(SendAncillaryMessage::ScmRights(&fds));
+    control.push(SendAncillaryMessage::ScmRights(fds));
     rustix::net::sendmsg(sock, &[io::IoSlice::new(b"c")], &mut control, SendFlags::NOSIGNAL)?;
     Ok(())
 }
 
-/// Receives a descriptor sent by [`send_fd`]; `Ok(None)` once every sender is gone.
-pub(crate) fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+/// Receives the descriptors (one or two) sent by [`send_fds`]; `Ok(None)` once every sender
+/// is gone.
+pub(crate) fn recv_fds(sock: BorrowedFd<'_>) -> io::Result<Option<Vec<OwnedFd>>> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     loop {
-        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut byte = [0u8; 1];
         let msg = match rustix::net::recvmsg(
@@ -297,8 +298,8 @@ pub(crate) fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
         if msg.bytes == 0 && fds.is_empty() {
             return Ok(None);
         }
-        if let Some(fd) = fds.pop() {
-            return Ok(Some(fd));
+        if !fds.is_empty() {
+            return Ok(Some(fds));
         }
     }
 }
@@ -363,4 +364,30 @@ pub(crate) fn inheritable_above_stdio() -> Vec<i32> {
             flags >= 0 && flags & libc::FD_CLOEXEC == 0
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// A manager's acceptor gets a connection alone (an older client, a remote one's stand-in)
+    /// or with its doorbell: one message, one or two descriptors, each the one sent.
+    #[test]
+    fn one_or_two_descriptors_cross_in_one_message() {
+        let (a, b) = packet_pair().unwrap();
+        let (r1, _w1) = rustix::pipe::pipe().unwrap();
+        let page = crate::sys::shm::memfd("test", 4096).unwrap();
+        send_fds(a.as_fd(), &[r1.as_fd()]).unwrap();
+        send_fds(a.as_fd(), &[r1.as_fd(), page.as_fd()]).unwrap();
+        let one = recv_fds(b.as_fd()).unwrap().unwrap();
+        assert_eq!(one.len(), 1);
+        let two = recv_fds(b.as_fd()).unwrap().unwrap();
+        assert_eq!(two.len(), 2);
+        let ino = |fd: BorrowedFd<'_>| rustix::fs::fstat(fd).unwrap().st_ino;
+        assert_eq!(ino(two[1].as_fd()), ino(page.as_fd()));
+        assert_eq!(ino(one[0].as_fd()), ino(r1.as_fd()));
+        drop(a);
+        assert!(recv_fds(b.as_fd()).unwrap().is_none(), "every sender gone");
+    }
 }

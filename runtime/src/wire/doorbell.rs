@@ -56,6 +56,22 @@ impl Doorbell {
         self.word(i).fetch_add(1, Release);
     }
 
+    /// As [`wait_past`](Doorbell::wait_past), yielding the CPU between looks: for more
+    /// waiters than cores (a manager's clients and its threads), where a pure spin would keep
+    /// the awaited side off the CPU.
+    pub(crate) fn wait_past_yielding(&self, i: usize, seen: u64, spin: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + spin;
+        loop {
+            if self.count(i) > seen {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Waits up to `spin` (without a system call) for counter `i` to pass `seen`; whether it did.
     #[inline]
     pub(crate) fn wait_past(&self, i: usize, seen: u64, spin: std::time::Duration) -> bool {
