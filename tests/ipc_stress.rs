@@ -32,6 +32,8 @@ use serde_bytes::ByteBuf;
 /// A call that blocks (on a lock, a count, a wake-up) for longer than this is a hang: nothing
 /// here is held for longer than a SIGSTOP (30 ms at most) or a burst of work.
 const HANG: Duration = Duration::from_secs(10);
+/// The most items one `get_many` takes: what a killed taker can lose of the blocks' queue.
+const BATCH: u64 = 16;
 /// The semaphore's counts.
 const COUNTS: u32 = 2;
 /// Worker processes doing a mix of everything, and the barrier's parties.
@@ -45,6 +47,8 @@ struct Board {
     unbounded: Queue<ByteBuf>,
     bounded: Queue<ByteBuf>,
     joinable: JoinableQueue<ByteBuf>,
+    /// Put to with `put_many` and taken with `get_many` only (a killed taker loses its batch).
+    blocks: Queue<ByteBuf>,
     /// Two halves equal between updates, and the number of dead holders repaired after.
     pair: Value<[u64; 3]>,
     /// Taken now and then, and kept by a worker that exits holding it.
@@ -63,7 +67,7 @@ struct Board {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Report {
-    /// An item taken from queue `queue` (0 unbounded, 1 bounded, 2 joinable): its producer's
+    /// An item taken from queue `queue` (0 unbounded, 1 bounded, 2 joinable, 3 blocks): its producer's
     /// incarnation and number.
     Got { queue: u8, by: u32, seq: u64 },
     /// Operations done since the last report, by kind (see [`KINDS`]).
@@ -122,7 +126,7 @@ fn alive(pid: u32) -> bool {
 #[process_fn]
 fn mixed_worker(b: Board, slot: usize, me: u32, seed: u64) {
     let mut rng = Rng(seed);
-    let mut seqs = [0u64; 3];
+    let mut seqs = [0u64; 4];
     let pid = std::process::id();
     let bad = |what: String| b.reports.put(Report::Bad(format!("worker {me} (pid {pid}): {what}"))).unwrap();
     let mut ops = [0u64; KINDS.len()];
@@ -134,6 +138,20 @@ fn mixed_worker(b: Board, slot: usize, me: u32, seed: u64) {
             0..=24 => {
                 let q = rng.below(3) as usize;
                 let len = if rng.chance(10) { 100_000 } else { rng.below(2_000) as usize };
+                if q == 0 && rng.chance(30) {
+                    // a block: consecutive items, one put_many
+                    let n = 1 + rng.below(20);
+                    let block: Vec<ByteBuf> = (0..n).map(|k| item(me, seqs[3] + k, rng.below(300) as usize)).collect();
+                    match b.blocks.put_many(&block) {
+                        Ok(()) => seqs[3] += n,
+                        Err(e) => bad(format!("put_many to queue 3: {e}")),
+                    }
+                    ops[kind_of(op)] += 1; // (counted with the next report)
+                    if started.elapsed() > HANG + Duration::from_secs(2) {
+                        bad(format!("operation {op} took {:?}", started.elapsed()));
+                    }
+                    continue;
+                }
                 let it = item(me, seqs[q], len);
                 let put = match q {
                     0 => b.unbounded.put(it).map(|()| true),
@@ -152,6 +170,25 @@ fn mixed_worker(b: Board, slot: usize, me: u32, seed: u64) {
             // gets
             25..=59 => {
                 let q = rng.below(3) as u8;
+                if q == 0 && rng.chance(30) {
+                    match b.blocks.get_many_timeout(1 + rng.below(BATCH) as usize, Duration::from_millis(2)) {
+                        Ok(items) => {
+                            for v in items {
+                                match check(&v) {
+                                    Some((by, seq)) => b.reports.put(Report::Got { queue: 3, by, seq }).unwrap(),
+                                    None => bad(format!("a corrupt item of {} bytes from get_many", v.len())),
+                                }
+                            }
+                        }
+                        Err(Error::Empty { .. }) => {}
+                        Err(e) => bad(format!("get_many from queue 3: {e}")),
+                    }
+                    ops[kind_of(op)] += 1; // (counted with the next report)
+                    if started.elapsed() > HANG + Duration::from_secs(2) {
+                        bad(format!("operation {op} took {:?}", started.elapsed()));
+                    }
+                    continue;
+                }
                 let got = match q {
                     0 => b.unbounded.get_timeout(Duration::from_millis(2)),
                     1 => b.bounded.get_timeout(Duration::from_millis(2)),
@@ -337,9 +374,14 @@ impl Tally {
         }
     }
 
-    /// Items missing below the highest number taken of each producer: lost in a hand.
-    fn holes(&self) -> u64 {
-        self.got.values().map(|seqs| seqs.iter().max().map_or(0, |m| m + 1) - seqs.len() as u64).sum()
+    /// Items missing below the highest number taken of each producer: lost in a hand. In the
+    /// queues taken from one by one (`false`), or in the blocks' (`true`).
+    fn holes(&self, blocks: bool) -> u64 {
+        self.got
+            .iter()
+            .filter(|((queue, _), _)| (*queue == 3) == blocks)
+            .map(|(_, seqs)| seqs.iter().max().map_or(0, |m| m + 1) - seqs.len() as u64)
+            .sum()
     }
 }
 
@@ -365,6 +407,7 @@ fn storm(seed: u64, secs: u64) {
     let manager = Manager::start().unwrap();
     let b = Board {
         unbounded: Queue::new().unwrap(),
+        blocks: Queue::new().unwrap(),
         bounded: Queue::bounded(BOUNDED).unwrap(),
         joinable: JoinableQueue::new().unwrap(),
         pair: Value::new([0; 3]).unwrap(),
@@ -486,7 +529,7 @@ fn storm(seed: u64, secs: u64) {
 
     // What is left in the queues is whole and new, and the joinable queue's count adds up.
     let mut left = 0u64;
-    for (q, queue) in [(0u8, &b.unbounded), (1, &b.bounded)] {
+    for (q, queue) in [(0u8, &b.unbounded), (1, &b.bounded), (3, &b.blocks)] {
         while let Ok(v) = queue.try_get() {
             let (by, seq) = check(&v).unwrap_or_else(|| panic!("a corrupt item was left in queue {q}"));
             tally.add(Report::Got { queue: q, by, seq });
@@ -535,11 +578,11 @@ fn storm(seed: u64, secs: u64) {
         assert_eq!(*v, dict_value(*k), "the dict's value of {k} is not what was stored");
     }
 
-    let holes = tally.holes();
+    let (holes, block_holes) = (tally.holes(false), tally.holes(true));
     let taken: usize = tally.got.values().map(HashSet::len).sum();
     println!(
         "seed={seed}: {secs} s, operations: {}, {taken} items taken ({left} left at the end), {kills} kills, \
-         {stops} stops, {exits} exits holding a lock, {holes} items lost in a killed hand, {tasks_lost} tasks \
+         {stops} stops, {exits} exits holding a lock, {holes} items lost in a killed hand ({block_holes} of get_many's), {tasks_lost} tasks \
          named lost, {joined} joins that returned, {} dead lock holders repaired, {} dict keys",
         KINDS.iter().zip(tally.ops).map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", "),
         pair[2],
@@ -547,6 +590,8 @@ fn storm(seed: u64, secs: u64) {
     );
     assert!(tally.bad.is_empty(), "{} broken promises:\n{}", tally.bad.len(), tally.bad.join("\n"));
     assert!(holes <= kills, "{holes} items lost to {kills} kills");
+    // a killed `get_many` loses its batch, and one killed before it reported what it took
+    assert!(block_holes <= kills * BATCH, "{block_holes} items of blocks lost to {kills} kills");
     assert!(tasks_lost <= kills, "{tasks_lost} tasks lost to {kills} kills");
     assert!(taken > 100 && tally.ops[..NEWS].iter().sum::<u64>() > 1_000, "too little happened to test anything");
 }

@@ -44,6 +44,33 @@ fn consume(q: Queue<u64>, n: u64) -> (u64, u64, u64) {
     (sum, first, now_ns())
 }
 
+/// Puts `from..from + n` in `put_many` blocks of `batch`.
+#[process_fn]
+fn produce_batched(q: Queue<u64>, from: u64, n: u64, batch: u64) {
+    let mut at = from;
+    while at < from + n {
+        let end = (at + batch).min(from + n);
+        q.put_many(at..end).unwrap();
+        at = end;
+    }
+}
+
+/// Takes `n` items with `get_many(batch)`; returns their sum and when the first and the last
+/// arrived.
+#[process_fn]
+fn consume_batched(q: Queue<u64>, n: u64, batch: u64) -> (u64, u64, u64) {
+    let mut got = q.get_many(batch as usize).unwrap();
+    let first = now_ns();
+    let mut count = got.len() as u64;
+    let mut sum = got.iter().fold(0u64, |s, x| s.wrapping_add(*x));
+    while count < n {
+        got = q.get_many(batch as usize).unwrap();
+        count += got.len() as u64;
+        sum = got.iter().fold(sum, |s, x| s.wrapping_add(*x));
+    }
+    (sum, first, now_ns())
+}
+
 /// Takes items until a `u64::MAX`; returns the count, the sum, and the first and last times.
 #[process_fn]
 fn consume_until_end(q: Queue<u64>) -> (u64, u64, u64, u64) {
@@ -104,14 +131,26 @@ pub(crate) fn w6() {
         let last = results.iter().map(|r| r.3).max().unwrap();
         (last - first) as f64 / N as f64
     };
+    let batched = || {
+        let q = Queue::<u64>::new().unwrap();
+        let consumer = consume_batched.spawn(q.clone(), N, 1024).unwrap();
+        let producer = produce_batched.spawn(q, 0, N, 1024).unwrap();
+        producer.join().unwrap();
+        let (sum, first, last) = consumer.join().unwrap();
+        assert_eq!(sum, expected);
+        (last - first) as f64 / (N - 1) as f64
+    };
     ours(); // warm up
-    let (mut o, mut f, mut m) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut o, mut f, mut m, mut b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..REPETITIONS {
         f.push(ring_floor());
         o.push(ours());
         m.push(four_by_four());
+        b.push(batched());
     }
-    let (ours, floor, many) = (median(o), median(f), median(m));
+    let (ours, floor, many, batched) = (median(o), median(f), median(m), median(b));
+    report("W6", "queue(put_many/get_many of 1,024)", batched, floor, "ns/msg");
+    println!("W6 queue(put_many/get_many of 1,024) ours={:.1} M msgs/s", 1e3 / batched);
     report("W6", "queue", ours, floor, "ns/msg");
     println!("W6 queue ours={:.1} M msgs/s", 1e3 / ours);
     report("W6", "queue(4 producers x 4 consumers)", many, floor, "ns/msg");

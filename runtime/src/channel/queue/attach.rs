@@ -47,6 +47,10 @@ pub(crate) struct Shared {
     /// Per participant slot, the tasks lost with its processes that a `join` here reported (or
     /// that were lost before this process came).
     pub(crate) reported_lost: Mutex<Vec<u64>>,
+    /// The decode error of an item a `get_many` here took after others: the next take here
+    /// returns it.
+    pub(crate) deferred: Mutex<Option<Error>>,
+    pub(crate) has_deferred: AtomicBool,
 }
 
 /// Every queue mapped in this process, by the identity of its memfd: a handle received again
@@ -120,6 +124,8 @@ impl Shared {
             futile_wakes: std::sync::atomic::AtomicU32::new(0),
             take_turn: Mutex::new(()),
             reported_lost: Mutex::new(Vec::new()),
+            deferred: Mutex::new(None),
+            has_deferred: AtomicBool::new(false),
         });
         if header.flags & JOINABLE != 0 {
             *shared.reported_lost.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -48,6 +48,58 @@ impl Shared {
         }
     }
 
+    /// Puts many encoded items (`spans` of `bytes`), in order. In a lane of its own, with room
+    /// in its ring, they are written one after another and published with one store of the
+    /// tail (a producer killed before it published none, after it all); the rest, and every
+    /// item of a bounded or joinable queue, go one at a time.
+    pub(crate) fn put_many_bytes(self: &Arc<Self>, bytes: &[u8], spans: &[(usize, usize)], wait: Wait) -> Result<()> {
+        self.check_open(true)?;
+        let mut done = 0;
+        if !self.header().takes_turns() {
+            let (lane, exclusive) = self.my_lane()?;
+            if exclusive && !self.producer_spilling(lane) {
+                done = self.put_block(lane, bytes, spans)?;
+            }
+        }
+        for &(at, len) in &spans[done..] {
+            self.put_bytes(&bytes[at..at + len], wait)?;
+        }
+        Ok(())
+    }
+
+    /// Writes as many of the items as the ring has room for now, publishes them at once, and
+    /// returns how many.
+    fn put_block(&self, lane: usize, bytes: &[u8], spans: &[(usize, usize)]) -> Result<usize> {
+        let meta = &self.header().lanes[lane];
+        let before = meta.producer.0.tail.load(Relaxed);
+        let released = self.released_seen[lane].load(Relaxed);
+        let mut tail = before;
+        let mut n = 0;
+        for &(at, len) in spans {
+            let item = &bytes[at..at + len];
+            let blob = item.len() > INLINE_MAX;
+            let need = record_len(if blob { 16 } else { item.len() });
+            if bytes_between(released, pos(tail)) + need > LANE_CAP {
+                break;
+            }
+            if blob {
+                let offset = self.store_blob(item)?;
+                let mut body = [0u8; 16];
+                body[..8].copy_from_slice(&offset.to_le_bytes());
+                body[8..].copy_from_slice(&(item.len() as u64).to_le_bytes());
+                self.write_record(lane, pos(tail), BLOB, &body);
+            } else {
+                self.write_record(lane, pos(tail), INLINE, item);
+            }
+            tail = advance(tail, need);
+            n += 1;
+        }
+        if n > 0 {
+            self.publish(lane, &meta.producer.0.tail, before, tail, false);
+        }
+        Ok(n)
+    }
+
     /// The lane this thread puts into: its own (`true`), or the shared one.
     pub(super) fn my_lane(self: &Arc<Self>) -> Result<(usize, bool)> {
         if let Some((lane, owner)) = attach::held_lane(self) {

@@ -95,6 +95,82 @@ impl Shared {
         Ok(false)
     }
 
+    /// Takes up to `max` items that are there now, without waiting: from each lane found with
+    /// items, as many as it has under one hold of its lock. Returns how many.
+    pub(crate) fn take_many_now(&self, max: usize, read: &mut impl FnMut(&[u8]) -> bool) -> Result<usize> {
+        let here = self as *const Shared as usize;
+        let me = ConsumerState::get(here, self);
+        let h = self.header();
+        let mut taken = 0;
+        let mut first = me.queue == here;
+        let stopped = std::cell::Cell::new(false);
+        let mut read = |bytes: &[u8]| {
+            if !read(bytes) {
+                stopped.set(true);
+            }
+        };
+        while taken < max {
+            let mut found = 0;
+            // the lane last taken from first, then every active one
+            let lanes = first.then_some(me.last).into_iter().chain(self.active_lanes());
+            for i in lanes {
+                let mut held_elsewhere = false;
+                found = self.try_lane_many(i, me.owner, max - taken, &mut read, &stopped, &mut held_elsewhere)?;
+                if found > 0 {
+                    ConsumerState::set_last(here, i);
+                    break;
+                }
+            }
+            first = false;
+            if found == 0 {
+                break;
+            }
+            taken += found;
+            if stopped.get() {
+                break;
+            }
+        }
+        if taken > 0 && h.maxsize > 0 {
+            self.wake(Sleep::Space, true);
+        }
+        Ok(taken)
+    }
+
+    /// Takes up to `max` items from lane `i` under one hold of its lock (each taken as one
+    /// alone is: a consumer killed meanwhile has taken those before, whole), until `stopped`.
+    fn try_lane_many(
+        &self,
+        i: usize,
+        me: u64,
+        max: usize,
+        read: &mut impl FnMut(&[u8]),
+        stopped: &std::cell::Cell<bool>,
+        held_elsewhere: &mut bool,
+    ) -> Result<usize> {
+        let lane = &self.header().lanes[i];
+        if items_between(lane.consumer.0.head.load(Acquire), self.tail(i, lane)) == 0 && !self.spilling(i) {
+            return Ok(0);
+        }
+        if lane.consumer.0.lock.compare_exchange(0, me, Acquire, Relaxed).is_err() {
+            *held_elsewhere = true;
+            return Ok(0);
+        }
+        let mut n = 0;
+        let mut result = Ok(());
+        while n < max && !stopped.get() {
+            match self.take_next(i, read) {
+                Ok(true) => n += 1,
+                Ok(false) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        lane.consumer.0.lock.store(0, Release);
+        result.map(|()| n)
+    }
+
     /// Takes an item from lane `i` if it has one and no other consumer holds it.
     #[inline]
     pub(super) fn try_lane(
