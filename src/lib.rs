@@ -149,6 +149,7 @@
 //! | `close`, `join`, `terminate` | [`Pool::close`], [`Pool::join`], [`Pool::terminate`] |
 //! | `Queue()`, `Queue(maxsize)`, `JoinableQueue()` | [`Queue::new`], [`Queue::bounded`], [`JoinableQueue::new`] |
 //! | `put`, `get` (`block`, `timeout`, `_nowait`) | [`Queue::put`], [`Queue::get`], `*_timeout`, `try_*` |
+//! | a list put as one item, to batch by hand | [`Queue::put_many`], [`Queue::get_many`] (each still an item) |
 //! | `Pipe()`, `Pipe(duplex=False)` | [`pipe`], [`pipe_one_way`] |
 //! | `send`, `recv`, `poll`, `send_bytes`, `recv_bytes` | [`Connection::send`], [`Connection::recv`], [`Connection::poll`], ... |
 //! | `connection.wait(objects, timeout)` | [`wait`] |
@@ -195,6 +196,13 @@
 //! whole; see [`Queue`] for what can be lost. A pipe end whose other end is gone gives
 //! [`Error::Disconnected`] at once. [`wait`] waits on many pipe ends, queues and processes from
 //! one thread.
+//!
+//! **Large values** need nothing special: a byte run of 128 KiB or more in an argument, a
+//! result, a map item or a pipe message (a `Vec<u8>`, a `String`, a `serde_bytes` field, a
+//! process function's `Vec<f64>` or other `Vec` of plain numbers, [`Connection::send_bytes`])
+//! crosses as a memfd, copied once on each side instead of through the socket.
+//! `MULTIPROC_LARGE_MIN=<bytes>` moves the threshold. To share memory without copying at all,
+//! pass an [`Array`] or a [`SharedMemory`].
 //!
 //! # Shared memory and locks
 //!
