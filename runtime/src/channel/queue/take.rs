@@ -157,7 +157,15 @@ impl Shared {
         }
         let mut n = 0;
         let mut result = Ok(());
+        let counting = self.header().flags & JOINABLE != 0;
         while n < max && !stopped.get() {
+            if !counting {
+                n += self.take_run(i, max - n, read, stopped);
+                if n == max || stopped.get() {
+                    break;
+                }
+            }
+            // a large item, the spill, or a joinable queue's counted take: one at a time
             match self.take_next(i, read) {
                 Ok(true) => n += 1,
                 Ok(false) => break,
@@ -169,6 +177,53 @@ impl Shared {
         }
         lane.consumer.0.lock.store(0, Release);
         result.map(|()| n)
+    }
+
+    /// Takes up to `max` small items in a row from the head of lane `i`'s ring, whose lock this
+    /// thread holds, and moves the head past them once: a consumer killed before that has
+    /// taken none of them (they stay for the next), after it all. Stops at a large item, which
+    /// is taken as one alone is. Not for a joinable queue, whose takes are counted one by one.
+    fn take_run(&self, i: usize, max: usize, read: &mut impl FnMut(&[u8]), stopped: &std::cell::Cell<bool>) -> usize {
+        let lane = &self.header().lanes[i];
+        let c = &lane.consumer.0;
+        let start_head = c.head.load(Relaxed);
+        let tail = self.tail(i, lane);
+        let mut head = start_head;
+        let mut n = 0;
+        let mut scratch = Vec::new();
+        while n < max && !stopped.get() && items_between(head, tail) != 0 {
+            let at = pos(head);
+            // SAFETY: as in `take_from`: a published record's header word, held by this thread.
+            let word = u64::from_le(unsafe { (self.ring(i) as *const u64).add((at % LANE_CAP) as usize / 8).read() });
+            let (len, kind) = ((word & 0xffff_ffff) as usize, (word >> 32) as u32);
+            if kind != INLINE || len > INLINE_MAX {
+                break; // a large item (or a corrupt record: `take_from` says so)
+            }
+            let start = ((at + RECORD_HEADER) % LANE_CAP) as usize;
+            if start + len <= LANE_CAP as usize {
+                // SAFETY: as in `take_from`: published, held, contiguous and inside the ring.
+                read(unsafe { std::slice::from_raw_parts(self.ring(i).add(start), len) });
+            } else {
+                scratch.resize(len, 0);
+                self.read_ring(i, at + RECORD_HEADER, &mut scratch);
+                read(&scratch);
+            }
+            head = advance(head, record_len(len));
+            n += 1;
+        }
+        if n == 0 {
+            return 0;
+        }
+        c.head.store(head, Release);
+        let released = &lane.released.0;
+        let empty = items_between(head, tail) == 0;
+        if empty || bytes_between(released.pos.load(Relaxed), pos(head)) >= RELEASE_EVERY {
+            released.pos.store(pos(head), Release);
+            if released.wanted.swap(0, AcqRel) != 0 {
+                self.wake(Sleep::Space, true);
+            }
+        }
+        n
     }
 
     /// Takes an item from lane `i` if it has one and no other consumer holds it.
