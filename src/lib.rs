@@ -197,7 +197,7 @@
 //! [`Error::Disconnected`] at once. [`wait`] waits on many pipe ends, queues and processes from
 //! one thread.
 //!
-//! **Large values** need nothing special: a byte run of 128 KiB or more in an argument, a
+//! **Large values** need nothing special: a byte run of 256 KiB or more in an argument, a
 //! result, a map item or a pipe message (a `Vec<u8>`, a `String`, a `serde_bytes` field, a
 //! process function's `Vec<f64>` or other `Vec` of plain numbers, [`Connection::send_bytes`])
 //! crosses as a memfd, copied once on each side instead of through the socket.

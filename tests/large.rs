@@ -1,4 +1,4 @@
-//! Large values between real processes: byte runs from 128 KiB on cross as memfds (issue 15).
+//! Large values between real processes: byte runs from 256 KiB on cross as memfds (issue 15).
 //! Just under and just over the threshold, every kind of value that has a byte run (`Vec<u8>`,
 //! `Vec` of numbers, `String`, `serde_bytes` inside a struct), every path (spawn, a pool's
 //! apply and map, pipes), the frame limit, and descriptors that do not pile up. Every wait has a
@@ -11,7 +11,7 @@ use multiproc::{process_fn, Error, Pool, ProcessBuilder};
 use serde::{Deserialize, Serialize};
 
 /// The threshold (`MULTIPROC_LARGE_MIN` is not set in tests).
-const LARGE: usize = 128 * 1024;
+const LARGE: usize = 256 * 1024;
 
 #[process_fn]
 fn reverse_bytes(mut v: Vec<u8>) -> Vec<u8> {

@@ -33,9 +33,10 @@ use crate::sys::shm::Mapping;
 
 /// The shortest byte run that goes out of line, unless `MULTIPROC_LARGE_MIN` says otherwise.
 /// Measured (`cargo bench --bench workloads -- W4`, the lines `W4 threshold(..)`, raw bytes
-/// echoed over a pipe, us per round trip inline / out of line): 64 KiB 100 / 110, 128 KiB
-/// 121 / 116, 256 KiB 356 / 117, 1 MiB 1270 / 174.
-pub(crate) const LARGE_MIN: usize = 128 * 1024;
+/// echoed over a pipe, us per round trip inline / out of line, two runs): 64 KiB 100 / 110 and
+/// 34 / 39; 128 KiB 121 / 116 and 48 / 102 (a toss-up); 256 KiB 356 / 117 and 337 / 122;
+/// 1 MiB 1270 / 174 and 1299 / 736.
+pub(crate) const LARGE_MIN: usize = 256 * 1024;
 /// The threshold is never lower: every write of the encoder compares with this first.
 const LARGE_FLOOR: usize = 4096;
 /// The threshold in force; 0 until read from the environment.
