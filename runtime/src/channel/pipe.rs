@@ -104,15 +104,14 @@ impl End {
                 return self.send_frame(frame);
             }
         }
-        let mut frame = OutFrame::with_capacity(Kind::Bytes, bytes.len());
-        frame.payload().extend_from_slice(bytes);
-        self.send_frame(frame)
+        // the caller's bytes as they are: header and payload in one sendmsg, no copy
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = crate::wire::frame::send_borrowed(writer.as_fd(), Kind::Bytes, bytes, MAX_FRAME_LEN);
+        self.sent(sent)
     }
 
-    fn send_frame(&self, frame: OutFrame) -> Result<()> {
-        frame.check_len(MAX_FRAME_LEN)?;
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let sent = frame.send(writer.as_fd(), MAX_FRAME_LEN);
+    /// Rings the doorbell for a frame sent, and says a gone peer as [`Error::Disconnected`].
+    fn sent(&self, sent: Result<()>) -> Result<()> {
         if let (Ok(()), Some((bell, side))) = (&sent, &self.bell) {
             bell.ring(*side);
         }
@@ -124,6 +123,13 @@ impl End {
             }
             other => other,
         }
+    }
+
+    fn send_frame(&self, frame: OutFrame) -> Result<()> {
+        frame.check_len(MAX_FRAME_LEN)?;
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = frame.send(writer.as_fd(), MAX_FRAME_LEN);
+        self.sent(sent)
     }
 
     /// The next frame, waiting as `wait` says. Without a deadline, the reader blocks in

@@ -180,6 +180,28 @@ fn header(len: usize, kind: Kind, nfds: usize, max: usize) -> Result<[u8; HEADER
     Ok(h)
 }
 
+/// Writes a frame of `kind` with no descriptors whose payload is the caller's `payload`, not
+/// copied: the header and the payload as two buffers of each `sendmsg`, blocking as needed.
+pub(crate) fn send_borrowed(sock: BorrowedFd<'_>, kind: Kind, payload: &[u8], max: usize) -> Result<(), Error> {
+    let head = header(payload.len(), kind, 0, max)?;
+    let total = HEADER_LEN + payload.len();
+    let mut sent = 0;
+    while sent < total {
+        let parts = if sent < HEADER_LEN {
+            [IoSlice::new(&head[sent..]), IoSlice::new(payload)]
+        } else {
+            [IoSlice::new(&payload[sent - HEADER_LEN..]), IoSlice::new(&[])]
+        };
+        let mut control = SendAncillaryBuffer::default();
+        match rustix::net::sendmsg(sock, &parts, &mut control, SendFlags::NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::io("could not send a frame to the other process", e.into())),
+        }
+    }
+    Ok(())
+}
+
 /// Writes a whole frame, its descriptors with its first bytes, blocking as needed.
 pub(crate) fn send_all(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
     let mut sent = 0;
