@@ -123,8 +123,10 @@ pub(crate) fn write(bytes: &[u8]) -> io::Result<(OwnedFd, InFlight)> {
     let mut sent = SENT.lock().unwrap_or_else(|p| p.into_inner());
     let fits = |s: &Slot| s.room >= bytes.len() && s.room / 2 <= bytes.len();
     if let Some(at) = sent.iter().position(|s| fits(s) && Arc::strong_count(&s.in_flight) == 1 && was_read(s)) {
+        // out of the list while it is written (no other thread can pick it), the lock let go
         let slot = sent.remove(at);
-        return refill(&mut sent, slot, bytes);
+        drop(sent);
+        return refill(slot, bytes);
     }
     drop(sent);
     let room = bytes.len().next_multiple_of(64 * 1024);
@@ -149,7 +151,7 @@ fn was_read(slot: &Slot) -> bool {
 }
 
 /// Writes `bytes` into a kept slot (mapping it the first time) and keeps it again.
-fn refill(sent: &mut Vec<Slot>, mut slot: Slot, bytes: &[u8]) -> io::Result<(OwnedFd, InFlight)> {
+fn refill(mut slot: Slot, bytes: &[u8]) -> io::Result<(OwnedFd, InFlight)> {
     if slot.map.is_none() {
         slot.map = Some(Mapping::new(slot.fd.as_fd(), DATA_AT + slot.room)?);
     }
@@ -160,7 +162,7 @@ fn refill(sent: &mut Vec<Slot>, mut slot: Slot, bytes: &[u8]) -> io::Result<(Own
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.ptr().add(DATA_AT), bytes.len()) };
     let fd = slot.fd.try_clone()?;
     let in_flight = Arc::clone(&slot.in_flight);
-    keep(sent, slot);
+    keep(&mut SENT.lock().unwrap_or_else(|p| p.into_inner()), slot);
     Ok((fd, in_flight))
 }
 
@@ -218,13 +220,15 @@ pub(crate) fn read<T: bytemuck::Pod>(fd: BorrowedFd<'_>, len: usize) -> Result<V
     let identity = (stat.st_dev, stat.st_ino);
     let mut received = RECEIVED.lock().unwrap_or_else(|p| p.into_inner());
     let at = received.iter().position(|s| s.identity == identity && s.map.len() as u64 == size);
-    let seen = match at {
-        Some(at) => received.remove(at),
-        None => {
-            let map =
-                Mapping::new(fd, size as usize).map_err(|e| format!("could not map a large value's memfd: {e}"))?;
-            Seen { identity, map }
-        }
+    let seen = at.map(|at| received.remove(at));
+    drop(received); // not held while the bytes are copied
+    let seen = match seen {
+        Some(seen) => seen,
+        None => match Mapping::new(fd, size as usize) {
+            Ok(map) => Seen { identity, map },
+            // sealed against writes too, say: read it without a mapping (and without the flag)
+            Err(_) => return pread_all(fd, len),
+        },
     };
     let mut out = Vec::<T>::with_capacity(len / each);
     let spare = out.spare_capacity_mut();
@@ -240,6 +244,7 @@ pub(crate) fn read<T: bytemuck::Pod>(fd: BorrowedFd<'_>, len: usize) -> Result<V
     // SAFETY: all `len` bytes were written, and every bit pattern is a valid `T` (`Pod`).
     unsafe { out.set_len(len / each) };
     if seen.map.len() <= KEEP_BYTES / 2 {
+        let mut received = RECEIVED.lock().unwrap_or_else(|p| p.into_inner());
         received.insert(0, seen);
         let mut total = 0;
         received.retain(|s| {
@@ -247,6 +252,23 @@ pub(crate) fn read<T: bytemuck::Pod>(fd: BorrowedFd<'_>, len: usize) -> Result<V
             total <= KEEP_BYTES
         });
         received.truncate(KEEP_COUNT);
+    }
+    Ok(out)
+}
+
+/// Reads `len` bytes from `DATA_AT` of a memfd that cannot be mapped here, into a new `Vec`.
+fn pread_all<T: bytemuck::Pod>(fd: BorrowedFd<'_>, len: usize) -> Result<Vec<T>, String> {
+    let each = std::mem::size_of::<T>();
+    let mut out = vec![T::zeroed(); len / each];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+    let mut done = 0;
+    while done < len {
+        match rustix::io::pread(fd, &mut bytes[done..], (DATA_AT + done) as u64) {
+            Ok(0) => return Err(format!("a large value's memfd ended after {done} of its {len} bytes")),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(format!("could not read a large value's memfd: {e}")),
+        }
     }
     Ok(out)
 }
@@ -399,8 +421,11 @@ mod tests {
         let fd = memfd_with(&data, SealFlags::WRITE);
         let (e, _) = fds::provide(vec![fd], || ValueReader::new(&naming(4096), "result").read_numbers::<u64>());
         assert!(e.unwrap_err().to_string().contains("not sealed"));
-        // sealed as a sender seals it, the same memfd is read
+        // sealed as a sender seals it, the same memfd is read; sealed against writes as well
+        // (it cannot be mapped to set its flag), read all the same
         let fd = memfd_with(&data, REQUIRED);
+        assert_eq!(decode::<ByteBuf>(&naming(4096), vec![fd]).unwrap().into_vec(), data);
+        let fd = memfd_with(&data, REQUIRED | SealFlags::WRITE);
         assert_eq!(decode::<ByteBuf>(&naming(4096), vec![fd]).unwrap().into_vec(), data);
     }
 
