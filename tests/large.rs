@@ -204,3 +204,54 @@ fn a_stream_of_large_values_leaves_descriptors_flat() {
         assert!(after <= before + 16, "{before} descriptors before, {after} after");
     });
 }
+
+/// Returns the value with a checksum the caller can check against its own.
+#[process_fn]
+fn summed(v: Vec<u8>) -> (u64, Vec<u8>) {
+    (v.iter().map(|b| *b as u64).sum(), v)
+}
+
+/// Workers killed at random while large values go to them and come back (memfds reused all the
+/// while): every result is the value sent, or the error of a death; never another task's bytes.
+#[test]
+fn workers_killed_at_random_never_hand_back_another_tasks_bytes() {
+    within(DEADLINE, || {
+        let pool = std::sync::Arc::new(Pool::builder().workers(2).chunksize(1).build().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let killer = {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rng = common::Rng(0x5eed_1a76);
+                let mut kills = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(5 + rng.below(25)));
+                    let pids = pool.pids();
+                    if let Some(pid) = pids.get(rng.below(pids.len().max(1) as u64) as usize) {
+                        common::signal(*pid, libc::SIGKILL);
+                        kills += 1;
+                    }
+                }
+                kills
+            })
+        };
+        let (mut ok, mut died) = (0, 0);
+        for round in 0..6u8 {
+            let inputs: Vec<Vec<u8>> = (0..20u8).map(|k| bytes(LARGE + 4096 * k as usize, k ^ round)).collect();
+            for (k, r) in pool.map_results(summed, inputs.clone()).into_iter().enumerate() {
+                match r {
+                    Ok((sum, back)) => {
+                        assert!(back == inputs[k], "round {round} item {k}: other bytes came back");
+                        assert_eq!(sum, inputs[k].iter().map(|b| *b as u64).sum::<u64>());
+                        ok += 1;
+                    }
+                    Err(Error::Signaled { .. } | Error::Exited { .. }) => died += 1,
+                    Err(e) => panic!("round {round} item {k}: {e}"),
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let kills = killer.join().unwrap();
+        println!("{ok} results whole, {died} deaths, {kills} kills");
+        assert!(ok > 0 && kills > 0, "{ok} results, {died} deaths, {kills} kills: nothing tested");
+    });
+}
