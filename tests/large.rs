@@ -46,12 +46,21 @@ fn bytes(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
+/// Held by each test here: one counts this process's descriptors, and the others' pools and
+/// memfds would come and go meanwhile.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 #[test]
 fn values_just_under_at_and_over_the_threshold_cross_whole_to_a_child() {
+    let _serial = serial();
     within(DEADLINE, || {
         for len in [LARGE - 1, LARGE, LARGE + 1, 3 << 20] {
             let v = bytes(len, 1);
@@ -86,6 +95,7 @@ fn memfds_mapped(v: Vec<u8>) -> (usize, usize) {
 
 #[test]
 fn a_value_over_the_threshold_reaches_the_child_as_a_memfd_and_one_under_through_the_socket() {
+    let _serial = serial();
     within(DEADLINE, || {
         assert_eq!(memfds_mapped.spawn(vec![1; LARGE - 1]).unwrap().join().unwrap(), (LARGE - 1, 0));
         assert_eq!(memfds_mapped.spawn(vec![1; LARGE]).unwrap().join().unwrap(), (LARGE, 1));
@@ -107,6 +117,7 @@ fn a_value_over_the_threshold_reaches_the_child_as_a_memfd_and_one_under_through
 
 #[test]
 fn a_pool_applies_and_maps_large_values_and_chunks_them_by_size() {
+    let _serial = serial();
     within(DEADLINE, || {
         let pool = Pool::new(2).unwrap();
         let v = bytes(2 << 20, 3);
@@ -132,6 +143,7 @@ fn a_pool_applies_and_maps_large_values_and_chunks_them_by_size() {
 
 #[test]
 fn large_values_count_toward_the_frame_limit_both_ways() {
+    let _serial = serial();
     within(DEADLINE, || {
         let mut b = ProcessBuilder::new();
         b.max_frame_len(1 << 20);
@@ -161,6 +173,7 @@ fn large_values_count_toward_the_frame_limit_both_ways() {
 
 #[test]
 fn pipes_carry_large_messages_and_raw_bytes() {
+    let _serial = serial();
     #[process_fn]
     fn echo(c: multiproc::Connection<String, String>) {
         while let Ok(s) = c.recv() {
@@ -189,6 +202,7 @@ fn pipes_carry_large_messages_and_raw_bytes() {
 /// stream of large values leaves the descriptors flat.
 #[test]
 fn a_stream_of_large_values_leaves_descriptors_flat() {
+    let _serial = serial();
     within(DEADLINE, || {
         let pool = Pool::new(1).unwrap();
         let v = bytes(LARGE * 3, 2);
@@ -215,6 +229,7 @@ fn summed(v: Vec<u8>) -> (u64, Vec<u8>) {
 /// while): every result is the value sent, or the error of a death; never another task's bytes.
 #[test]
 fn workers_killed_at_random_never_hand_back_another_tasks_bytes() {
+    let _serial = serial();
     within(DEADLINE, || {
         let pool = std::sync::Arc::new(Pool::builder().workers(2).chunksize(1).build().unwrap());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
