@@ -63,14 +63,16 @@ pub(crate) fn ipc_child() -> bool {
     true
 }
 
+/// Starts this executable as ipc-channel's echo child of `kind`, to connect to server `name`.
+fn ipc_echo_child(kind: &str, name: &str) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap()).env(IPC_ENV, format!("{kind} {name}")).spawn().unwrap()
+}
+
 /// W9's peer: ipc-channel's typed round trip of a `u64` with a child, `trips` times; us per
 /// round trip, the median of the repetitions.
 pub(crate) fn ipc_channel_round_trips(trips: u64) -> f64 {
     let (server, name) = IpcOneShotServer::<(IpcSender<u64>, IpcReceiver<u64>)>::new().unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(IPC_ENV, format!("typed {name}"))
-        .spawn()
-        .unwrap();
+    let mut child = ipc_echo_child("typed", &name);
     let (_, (tx, rx)) = server.accept().unwrap();
     let us = time(|| {
         for x in 0..trips {
@@ -194,10 +196,7 @@ fn pipe_echo_us(size: usize, threshold: usize) -> f64 {
 /// ipc-channel's raw bytes channel: 64 MiB to a child and back; ms per round trip.
 fn ipc_channel_echo(data: &[u8]) -> f64 {
     let (server, name) = IpcOneShotServer::<(IpcBytesSender, IpcBytesReceiver)>::new().unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(IPC_ENV, format!("bytes {name}"))
-        .spawn()
-        .unwrap();
+    let mut child = ipc_echo_child("bytes", &name);
     let (_, (tx, rx)) = server.accept().unwrap();
     let ms = time(|| {
         tx.send(data).unwrap();

@@ -60,20 +60,11 @@ impl Doorbell {
         self.word(i).fetch_add(1, Release);
     }
 
-    /// As [`wait_past`](Doorbell::wait_past), yielding the CPU between looks: for more
-    /// waiters than cores (a manager's clients and its threads), where a pure spin would keep
-    /// the awaited side off the CPU.
+    /// As [`wait_past`](Doorbell::wait_past), yielding the CPU between looks from the first:
+    /// for more waiters than cores (a manager's clients and its threads), where even a short
+    /// pure spin keeps the awaited side off the CPU.
     pub(crate) fn wait_past_yielding(&self, i: usize, seen: u64, spin: std::time::Duration) -> bool {
-        let until = std::time::Instant::now() + spin;
-        loop {
-            if self.count(i) > seen {
-                return true;
-            }
-            if std::time::Instant::now() >= until {
-                return false;
-            }
-            std::thread::yield_now();
-        }
+        self.wait(i, seen, std::time::Duration::ZERO, spin)
     }
 
     /// Waits up to `spin` for counter `i` to pass `seen`; whether it did. The first
@@ -82,8 +73,14 @@ impl Doorbell {
     /// keep one with work to do off the CPU for long.
     #[inline]
     pub(crate) fn wait_past(&self, i: usize, seen: u64, spin: std::time::Duration) -> bool {
+        self.wait(i, seen, SPIN_ALONE, spin)
+    }
+
+    /// Waits up to `spin` for counter `i` to pass `seen`, yielding between looks after `alone`.
+    #[inline]
+    fn wait(&self, i: usize, seen: u64, alone: std::time::Duration, spin: std::time::Duration) -> bool {
         let start = std::time::Instant::now();
-        let (alone, until) = (start + SPIN_ALONE.min(spin), start + spin);
+        let (alone, until) = (start + alone.min(spin), start + spin);
         loop {
             if self.count(i) > seen {
                 return true;

@@ -107,13 +107,19 @@ pub(crate) fn with_received<R>(
     index: u32,
     read: impl FnOnce(BorrowedFd<'_>) -> Result<R, String>,
 ) -> Result<R, String> {
+    received(index, "a large value", read)
+}
+
+/// Runs `with` on descriptor `index` of the frame being decoded; `who` names what asked in the
+/// error for an index past the frame's descriptors.
+fn received<R>(index: u32, who: &str, with: impl FnOnce(BorrowedFd<'_>) -> Result<R, String>) -> Result<R, String> {
     INCOMING.with(|i| {
         let i = i.borrow();
         let fds = i.as_ref().ok_or_else(|| OUTSIDE_A_FRAME.to_string())?;
         let fd = fds
             .get(index as usize)
-            .ok_or_else(|| format!("a large value names descriptor {index}, and its message brought {}", fds.len()))?;
-        read(fd.as_fd())
+            .ok_or_else(|| format!("{who} names descriptor {index}, and its message brought {}", fds.len()))?;
+        with(fd.as_fd())
     })
 }
 
@@ -154,13 +160,8 @@ pub(crate) fn share(fd: BorrowedFd<'_>) -> Result<u32, String> {
 
 /// Takes (a duplicate of) descriptor `index` of the frame being decoded.
 pub(crate) fn take(index: u32) -> Result<OwnedFd, String> {
-    INCOMING.with(|i| {
-        let i = i.borrow();
-        let fds = i.as_ref().ok_or_else(|| OUTSIDE_A_FRAME.to_string())?;
-        let fd = fds
-            .get(index as usize)
-            .ok_or_else(|| format!("a handle names descriptor {index}, and its message brought {}", fds.len()))?;
-        fd.as_fd().try_clone_to_owned().map_err(|e| format!("could not duplicate a received descriptor: {e}"))
+    received(index, "a handle", |fd| {
+        fd.try_clone_to_owned().map_err(|e| format!("could not duplicate a received descriptor: {e}"))
     })
 }
 

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 
-use crate::sys::shm::Mapping;
+use crate::sys::shm::{self, Mapping};
 
 /// The shortest byte run that goes out of line, unless `MULTIPROC_LARGE_MIN` says otherwise.
 /// Measured (`cargo bench --bench workloads -- W4`, the lines `W4 threshold(..)`, raw bytes
@@ -133,7 +133,7 @@ pub(crate) fn write(bytes: &[u8]) -> io::Result<(OwnedFd, InFlight)> {
     let fd = rustix::fs::memfd_create("multiproc-value", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     rustix::fs::ftruncate(&fd, (DATA_AT + room) as u64)?;
     rustix::fs::fcntl_add_seals(&fd, REQUIRED)?;
-    write_all_at(fd.as_fd(), bytes, DATA_AT as u64)?;
+    shm::write_at(fd.as_fd(), bytes, DATA_AT as u64)?;
     let slot = Slot { fd: fd.try_clone()?, map: None, room, in_flight: Arc::new(()) };
     let in_flight = Arc::clone(&slot.in_flight);
     keep(&mut SENT.lock().unwrap_or_else(|p| p.into_inner()), slot);
@@ -180,19 +180,6 @@ fn keep(sent: &mut Vec<Slot>, slot: Slot) {
         n += 1;
         total <= KEEP_BYTES && n <= KEEP_COUNT
     });
-}
-
-fn write_all_at(fd: BorrowedFd<'_>, bytes: &[u8], at: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < bytes.len() {
-        match rustix::io::pwrite(fd, &bytes[done..], at + done as u64) {
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Reads a received run of `len` bytes from `fd` into a new `Vec<T>`, after checking that the
@@ -258,18 +245,9 @@ pub(crate) fn read<T: bytemuck::Pod>(fd: BorrowedFd<'_>, len: usize) -> Result<V
 
 /// Reads `len` bytes from `DATA_AT` of a memfd that cannot be mapped here, into a new `Vec`.
 fn pread_all<T: bytemuck::Pod>(fd: BorrowedFd<'_>, len: usize) -> Result<Vec<T>, String> {
-    let each = std::mem::size_of::<T>();
-    let mut out = vec![T::zeroed(); len / each];
-    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
-    let mut done = 0;
-    while done < len {
-        match rustix::io::pread(fd, &mut bytes[done..], (DATA_AT + done) as u64) {
-            Ok(0) => return Err(format!("a large value's memfd ended after {done} of its {len} bytes")),
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(format!("could not read a large value's memfd: {e}")),
-        }
-    }
+    let mut out = vec![T::zeroed(); len / std::mem::size_of::<T>()];
+    shm::read_into(fd, bytemuck::cast_slice_mut(&mut out), DATA_AT as u64)
+        .map_err(|e| format!("could not read the {len} bytes of a large value's memfd: {e}"))?;
     Ok(out)
 }
 

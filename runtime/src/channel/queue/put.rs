@@ -82,15 +82,7 @@ impl Shared {
             if bytes_between(released, pos(tail)) + need > LANE_CAP {
                 break;
             }
-            if blob {
-                let offset = self.store_blob(item)?;
-                let mut body = [0u8; 16];
-                body[..8].copy_from_slice(&offset.to_le_bytes());
-                body[8..].copy_from_slice(&(item.len() as u64).to_le_bytes());
-                self.write_record(lane, pos(tail), BLOB, &body);
-            } else {
-                self.write_record(lane, pos(tail), INLINE, item);
-            }
+            self.write_item(lane, pos(tail), item, blob)?;
             tail = advance(tail, need);
             n += 1;
         }
@@ -182,16 +174,24 @@ impl Shared {
         if !room && !self.wait_for_room(lane, pos(tail), need, wait)? {
             return self.put_spilled(lane, bytes, count_it);
         }
-        if blob {
-            let offset = self.store_blob(bytes)?;
-            let mut body = [0u8; 16];
-            body[..8].copy_from_slice(&offset.to_le_bytes());
-            body[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-            self.write_record(lane, pos(tail), BLOB, &body);
-        } else {
-            self.write_record(lane, pos(tail), INLINE, bytes);
-        }
+        self.write_item(lane, pos(tail), bytes, blob)?;
         self.publish(lane, &meta.producer.0.tail, tail, advance(tail, need), count_it);
+        Ok(())
+    }
+
+    /// Writes an item's record at byte position `at` of `lane`'s ring: the bytes themselves, or
+    /// for a large item (`blob`), where they are stored apart.
+    #[inline]
+    fn write_item(&self, lane: usize, at: u64, bytes: &[u8], blob: bool) -> Result<()> {
+        if !blob {
+            self.write_record(lane, at, INLINE, bytes);
+            return Ok(());
+        }
+        let offset = self.store_blob(bytes)?;
+        let mut body = [0u8; 16];
+        body[..8].copy_from_slice(&offset.to_le_bytes());
+        body[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.write_record(lane, at, BLOB, &body);
         Ok(())
     }
 

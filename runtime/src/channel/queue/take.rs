@@ -215,6 +215,14 @@ impl Shared {
             return 0;
         }
         c.head.store(head, Release);
+        self.tell_released(lane, head, tail);
+        n
+    }
+
+    /// The producer learns of freed space every eighth of the ring (also when it waits for
+    /// room: one wake-up per eighth, not per item), or when the lane runs empty.
+    #[inline]
+    fn tell_released(&self, lane: &Lane, head: u64, tail: u64) {
         let released = &lane.released.0;
         let empty = items_between(head, tail) == 0;
         if empty || bytes_between(released.pos.load(Relaxed), pos(head)) >= RELEASE_EVERY {
@@ -223,7 +231,6 @@ impl Shared {
                 self.wake(Sleep::Space, true);
             }
         }
-        n
     }
 
     /// Takes an item from lane `i` if it has one and no other consumer holds it.
@@ -358,16 +365,7 @@ impl Shared {
         if blob.is_some() {
             self.finish_punch(i);
         }
-        // The producer learns of freed space every eighth of the ring (also when it waits for
-        // room: one wake-up per eighth, not per item), or when the lane runs empty.
-        let released = &lane.released.0;
-        let empty = items_between(new_head, tail) == 0;
-        if empty || bytes_between(released.pos.load(Relaxed), pos(new_head)) >= RELEASE_EVERY {
-            released.pos.store(pos(new_head), Release);
-            if released.wanted.swap(0, AcqRel) != 0 {
-                self.wake(Sleep::Space, true);
-            }
-        }
+        self.tell_released(lane, new_head, tail);
         Ok(true)
     }
 
