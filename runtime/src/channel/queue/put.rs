@@ -181,7 +181,7 @@ impl Shared {
 
     /// Writes an item's record at byte position `at` of `lane`'s ring: the bytes themselves, or
     /// for a large item (`blob`), where they are stored apart.
-    #[inline]
+    #[inline(always)]
     fn write_item(&self, lane: usize, at: u64, bytes: &[u8], blob: bool) -> Result<()> {
         if !blob {
             self.write_record(lane, at, INLINE, bytes);

@@ -221,7 +221,7 @@ impl Shared {
 
     /// The producer learns of freed space every eighth of the ring (also when it waits for
     /// room: one wake-up per eighth, not per item), or when the lane runs empty.
-    #[inline]
+    #[inline(always)]
     fn tell_released(&self, lane: &Lane, head: u64, tail: u64) {
         let released = &lane.released.0;
         let empty = items_between(head, tail) == 0;
