@@ -519,6 +519,80 @@ mod tests {
         rustix::fs::fstat(shared.fd_ref()).unwrap().st_blocks as u64 * 512
     }
 
+    /// A consumer dies at each step of taking a run of small items (`get_many`): holding the
+    /// lane having read some (the head not moved), or after it moved the head past them. The
+    /// next consumer gets every item in the first case and the ones after the run in the
+    /// second; none twice, none corrupt.
+    #[test]
+    fn a_consumer_killed_at_any_step_of_taking_a_run_leaves_it_whole_or_taken() {
+        for step in 0..2 {
+            let shared = Shared::create(0, 0).unwrap();
+            for x in 0..10u64 {
+                shared.put_bytes(&x.to_le_bytes(), Wait::Now).unwrap();
+            }
+            let h = shared.header();
+            let i = shared.active_lanes().next().unwrap();
+            let c = &h.lanes[i].consumer.0;
+            // the dead consumer read four records (its copies died with it) ...
+            c.lock.store(owner_word(200, 1, 1), Release);
+            if step == 1 {
+                // ... and moved the head past them, once, as a run does
+                let mut head = c.head.load(Relaxed);
+                for _ in 0..4 {
+                    head = advance(head, record_len(8));
+                }
+                c.head.store(head, Release);
+            }
+            // the next consumer finds the lock of the dead, takes it back, and goes on
+            let mut got = Vec::new();
+            let mut read = |b: &[u8]| {
+                got.push(u64::from_le_bytes(b.try_into().unwrap()));
+                true
+            };
+            shared
+                .take(Wait::For(Duration::from_secs(5), Instant::now() + Duration::from_secs(5)), |b| {
+                    read(b);
+                })
+                .unwrap();
+            while shared.take_many_now(100, &mut read).unwrap() > 0 {}
+            let from = if step == 1 { 4 } else { 0 };
+            assert_eq!(got, (from..10).collect::<Vec<_>>(), "step {step}");
+            assert_eq!(shared.len(), 0);
+        }
+    }
+
+    /// A producer dies at each step of putting a block: records written past the tail and not
+    /// published are never seen, and the lane's next put writes over them; published, all are.
+    #[test]
+    fn a_producer_killed_while_it_writes_a_block_shows_none_of_it_or_all() {
+        for step in 0..2 {
+            let shared = Shared::create(0, 0).unwrap();
+            shared.put_bytes(&0u64.to_le_bytes(), Wait::Now).unwrap();
+            let h = shared.header();
+            let i = shared.active_lanes().next().unwrap();
+            let meta = &h.lanes[i].producer.0;
+            let before = meta.tail.load(Relaxed);
+            // the block's records, as `put_block` writes them
+            let mut tail = before;
+            for x in 100..105u64 {
+                shared.write_record(i, pos(tail), INLINE, &x.to_le_bytes());
+                tail = advance(tail, record_len(8));
+            }
+            if step == 1 {
+                meta.tail.store(tail, Release); // it published the block, then died
+            }
+            assert_eq!(shared.len(), if step == 1 { 6 } else { 1 }, "step {step}");
+            shared.put_bytes(&7u64.to_le_bytes(), Wait::Now).unwrap();
+            let mut got = Vec::new();
+            while shared.take(Wait::Now, |b| got.push(u64::from_le_bytes(b.try_into().unwrap()))).is_ok() {}
+            let want: Vec<u64> = match step {
+                0 => vec![0, 7],
+                _ => vec![0, 100, 101, 102, 103, 104, 7],
+            };
+            assert_eq!(got, want, "step {step}");
+        }
+    }
+
     /// A consumer dies at each step of taking a large item: the next one gets the item whole if
     /// the head had not moved, the item after it if it had, and the memory is freed either way.
     #[test]
