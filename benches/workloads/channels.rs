@@ -88,6 +88,61 @@ fn consume_until_end(q: Queue<u64>) -> (u64, u64, u64, u64) {
     }
 }
 
+/// One producer process puts `0..N` in `put_many` blocks of 1,024, one consumer process takes
+/// them with `get_many(1,024)`; ns per item, the sum checked.
+fn batched_once() -> f64 {
+    let q = Queue::<u64>::new().unwrap();
+    let consumer = consume_batched.spawn(q.clone(), N, 1024).unwrap();
+    let producer = produce_batched.spawn(q, 0, N, 1024).unwrap();
+    producer.join().unwrap();
+    let (sum, first, last) = consumer.join().unwrap();
+    assert_eq!(sum, N * (N - 1) / 2);
+    (last - first) as f64 / (N - 1) as f64
+}
+
+/// The CPU cost per item of `put_many` and of `get_many` (blocks of 1,024), each side alone in
+/// this process: what bounds the batched line when neither side waits.
+fn batched_cpu() -> (f64, f64) {
+    let q = Queue::<u64>::new().unwrap();
+    let (mut put, mut get) = (Duration::ZERO, Duration::ZERO);
+    let mut sum = 0u64;
+    for round in 0..(N / 16_384) {
+        let from = round * 16_384;
+        let t = Instant::now();
+        for b in 0..16 {
+            q.put_many(from + b * 1024..from + (b + 1) * 1024).unwrap();
+        }
+        put += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..16 {
+            sum = q.get_many(1024).unwrap().iter().fold(sum, |s, x| s.wrapping_add(*x));
+        }
+        get += t.elapsed();
+    }
+    let n = (N / 16_384 * 16_384) as f64;
+    assert_eq!(sum, (n as u64) * (n as u64 - 1) / 2);
+    (put.as_nanos() as f64 / n, get.as_nanos() as f64 / n)
+}
+
+/// Only W6's batched lines (`-- W6-batched`), for work on that path.
+pub(crate) fn w6_batched() {
+    batched_once(); // warm up
+    let b: Vec<f64> = (0..REPETITIONS).map(|_| batched_once()).collect();
+    let f: Vec<f64> = (0..REPETITIONS).map(|_| ring_floor()).collect();
+    let (batched, floor) = (median(b), median(f));
+    report("W6", "queue(put_many/get_many of 1,024)", batched, floor, "ns/msg");
+    println!("W6 queue(put_many/get_many of 1,024) ours={:.1} M msgs/s", 1e3 / batched);
+    batched_cpu_line();
+}
+
+/// Prints the median of five [`batched_cpu`] runs.
+fn batched_cpu_line() {
+    let runs: Vec<(f64, f64)> = (0..REPETITIONS).map(|_| batched_cpu()).collect();
+    let put = median(runs.iter().map(|r| r.0).collect());
+    let get = median(runs.iter().map(|r| r.1).collect());
+    println!("W6 queue(put_many/get_many of 1,024, both sides in one process, one after the other) put={put:.2} get={get:.2} unit=ns/item");
+}
+
 /// W6: 1,000,000 `u64` from one producer process to one consumer process through a `Queue`,
 /// the sum checked; and the same with 4 producers and 4 consumers. Floor: a bare shared-memory
 /// ring between two processes (no lock, no encoding). Also: how soon a `get` asleep on an
@@ -131,15 +186,7 @@ pub(crate) fn w6() {
         let last = results.iter().map(|r| r.3).max().unwrap();
         (last - first) as f64 / N as f64
     };
-    let batched = || {
-        let q = Queue::<u64>::new().unwrap();
-        let consumer = consume_batched.spawn(q.clone(), N, 1024).unwrap();
-        let producer = produce_batched.spawn(q, 0, N, 1024).unwrap();
-        producer.join().unwrap();
-        let (sum, first, last) = consumer.join().unwrap();
-        assert_eq!(sum, expected);
-        (last - first) as f64 / (N - 1) as f64
-    };
+    let batched = batched_once;
     ours(); // warm up
     let (mut o, mut f, mut m, mut b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..REPETITIONS {
@@ -151,6 +198,7 @@ pub(crate) fn w6() {
     let (ours, floor, many, batched) = (median(o), median(f), median(m), median(b));
     report("W6", "queue(put_many/get_many of 1,024)", batched, floor, "ns/msg");
     println!("W6 queue(put_many/get_many of 1,024) ours={:.1} M msgs/s", 1e3 / batched);
+    batched_cpu_line();
     report("W6", "queue", ours, floor, "ns/msg");
     println!("W6 queue ours={:.1} M msgs/s", 1e3 / ours);
     report("W6", "queue(4 producers x 4 consumers)", many, floor, "ns/msg");

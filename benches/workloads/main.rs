@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench --bench workloads            # all
 //! cargo bench --bench workloads -- W1      # the ones named
+//! cargo bench --bench workloads -- W6-batched  # only W6's put_many/get_many line
 //! ```
 //!
 //! Each line reads `W<n> <what> ours=<x> floor=<y> unit=<u> ratio=<x/y>`, the median of
@@ -92,6 +93,9 @@ fn main() {
     }
     if run("W6") {
         channels::w6();
+    }
+    if wanted.iter().any(|w| w.eq_ignore_ascii_case("W6-batched")) {
+        channels::w6_batched();
     }
     if run("W7") {
         shared::w7();

@@ -115,6 +115,19 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
     Ok(value)
 }
 
+/// Decodes a whole buffer of plain bincode (no large values out of line: a queue's item) as a
+/// `T`; the error is bincode's, for [`decode_failed`] to name.
+#[inline]
+pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    options().deserialize(bytes)
+}
+
+/// The error of a [`decode_plain`] that failed.
+#[cold]
+pub(crate) fn decode_failed<T>(what: &'static str, e: bincode::Error) -> Error {
+    Error::Decode { what, type_name: std::any::type_name::<T>().to_string(), message: e.to_string() }
+}
+
 /// Reads values one after another from an encoded sequence: the arguments of a call (encoded
 /// as a tuple is: each element in turn), or the results of a batch. Not public API.
 #[derive(Debug)]

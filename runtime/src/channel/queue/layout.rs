@@ -260,6 +260,12 @@ pub(crate) fn advance(word: u64, bytes: u64) -> u64 {
     (((count(word) + 1) & ITEMS_MASK) << POS_BITS) | ((pos(word) + bytes) & POS_MASK)
 }
 
+/// A position word moved past `items` records of `bytes` in all.
+#[inline]
+pub(crate) fn advance_by(word: u64, bytes: u64, items: u64) -> u64 {
+    (((count(word) + items) & ITEMS_MASK) << POS_BITS) | ((pos(word) + bytes) & POS_MASK)
+}
+
 /// Items between two position words.
 #[inline]
 pub(crate) fn items_between(head: u64, tail: u64) -> u64 {

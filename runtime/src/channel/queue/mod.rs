@@ -216,20 +216,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         I: IntoIterator,
         I::Item: Borrow<T>,
     {
-        let mut buf = Vec::new();
-        let mut spans = Vec::new();
+        let items = items.into_iter();
+        // the block as records, laid out as they will lie in a ring (see `put_records`)
+        let mut records = put::Records::with_capacity(items.size_hint().0);
         // one catch for the block: a `Serialize` that panics puts nothing of it
         crate::panic::catch(|| {
             for item in items {
-                let at = buf.len();
-                codec::encode_to("item", item.borrow(), &mut buf)?;
-                crate::wire::frame::check_len(buf.len() - at, crate::wire::frame::MAX_FRAME_LEN)?;
-                spans.push((at, buf.len() - at));
+                records.push(item.borrow())?;
             }
             Ok(())
         })
         .unwrap_or_else(|r| Err(codec::serialize_panicked("item", std::any::type_name::<T>(), r.message)))?;
-        self.shared.put_many_bytes(&buf, &spans, Wait::Forever)
+        self.shared.put_records(&records, Wait::Forever)
     }
 
     /// Takes up to `max` items: waits for the first as [`get`](Queue::get) does, then takes
@@ -262,12 +260,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
         let failed = std::cell::RefCell::new(None);
         let mut read = |bytes: &[u8]| {
-            let e = match crate::panic::catch(|| codec::decode::<T>("item", bytes)) {
+            let e = match crate::panic::catch(|| codec::decode_plain::<T>(bytes)) {
                 Ok(Ok(item)) => {
                     out.push(item);
                     return true;
                 }
-                Ok(Err(e)) => e,
+                Ok(Err(e)) => codec::decode_failed::<T>("item", e),
                 Err(r) => codec::deserialize_panicked("item", std::any::type_name::<T>(), r.message),
             };
             *failed.borrow_mut() = Some(e);

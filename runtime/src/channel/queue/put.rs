@@ -48,48 +48,60 @@ impl Shared {
         }
     }
 
-    /// Puts many encoded items (`spans` of `bytes`), in order. In a lane of its own, with room
-    /// in its ring, they are written one after another and published with one store of the
-    /// tail (a producer killed before it published none, after it all); the rest, and every
-    /// item of a bounded or joinable queue, go one at a time.
-    pub(crate) fn put_many_bytes(self: &Arc<Self>, bytes: &[u8], spans: &[(usize, usize)], wait: Wait) -> Result<()> {
+    /// Puts the items of `records` (made by [`push_record`]), in order. In a lane of its own,
+    /// with room in its ring, as many as fit are copied there at once and published with one
+    /// store of the tail (a producer killed before it published none, after it all); an item
+    /// for the blob area, one waiting for room, and every item of a bounded or joinable queue,
+    /// go one at a time, and the block resumes after it.
+    pub(crate) fn put_records(self: &Arc<Self>, records: &Records, wait: Wait) -> Result<()> {
         self.check_open(true)?;
-        let mut done = 0;
-        if !self.header().takes_turns() {
-            let (lane, exclusive) = self.my_lane()?;
-            if exclusive && !self.producer_spilling(lane) {
-                done = self.put_block(lane, bytes, spans)?;
+        let block = !self.header().takes_turns();
+        let (bytes, mut items) = (&records.bytes[..], records.items);
+        let mut at = 0;
+        while at < bytes.len() {
+            if block {
+                let (lane, exclusive) = self.my_lane()?;
+                if exclusive && !self.producer_spilling(lane) {
+                    let (end, n) = self.put_block(lane, &bytes[at..], items, records.any_large);
+                    (at, items) = (at + end, items - n);
+                    if at == bytes.len() {
+                        break;
+                    }
+                }
             }
-        }
-        for &(at, len) in &spans[done..] {
-            self.put_bytes(&bytes[at..at + len], wait)?;
+            let len = record_body_len(&bytes[at..]);
+            self.put_bytes(&bytes[at + RECORD_HEADER as usize..][..len], wait)?;
+            (at, items) = (at + record_len(len) as usize, items - 1);
         }
         Ok(())
     }
 
-    /// Writes as many of the items as the ring has room for now, publishes them at once, and
-    /// returns how many.
-    fn put_block(&self, lane: usize, bytes: &[u8], spans: &[(usize, usize)]) -> Result<usize> {
+    /// Copies the leading records of `records` that the ring has room for now (up to one for
+    /// the blob area) into `lane` in one piece, publishes them at once, and returns how many
+    /// bytes of `records` and how many items that was (`items` in all, one over
+    /// [`INLINE_MAX`] among them if `any_large`).
+    fn put_block(&self, lane: usize, records: &[u8], items: u64, any_large: bool) -> (usize, u64) {
         let meta = &self.header().lanes[lane];
         let before = meta.producer.0.tail.load(Relaxed);
-        let released = self.released_seen[lane].load(Relaxed);
-        let mut tail = before;
-        let mut n = 0;
-        for &(at, len) in spans {
-            let item = &bytes[at..at + len];
-            let blob = item.len() > INLINE_MAX;
-            let need = record_len(if blob { 16 } else { item.len() });
-            if bytes_between(released, pos(tail)) + need > LANE_CAP {
-                break;
+        let room = LANE_CAP - bytes_between(self.released_seen[lane].load(Relaxed), pos(before));
+        let (mut end, mut n) = (records.len(), items);
+        if any_large || end as u64 > room {
+            // the part that fits, up to a large item
+            (end, n) = (0, 0);
+            while end < records.len() {
+                let len = record_body_len(&records[end..]);
+                let next = end + record_len(len) as usize;
+                if len > INLINE_MAX || next as u64 > room {
+                    break;
+                }
+                (end, n) = (next, n + 1);
             }
-            self.write_item(lane, pos(tail), item, blob)?;
-            tail = advance(tail, need);
-            n += 1;
         }
         if n > 0 {
-            self.publish(lane, &meta.producer.0.tail, before, tail, false);
+            self.write_ring(lane, pos(before), &records[..end]);
+            self.publish(lane, &meta.producer.0.tail, before, advance_by(before, end as u64, n), false);
         }
-        Ok(n)
+        (end, n)
     }
 
     /// The lane this thread puts into: its own (`true`), or the shared one.
@@ -362,4 +374,45 @@ fn acquire(shared: &Shared, lock: &std::sync::atomic::AtomicU64, me: u64) {
             }
         }
     }
+}
+
+/// A block of items for [`Shared::put_records`], each encoded as the record a ring holds for it
+/// (header, encoding, zeros to the next multiple of 8). An item over [`INLINE_MAX`] keeps its
+/// bytes here; `put_records` stores them apart.
+#[derive(Debug, Default)]
+pub(crate) struct Records {
+    bytes: Vec<u8>,
+    items: u64,
+    any_large: bool,
+}
+
+impl Records {
+    /// Room for about `items` small items.
+    pub(crate) fn with_capacity(items: usize) -> Self {
+        Records { bytes: Vec::with_capacity(items.saturating_mul(16).min(1 << 20)), ..Records::default() }
+    }
+
+    /// Appends `item`'s record.
+    #[inline]
+    pub(crate) fn push<T: serde::Serialize + ?Sized>(&mut self, item: &T) -> Result<()> {
+        let records = &mut self.bytes;
+        let at = records.len();
+        records.extend_from_slice(&[0; RECORD_HEADER as usize]);
+        crate::wire::codec::encode_to("item", item, &mut *records)?;
+        let len = records.len() - at - RECORD_HEADER as usize;
+        crate::wire::frame::check_len(len, crate::wire::frame::MAX_FRAME_LEN)?;
+        let header = (len as u64) | ((INLINE as u64) << 32);
+        records[at..at + RECORD_HEADER as usize].copy_from_slice(&header.to_le_bytes());
+        records.resize(at + record_len(len) as usize, 0);
+        self.items += 1;
+        self.any_large |= len > INLINE_MAX;
+        Ok(())
+    }
+}
+
+/// The body length in the header of the record `records` begins with.
+#[inline]
+fn record_body_len(records: &[u8]) -> usize {
+    let header = u64::from_le_bytes(records[..RECORD_HEADER as usize].try_into().expect("a record's header"));
+    (header & 0xffff_ffff) as usize
 }
