@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! pub struct __process_fn_square { .. }           // hidden, zero-sized
-//! pub const square: __process_fn_square = ..;     // the user's docs; `square(3)` derefs to the fn
+//! pub const square: __process_fn_square = ..;     // `square(3)` derefs to the fn
+//! #[cfg(doc)] pub fn square(x: u64) -> u64        // what the user's rustdoc shows instead
 //! const _: () = {
 //!     fn __process_fn_body_square(x: u64) -> u64 { body } // the user's fn, renamed
 //!     impl Deref for __process_fn_square { type Target = fn(u64) -> u64; .. }
@@ -118,6 +119,7 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
     let mut sig = item.sig.clone();
     sig.ident = body_ident.clone();
     let block = &item.block;
+    let doc_sig = &item.sig; // the signature as written, for rustdoc
 
     let names: Vec<_> = spec.params.iter().map(|p| &p.name).collect();
     let tys: Vec<_> = spec.params.iter().map(|p| &p.ty).collect();
@@ -176,10 +178,19 @@ fn emit(args: &Args, item: &ItemFn, spec: &Spec) -> TokenStream {
         }
 
         #(#cfgs)*
+        #[cfg(not(doc))]
         #(#outer)*
         #[doc = #value_doc]
         #[allow(non_upper_case_globals)]
         #vis const #ident: #marker = #marker { __private: () };
+
+        // In the user's rustdoc, the function as they wrote it (rustdoc does not check bodies,
+        // so the crate's own `square.spawn(..)` calls still document).
+        #(#cfgs)*
+        #[cfg(doc)]
+        #(#outer)*
+        #[doc = #value_doc]
+        #vis #doc_sig { ::core::unreachable!() }
 
         #(#cfgs)*
         const _: () = {

@@ -31,6 +31,11 @@ use crate::wire::codec::ValueReader;
 /// assert_eq!(out, 16);
 /// # }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `#[process_fn]`, so it cannot run in another process",
+    label = "not marked `#[process_fn]`",
+    note = "mark the function `#[process_fn]` (a plain `fn` item with owned arguments); closures and function pointers cannot run in a child, which finds the function by its registered name"
+)]
 pub trait ProcessFn: Copy + Send + Sync + 'static {
     /// The parameters, as a tuple: `(u64,)` for `fn square(x: u64)`.
     type Args;
