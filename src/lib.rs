@@ -127,7 +127,7 @@
 //! | another build of the executable | [`BuildMismatch`](Error::BuildMismatch), from the handshake |
 //! | an executable that cannot start | [`Spawn`](Error::Spawn), with the OS error |
 //! | a pool task over its limit | [`TaskTimedOut`](Error::TaskTimedOut): its worker is killed and replaced |
-//! | a map item that failed | [`Item`](Error::Item) `{ index, source }` |
+//! | a map item that failed | [`Item`](Error::Item) `{ index, error }` |
 //!
 //! # From Python's `multiprocessing`
 //!
@@ -266,7 +266,7 @@
 //!
 //! # More than one machine
 //!
-//! With the `mpi` feature, [`PoolBuilder::mpi_ranks`] makes a pool's workers the other ranks
+//! With the `mpi` feature, `PoolBuilder::mpi_ranks` makes a pool's workers the other ranks
 //! of an MPI job (`mpirun -n N ./app`, Slurm `srun`): the same program on many hosts, the same
 //! typed calls. See the README's "More than one machine".
 //!
@@ -320,8 +320,8 @@ pub use multiproc_macros::process_fn;
 
 pub use multiproc_runtime::{
     init, pipe, pipe_one_way, wait, AsyncResult, Connection, Error, Imap, InitOutcome, JoinableQueue, Output, Pool,
-    PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue, Receiver, Result, Sender, Waitable,
-    DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
+    PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue, QueueIter, Receiver, RecvIter, Result, Sender,
+    Waitable, DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
 pub use multiproc_runtime::{
     served, DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, Manager, ObjectProxy, QueueProxy, Served,
@@ -329,8 +329,8 @@ pub use multiproc_runtime::{
 };
 pub use multiproc_runtime::{
     Array, ArrayGuard, AtomicInt, AtomicValue, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, HolderDied,
-    Lock, LockGuard, LockResult, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, TryLockError,
-    TryLockResult, Value, ValueGuard, MAX_PARTIES,
+    Lock, LockGuard, LockResult, LockResultExt, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory,
+    TryLockError, TryLockResult, Value, ValueGuard, MAX_PARTIES,
 };
 
 /// The crate behind the plain-data bound of [`Value`] and [`Array`]: derive its `Pod` and

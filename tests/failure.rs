@@ -160,7 +160,7 @@ fn a_result_that_fails_to_serialize_is_an_error_not_a_hang() {
 fn an_executable_that_cannot_be_started_gives_the_io_error() {
     let err = ProcessBuilder::new().executable("/nonexistent/multiproc-child").spawn(square, (1,)).unwrap_err();
     match &err {
-        Error::Spawn { program, source } => {
+        Error::Spawn { program, error: source } => {
             assert_eq!(program, &PathBuf::from("/nonexistent/multiproc-child"));
             assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
         }
@@ -274,4 +274,59 @@ fn messages_say_what_happened_and_what_to_do() {
         let s = e.to_string();
         assert!(s.chars().next().unwrap().is_lowercase() && !s.ends_with('.'), "{s}");
     }
+}
+
+/// Waits 10 ms for an item of an empty queue, with `?`: the child's error is its result.
+#[process_fn]
+fn gets_with_question_mark(q: multiproc::Queue<u64>) -> multiproc::Result<u64> {
+    let first = q.get_timeout(Duration::from_millis(10))?;
+    Ok(first)
+}
+
+/// Takes a lock whose last holder exited holding it, with `?` (through `or_error`).
+#[process_fn]
+fn locks_with_question_mark(v: multiproc::Value<u64>) -> multiproc::Result<u64> {
+    use multiproc::LockResultExt;
+    let mut g = v.lock().or_error()?;
+    *g += 1;
+    Ok(*g)
+}
+
+/// Exits holding the lock.
+#[process_fn]
+fn exits_holding(v: multiproc::Value<u64>) {
+    let g = v.lock().unwrap();
+    std::mem::forget(g);
+    std::process::exit(0)
+}
+
+#[test]
+fn a_child_uses_question_mark_on_multiproc_calls_and_its_error_comes_back_whole() {
+    let q = multiproc::Queue::<u64>::new().unwrap();
+    match join(gets_with_question_mark.spawn(q.clone()).unwrap()).unwrap() {
+        Err(e @ Error::Empty { waited: Some(w) }) => {
+            assert_eq!(w, Duration::from_millis(10));
+            assert!(e.is_timeout(), "{e}");
+            assert!(e.to_string().contains("empty for 10ms"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    q.put(5).unwrap();
+    assert_eq!(join(gets_with_question_mark.spawn(q).unwrap()).unwrap().unwrap(), 5);
+
+    let v = multiproc::Value::new(1u64).unwrap();
+    assert!(matches!(join(exits_holding.spawn(v.clone()).unwrap()), Err(Error::Exited { code: 0, .. })));
+    match join(locks_with_question_mark.spawn(v.clone()).unwrap()).unwrap() {
+        Err(Error::HolderDied { pid }) => assert_ne!(pid, 0),
+        other => panic!("{other:?}"),
+    }
+    // the lock works again, and the next one takes it without news
+    assert_eq!(join(locks_with_question_mark.spawn(v).unwrap()).unwrap().unwrap(), 2);
+}
+
+#[test]
+fn an_io_error_prints_its_os_error_once_in_a_chain() {
+    let e = multiproc::ProcessBuilder::new().executable("/nonexistent/multiproc-test").spawn(sleeps, (1,)).unwrap_err();
+    assert!(std::error::Error::source(&e).is_none(), "the OS error is in the message: {e}");
+    assert_eq!(e.to_string().matches("No such file").count(), 1, "{e}");
 }

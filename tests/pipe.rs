@@ -236,3 +236,25 @@ fn a_pipe_end_serves_a_child_that_was_started_long_before() {
         assert_eq!(join(child).unwrap(), 1);
     });
 }
+
+/// Sends `n` numbers and returns (its end of the pipe closes as the process ends).
+#[process_fn]
+fn send_numbers(tx: Sender<u64>, n: u64) {
+    for i in 0..n {
+        tx.send(i).unwrap();
+    }
+}
+
+#[test]
+fn iterating_over_a_receiver_ends_once_the_sender_is_gone_with_every_message() {
+    let (rx, tx) = pipe_one_way::<u64>().unwrap();
+    let child = send_numbers.spawn(tx, 500).unwrap();
+    // `tx` moved into the child's arguments and is dropped here: the child's is the last end
+    let got = within(DEADLINE, move || rx.iter().collect::<multiproc::Result<Vec<u64>>>()).unwrap();
+    assert_eq!(got, (0..500).collect::<Vec<_>>());
+    join(child).unwrap();
+    let (a, b) = pipe::<u64, u64>().unwrap();
+    b.send(7).unwrap();
+    drop(b);
+    assert_eq!((&a).into_iter().map(Result::unwrap).collect::<Vec<_>>(), [7]);
+}

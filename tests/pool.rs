@@ -131,7 +131,7 @@ fn map_returns_the_first_failure_with_its_index_and_map_results_keeps_the_rest()
         let pool = quiet_pool(2);
         let err = pool.starmap(panics_on, (0..20).map(|x| (x, 13))).unwrap_err();
         match &err {
-            Error::Item { index, source } => {
+            Error::Item { index, error: source } => {
                 assert_eq!(*index, 13);
                 assert!(
                     matches!(**source, Error::Panicked { ref message, .. } if message.contains("item 13 is the bad one"))
@@ -401,7 +401,7 @@ fn imap_errors_say_which_input_failed_even_unordered() {
             for r in stream {
                 match r {
                     Ok(x) => fine.push(x),
-                    Err(Error::Item { index, source }) => failed.push((index, *source)),
+                    Err(Error::Item { index, error: source }) => failed.push((index, *source)),
                     Err(other) => panic!("an error without its item's index: {other:?}"),
                 }
             }

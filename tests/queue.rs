@@ -603,3 +603,26 @@ fn producers_killed_while_they_hold_the_lock_of_a_joinable_queue_leave_its_count
         assert_eq!(q.unfinished(), 1);
     });
 }
+
+/// Iterates over the queue until it is shut down; returns what it took, in order.
+#[process_fn]
+fn iterate_until_shut_down(q: Queue<u64>) -> multiproc::Result<Vec<u64>> {
+    q.iter().collect()
+}
+
+#[test]
+fn a_child_iterating_over_a_queue_gets_every_item_and_stops_at_shutdown() {
+    let q = Queue::<u64>::new().unwrap();
+    let consumer = iterate_until_shut_down.spawn(q.clone()).unwrap();
+    q.put_many(0..1000u64).unwrap();
+    std::thread::sleep(Duration::from_millis(20)); // the consumer is waiting in `next`, say
+    q.put(1000).unwrap();
+    q.shutdown(false);
+    let got = join(consumer).unwrap().unwrap();
+    assert_eq!(got, (0..=1000).collect::<Vec<_>>());
+    // for a queue closed here, iteration ends with that error
+    q.close();
+    let mut it = q.iter();
+    assert!(matches!(it.next(), Some(Err(Error::QueueClosed))));
+    assert!(it.next().is_none());
+}

@@ -249,7 +249,7 @@ fn one_call(pool: &Pool, rng: &mut Rng, shape: &Shape, tally: &Tally) -> Result<
             let mut results = Vec::new();
             for (i, r) in pool.imap(picky_act, batch.iter().map(Item::arg)).enumerate() {
                 results.push(match r {
-                    Err(Error::Item { index, source }) if index == i => Err(*source),
+                    Err(Error::Item { index, error: source }) if index == i => Err(*source),
                     Err(e) => return Err(format!("imap item {i} failed without its index: {e:?}")),
                     Ok(v) => Ok(v),
                 });
@@ -261,7 +261,7 @@ fn one_call(pool: &Pool, rng: &mut Rng, shape: &Shape, tally: &Tally) -> Result<
             let batch = items(n);
             let results = match pool.map(picky_act, batch.iter().map(Item::arg)) {
                 Ok(values) => values.into_iter().map(Ok).collect(),
-                Err(Error::Item { index, source }) => {
+                Err(Error::Item { index, error: source }) => {
                     let mut r: Vec<multiproc::Result<Reply>> = Vec::new();
                     r.resize_with(index, || Err(Error::PoolClosed)); // not checked
                     r.push(Err(*source));
@@ -277,7 +277,7 @@ fn one_call(pool: &Pool, rng: &mut Rng, shape: &Shape, tally: &Tally) -> Result<
             match pool.map(square, xs.clone()) {
                 Ok(v) if v.iter().zip(&xs).all(|(v, x)| *v == x.wrapping_mul(*x)) => {}
                 Ok(v) => return Err(format!("wrong squares {v:?}")),
-                Err(Error::Item { source, .. }) if environmental(&source) => {}
+                Err(Error::Item { error: source, .. }) if environmental(&source) => {}
                 Err(e) if environmental(&e) => {}
                 Err(e) => return Err(format!("square map: {e:?}")),
             }

@@ -78,7 +78,9 @@ fn a_result_whose_decoding_panics_is_a_decode_error_on_every_path() {
         let err = pool.apply(make_touchy, (99,)).unwrap_err();
         assert!(is_decode_of_touchy(&err, "Touchy refuses 99"), "{err:?}");
         match pool.map(make_touchy, [1, 2, 99, 4]).unwrap_err() {
-            Error::Item { index: 2, source } => assert!(is_decode_of_touchy(&source, "refuses 99"), "{source:?}"),
+            Error::Item { index: 2, error: source } => {
+                assert!(is_decode_of_touchy(&source, "refuses 99"), "{source:?}")
+            }
             other => panic!("expected item 2 to fail, got {other:?}"),
         }
         let each = pool.map_results(make_touchy, [1, 99, 3]);
@@ -163,13 +165,15 @@ fn an_argument_that_fails_to_encode_fails_only_its_item() {
             }
         }
         match pool.map(picky_value, items()).unwrap_err() {
-            Error::Item { index: 5, source } => assert!(matches!(*source, Error::Encode { .. }), "{source:?}"),
+            Error::Item { index: 5, error: source } => assert!(matches!(*source, Error::Encode { .. }), "{source:?}"),
             other => panic!("expected item 5 to fail, got {other:?}"),
         }
         let each: Vec<_> = pool.imap(picky_value, items()).chunksize(4).collect();
         assert_eq!(each.iter().filter(|r| r.is_err()).count(), 2, "{each:?}");
         match &each[13] {
-            Err(Error::Item { index: 13, source }) => assert!(matches!(**source, Error::Encode { .. }), "{source:?}"),
+            Err(Error::Item { index: 13, error: source }) => {
+                assert!(matches!(**source, Error::Encode { .. }), "{source:?}")
+            }
             other => panic!("expected item 13 to fail with its index, got {other:?}"),
         }
     });

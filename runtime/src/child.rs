@@ -105,7 +105,7 @@ impl ChildProc {
                 None => cmd.env_remove(key),
             };
         }
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn { program: executable.clone(), source })?;
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn { program: executable.clone(), error: source })?;
         drop(cmd); // closes our copy of the child's end: EOF now means the child is gone
         let pidfd = match sys::pidfd_open(child.id()) {
             Ok(fd) => fd,
@@ -207,7 +207,7 @@ impl ChildProc {
         }
         let _ = rustix::net::sockopt::set_socket_timeout(sock, Timeout::Send, None);
         match sent {
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(Error::Io { error: source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
                 self.kill_and_reap();
                 Err(self.handshake_timed_out())
             }

@@ -4,6 +4,10 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A `&'static str` field, written so that serde's derive does not take it for a borrow of
+/// the input (it is interned on arrival: see `wire::error`).
+type StaticText = &'static str;
+
 /// The result type of every fallible multiproc operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -12,7 +16,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Failures in the child come back as data: a panic carries its message and location, a crash
 /// names its signal, an early exit its code. Messages are meant to be shown to a person as they
 /// are: they say what happened and what to do about it.
-#[derive(Debug, thiserror::Error)]
+///
+/// An `Error` crosses between processes (it is `Serialize` and `Deserialize`): a
+/// `#[process_fn]` may return `multiproc::Result<T>` and use `?` on queues, locks, pipes and
+/// managers inside; the parent's `join()` gives `Ok(Err(e))` with the child's error whole. An
+/// I/O error keeps its OS error code (or its kind and message when it has none).
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     /// The function panicked in the child.
@@ -47,7 +56,8 @@ pub enum Error {
         /// The signal number.
         signal: i32,
         /// The signal's name, such as `SIGSEGV`.
-        name: &'static str,
+        #[serde(deserialize_with = "crate::wire::error::interned")]
+        name: StaticText,
     },
 
     /// The child was stopped by [`Process::kill`](crate::Process::kill) or
@@ -59,7 +69,8 @@ pub enum Error {
         /// The signal the handle sent.
         signal: i32,
         /// The signal's name, `SIGKILL` or `SIGTERM`.
-        name: &'static str,
+        #[serde(deserialize_with = "crate::wire::error::interned")]
+        name: StaticText,
     },
 
     /// A wait with a deadline ran out. The child is still running and the handle still usable.
@@ -78,7 +89,8 @@ pub enum Error {
     #[error("could not serialize the {what} (`{type_name}`): {message}")]
     Encode {
         /// What was being encoded: `arguments`, `result`.
-        what: &'static str,
+        #[serde(deserialize_with = "crate::wire::error::interned")]
+        what: StaticText,
         /// The Rust type that failed.
         type_name: String,
         /// The serializer's message.
@@ -89,7 +101,8 @@ pub enum Error {
     #[error("could not deserialize the {what} as `{type_name}`: {message}; both sides must run the same build")]
     Decode {
         /// What was being decoded: `arguments`, `result`, `message`.
-        what: &'static str,
+        #[serde(deserialize_with = "crate::wire::error::interned")]
+        what: StaticText,
         /// The Rust type that was expected.
         type_name: String,
         /// The deserializer's message.
@@ -140,13 +153,14 @@ pub enum Error {
     },
 
     /// The child process could not be started at all.
-    #[error("could not start the child process {}: {source}", program.display())]
+    #[error("could not start the child process {}: {error}", program.display())]
     Spawn {
         /// The executable that was started.
         program: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
+        /// The operating system's error (in the message too; not also given as `source()`, so
+        /// that a report of the chain prints it once).
+        #[serde(with = "crate::wire::error::io_error")]
+        error: io::Error,
     },
 
     /// The child exited before it answered the handshake: it is probably not a multiproc
@@ -172,13 +186,15 @@ pub enum Error {
     },
 
     /// An operating-system call failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What multiproc was doing.
-        context: &'static str,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
+        #[serde(deserialize_with = "crate::wire::error::interned")]
+        context: StaticText,
+        /// The operating system's error (in the message too; not also given as `source()`, so
+        /// that a report of the chain prints it once).
+        #[serde(with = "crate::wire::error::io_error")]
+        error: io::Error,
     },
 
     /// The start-up hook did not run, so a child could not find its way to the worker.
@@ -233,13 +249,12 @@ pub enum Error {
     },
 
     /// One item of a `map` failed; the error says how.
-    #[error("item {index} failed: {source}")]
+    #[error("item {index} failed: {error}")]
     Item {
         /// The item's position in the input.
         index: usize,
-        /// Why it failed.
-        #[source]
-        source: Box<Error>,
+        /// Why it failed (in the message too; not also given as `source()`).
+        error: Box<Error>,
     },
 
     /// The handle's result was already taken by an earlier join.
@@ -377,15 +392,17 @@ pub enum Error {
     #[error("expected {expected} and received {found}: match send with recv, and send_bytes with recv_bytes")]
     MessageKind {
         /// What the call reads.
-        expected: &'static str,
+        #[serde(deserialize_with = "crate::wire::error::interned")]
+        expected: StaticText,
         /// What arrived.
-        found: &'static str,
+        #[serde(deserialize_with = "crate::wire::error::interned")]
+        found: StaticText,
     },
 }
 
 impl Error {
     pub(crate) fn io(context: &'static str, source: io::Error) -> Self {
-        Error::Io { context, source }
+        Error::Io { context, error: source }
     }
 
     /// Returns `true` when a wait ran out and the work goes on: [`Error::TimedOut`],
@@ -419,7 +436,7 @@ impl Error {
             | Error::NoHandshake { pid, .. }
             | Error::HandshakeTimedOut { pid, .. }
             | Error::TasksLost { pid, .. } => Some(*pid),
-            Error::Item { source, .. } => source.pid(),
+            Error::Item { error, .. } => error.pid(),
             _ => None,
         }
     }

@@ -28,7 +28,9 @@ pub use bytemuck;
 #[doc(hidden)]
 pub mod private;
 
-pub use channel::{pipe, pipe_one_way, wait, Connection, JoinableQueue, Queue, Receiver, Sender, Source, Waitable};
+pub use channel::{
+    pipe, pipe_one_way, wait, Connection, JoinableQueue, Queue, QueueIter, Receiver, RecvIter, Sender, Source, Waitable,
+};
 pub use entry::init;
 pub use error::{Error, Result};
 pub use function::ProcessFn;
@@ -43,8 +45,8 @@ pub use pool::{AsyncResult, Imap, InitOutcome, Pool, PoolBuilder, Progress};
 pub use process::{Process, ProcessBuilder, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use shared::{
     Array, ArrayGuard, AtomicInt, AtomicValue, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, HolderDied,
-    Lock, LockGuard, LockResult, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, TryLockError,
-    TryLockResult, Value, ValueGuard, MAX_PARTIES,
+    Lock, LockGuard, LockResult, LockResultExt, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory,
+    TryLockError, TryLockResult, Value, ValueGuard, MAX_PARTIES,
 };
 pub use wire::frame::{MAX_FDS_PER_FRAME, MAX_FRAME_LEN};
 

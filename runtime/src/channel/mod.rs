@@ -5,6 +5,6 @@ pub(crate) mod pipe;
 mod queue;
 mod wait;
 
-pub use pipe::{pipe, pipe_one_way, Connection, Receiver, Sender};
-pub use queue::{JoinableQueue, Queue};
+pub use pipe::{pipe, pipe_one_way, Connection, Receiver, RecvIter, Sender};
+pub use queue::{JoinableQueue, Queue, QueueIter};
 pub use wait::{wait, Source, Waitable};

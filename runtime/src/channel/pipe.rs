@@ -116,7 +116,7 @@ impl End {
             bell.ring(*side);
         }
         match sent {
-            Err(Error::Io { source, .. })
+            Err(Error::Io { error: source, .. })
                 if matches!(source.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)) =>
             {
                 Err(Error::Disconnected)
@@ -461,6 +461,76 @@ impl<T: DeserializeOwned> Receiver<T> {
 impl<T> Receiver<T> {
     pub(crate) fn end(&self) -> &End {
         &self.end
+    }
+}
+
+/// The messages arriving at a [`Connection`] or [`Receiver`], each from `recv`, until the other
+/// end is gone and every message it sent has been received ([`Error::Disconnected`] ends it).
+/// Another error (a message that does not decode, say) is yielded, and iteration goes on.
+///
+/// ```
+/// # extern crate multiproc_runtime as multiproc;
+/// let (rx, tx) = multiproc::pipe_one_way::<String>()?;
+/// tx.send("a".to_string())?;
+/// tx.send("b".to_string())?;
+/// drop(tx); // the other end is gone: iteration ends after what it sent
+/// let got: Vec<String> = rx.iter().collect::<multiproc::Result<_>>()?;
+/// assert_eq!(got, ["a", "b"]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct RecvIter<'a, R> {
+    end: &'a End,
+    done: bool,
+    _types: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> Iterator for RecvIter<'_, R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        if self.done {
+            return None;
+        }
+        match self.end.recv(Wait::Forever) {
+            Err(Error::Disconnected) => {
+                self.done = true;
+                None
+            }
+            r => Some(r),
+        }
+    }
+}
+
+impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
+    /// The messages, received one by one until the other end is gone: see [`RecvIter`].
+    pub fn iter(&self) -> RecvIter<'_, R> {
+        RecvIter { end: &self.end, done: false, _types: PhantomData }
+    }
+}
+
+impl<T: DeserializeOwned> Receiver<T> {
+    /// The messages, received one by one until the other end is gone: see [`RecvIter`].
+    pub fn iter(&self) -> RecvIter<'_, T> {
+        RecvIter { end: &self.end, done: false, _types: PhantomData }
+    }
+}
+
+impl<'a, S: Serialize, R: DeserializeOwned> IntoIterator for &'a Connection<S, R> {
+    type Item = Result<R>;
+    type IntoIter = RecvIter<'a, R>;
+
+    fn into_iter(self) -> RecvIter<'a, R> {
+        self.iter()
+    }
+}
+
+impl<'a, T: DeserializeOwned> IntoIterator for &'a Receiver<T> {
+    type Item = Result<T>;
+    type IntoIter = RecvIter<'a, T>;
+
+    fn into_iter(self) -> RecvIter<'a, T> {
+        self.iter()
     }
 }
 

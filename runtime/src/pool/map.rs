@@ -100,7 +100,7 @@ impl Pool {
     }
 
     /// Like [`map`](Pool::map), calling `on_progress` in this thread each time a chunk of
-    /// results comes back (with the `progress` feature, [`progress_bar()`](crate::progress_bar)
+    /// results comes back (with the `progress` feature, `progress_bar()`
     /// draws a terminal bar).
     pub fn map_progress<F, A>(
         &self,
@@ -394,7 +394,7 @@ where
 fn push_or_first_failure<R>(out: &mut Vec<R>, results: Vec<Result<R>>) -> Result<()> {
     for r in results {
         let index = out.len();
-        out.push(r.map_err(|e| Error::Item { index, source: Box::new(e) })?);
+        out.push(r.map_err(|e| Error::Item { index, error: Box::new(e) })?);
     }
     Ok(())
 }
@@ -557,7 +557,7 @@ where
                 let results = results
                     .into_iter()
                     .enumerate()
-                    .map(|(i, r)| r.map_err(|e| Error::Item { index: base + i, source: Box::new(e) }));
+                    .map(|(i, r)| r.map_err(|e| Error::Item { index: base + i, error: Box::new(e) }));
                 let mut st = shared.lock();
                 if ordered {
                     st.chunks.insert(number, results.collect());

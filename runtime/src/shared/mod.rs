@@ -26,7 +26,7 @@ pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
 pub use lock::{Lock, LockGuard, RLock, RLockGuard};
 pub use memory::SharedMemory;
-pub use poison::{HolderDied, LockResult, TryLockError, TryLockResult};
+pub use poison::{HolderDied, LockResult, LockResultExt, TryLockError, TryLockResult};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
 pub use value::{AtomicInt, AtomicValue, Value, ValueGuard};
 

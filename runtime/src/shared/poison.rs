@@ -105,6 +105,44 @@ impl<G> From<TryLockError<G>> for Error {
 /// The result of `try_lock` and `lock_timeout`.
 pub type TryLockResult<G> = Result<G, TryLockError<G>>;
 
+/// `?` on a lock's result where the function's error is not [`multiproc::Error`](Error):
+/// `anyhow::Error`, `Box<dyn std::error::Error>`, or the result of a `#[process_fn]`.
+///
+/// [`HolderDied`] and [`TryLockError`] carry the guard, which borrows the lock and must stay
+/// in its thread, so they cannot become an `anyhow::Error`. `or_error` drops the guard
+/// (releasing the lock) and gives [`Error::HolderDied`] or [`Error::LockBusy`] instead;
+/// a function that returns `multiproc::Result` can use `?` on the lock's result directly.
+///
+/// ```
+/// # extern crate multiproc_runtime as multiproc;
+/// use multiproc::LockResultExt;
+///
+/// fn bump(v: &multiproc::Value<u64>) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+///     let mut g = v.lock().or_error()?; // `v.lock()?` would not compile here
+///     *g += 1;
+///     Ok(*g)
+/// }
+/// let v = multiproc::Value::new(41u64)?;
+/// assert_eq!(bump(&v).unwrap(), 42);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub trait LockResultExt<G> {
+    /// The guard, or the library's error without the guard (the lock released).
+    fn or_error(self) -> Result<G, Error>;
+}
+
+impl<G> LockResultExt<G> for LockResult<G> {
+    fn or_error(self) -> Result<G, Error> {
+        self.map_err(Error::from)
+    }
+}
+
+impl<G> LockResultExt<G> for TryLockResult<G> {
+    fn or_error(self) -> Result<G, Error> {
+        self.map_err(Error::from)
+    }
+}
+
 /// How taking a region's mutex went.
 pub(crate) enum Acquired {
     Yes,

@@ -2,6 +2,7 @@
 
 pub(crate) mod codec;
 pub(crate) mod doorbell;
+pub(crate) mod error;
 pub(crate) mod fds;
 pub(crate) mod frame;
 pub(crate) mod handshake;

@@ -7,6 +7,8 @@
 //! at any instant neither corrupts the queue nor leaves it locked.
 
 mod attach;
+mod iter;
+pub use iter::QueueIter;
 mod joinable;
 mod lane;
 mod layout;
