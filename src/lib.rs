@@ -318,6 +318,40 @@
 /// ```
 pub use multiproc_macros::process_fn;
 
+/// Marks a function every child process runs once before its first call (a spawned process,
+/// a pool worker, a manager's server): for what `main` sets up and a child needs, since a
+/// child never runs `main`, such as a logger.
+///
+/// ```
+/// use multiproc::{child_init, process_fn};
+/// use std::sync::atomic::{AtomicBool, Ordering};
+///
+/// static LOGGER_READY: AtomicBool = AtomicBool::new(false);
+///
+/// #[child_init]
+/// fn setup_logging() {
+///     // env_logger::init(), a tracing subscriber, ...
+///     LOGGER_READY.store(true, Ordering::SeqCst);
+/// }
+///
+/// #[process_fn]
+/// fn logger_ready() -> bool {
+///     LOGGER_READY.load(Ordering::SeqCst)
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// setup_logging(); // the parent calls it itself, as an ordinary function
+/// assert!(logger_ready.spawn()?.join()?, "the child ran the hook before its call");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// It takes no arguments and returns nothing. A hook that panics fails the child's start with
+/// [`Error::ChildInitFailed`] (its name and panic message); a pool whose workers cannot start
+/// says so when it is created. Hooks run in the order of their paths. `#[child_init(crate =
+/// path)]` says where this crate is when it is not `multiproc`.
+pub use multiproc_macros::child_init;
+
 pub use multiproc_runtime::{
     init, pipe, pipe_one_way, wait, AsyncResult, Connection, Error, Imap, InitOutcome, JoinableQueue, Output, Pool,
     PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue, QueueIter, Receiver, RecvIter, Result, Sender,

@@ -601,3 +601,38 @@ fn an_initializer_that_hangs_is_cut_short_by_the_task_limit() {
         assert!(start.elapsed() < Duration::from_secs(30));
     });
 }
+
+#[test]
+fn imap_progress_knows_the_total_from_an_exact_size_input_or_from_total() {
+    let pool = Pool::new(2).unwrap();
+    within(DEADLINE, move || {
+        // a Vec says its length: every report has the total
+        let mut seen = Vec::new();
+        let got: Vec<u64> = pool
+            .imap_unordered(square, (0..40u64).collect::<Vec<_>>())
+            .on_progress(|p| seen.push((p.done, p.total)))
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got.len(), 40);
+        assert_eq!(seen.len(), 40);
+        assert!(seen.iter().enumerate().all(|(i, &(done, total))| done == i + 1 && total == Some(40)), "{seen:?}");
+        // a filter does not: unknown until the input ends, unless told
+        let mut first = None;
+        let mut last = None;
+        for r in pool.imap(square, (0..40u64).filter(|x| x % 2 == 0)).window(4).on_progress(|p| {
+            first.get_or_insert(p.total);
+            last = Some(p.total);
+        }) {
+            r.unwrap();
+        }
+        assert_eq!((first, last), (Some(None), Some(Some(20))));
+        let mut totals = Vec::new();
+        let n = pool
+            .imap(square, (0..40u64).filter(|x| x % 2 == 0))
+            .total(20)
+            .on_progress(|p| totals.push(p.total))
+            .count();
+        assert_eq!(n, 20);
+        assert!(totals.iter().all(|t| *t == Some(20)), "{totals:?}");
+    });
+}

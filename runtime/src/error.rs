@@ -210,6 +210,15 @@ pub enum Error {
         max: u32,
     },
 
+    /// A `#[child_init]` hook panicked in the child, so the child could not start.
+    #[error("the #[child_init] hook `{hook}` panicked in the child: {message}; the child could not start")]
+    ChildInitFailed {
+        /// The hook's path (`crate::module::function`).
+        hook: String,
+        /// Its panic message and where it panicked.
+        message: String,
+    },
+
     /// A pool task ran past the pool's time limit: its worker was killed and replaced.
     #[error("the task ran longer than its limit of {timeout:?}; its worker {pid} was killed and replaced")]
     TaskTimedOut {

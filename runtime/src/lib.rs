@@ -5,6 +5,7 @@
 
 mod channel;
 mod child;
+mod child_init;
 mod entry;
 mod error;
 mod function;
@@ -37,7 +38,7 @@ pub use function::ProcessFn;
 pub use manager::{
     DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, Manager, ObjectProxy, QueueProxy, Served, ValueProxy,
 };
-pub use multiproc_macros::process_fn;
+pub use multiproc_macros::{child_init, process_fn};
 pub use output::Output;
 #[cfg(feature = "progress")]
 pub use pool::progress_bar;

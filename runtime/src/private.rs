@@ -2,6 +2,7 @@
 
 pub use linkme;
 
+pub use crate::child_init::{ChildInit, CHILD_INITS};
 pub use crate::error::Error;
 pub use crate::function::ProcessFn;
 pub use crate::manager::{ServedEntry, SERVED};

@@ -398,6 +398,7 @@ pub(crate) fn fail_error(report: FailReport, executable: &std::path::Path) -> Er
             Error::Encode { what: static_what(&what), type_name, message }
         }
         FailReport::FrameTooLarge { len, max } => Error::FrameTooLarge { len, max },
+        FailReport::ChildInit { hook, message } => crate::child_init::failed(hook, message),
     }
 }
 

@@ -30,6 +30,8 @@ const WATCH_FOR_CALLS: std::time::Duration = std::time::Duration::from_micros(20
 pub(crate) const EXIT_BUILD_MISMATCH: i32 = 88;
 /// Exit code when the parent went away.
 pub(crate) const EXIT_PARENT_GONE: i32 = 89;
+/// A `#[child_init]` hook panicked (the parent has the report).
+pub(crate) const EXIT_CHILD_INIT: i32 = 90;
 
 /// How a registered function is called on bytes: decode one argument tuple from the reader,
 /// run, append the encoded output.
@@ -209,6 +211,9 @@ fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
     }
     if !hello.one_shot {
         sys::ignore_sigint();
+    }
+    if let Err((hook, message)) = crate::child_init::run_all() {
+        return refuse(reader, FailReport::ChildInit { hook, message }, EXIT_CHILD_INIT);
     }
     if let Some(name) = &hello.name {
         sys::set_thread_name(name);

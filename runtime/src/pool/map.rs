@@ -21,7 +21,8 @@ pub struct Progress {
     pub done: usize,
     /// Items that failed.
     pub failed: usize,
-    /// All the items, when known (`None` for an `imap` whose input has not ended).
+    /// All the items, when known (`None` for an `imap` whose input does not say its length and
+    /// has not ended, unless given with [`Imap::total`]).
     pub total: Option<usize>,
 }
 
@@ -448,6 +449,11 @@ pub struct Imap<'p, F: ProcessFn, I> {
     in_flight: usize,
     exhausted: bool,
     progress: Progress,
+    /// The number of items, when known before the input ends: from an input of exact size,
+    /// or [`total`](Imap::total).
+    total: Option<usize>,
+    /// Called with the progress after each result.
+    on_progress: Option<Box<dyn FnMut(Progress) + 'p>>,
     /// An option that cannot work: the first item is this error, and there is no other.
     misconfigured: Option<&'static str>,
 }
@@ -481,7 +487,13 @@ where
     I: Iterator<Item = F::Args>,
 {
     fn new(pool: &'p Pool, _f: F, items: I, ordered: bool) -> Self {
+        let total = match items.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
         Imap {
+            total,
+            on_progress: None,
             pool,
             items,
             ordered,
@@ -521,9 +533,58 @@ where
         self
     }
 
-    /// How far it has come: results taken, failed ones among them.
+    /// Says how many items the input holds, for [`progress`](Imap::progress) (tqdm's
+    /// `total=`): an input of exact size (a `Vec`, a range) says so itself; a filter, a file's
+    /// lines or a channel does not. Only for reporting: the input is still read to its end.
+    pub fn total(mut self, items: usize) -> Self {
+        self.total = Some(items);
+        self
+    }
+
+    /// Calls `on_progress` in this thread after each result is taken, with
+    /// [`progress`](Imap::progress): with the `progress` feature, `progress_bar()` draws a
+    /// terminal bar.
+    ///
+    /// ```
+    /// # extern crate multiproc_runtime as multiproc;
+    /// use multiproc::{process_fn, Pool, Progress};
+    ///
+    /// #[process_fn]
+    /// fn words(text: String) -> usize {
+    ///     text.split_whitespace().count()
+    /// }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// let texts: Vec<String> = (0..50).map(|i| "a b c ".repeat(i)).collect();
+    /// let mut last = Progress::default();
+    /// let mut sum = 0;
+    /// for n in pool.imap_unordered(words, texts).on_progress(|p| last = p) {
+    ///     sum += n?;
+    /// }
+    /// assert_eq!(sum, 3 * (0..50).sum::<usize>());
+    /// assert_eq!((last.done, last.total), (50, Some(50))); // the Vec said how many
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_progress(mut self, on_progress: impl FnMut(Progress) + 'p) -> Self {
+        self.on_progress = Some(Box::new(on_progress));
+        self
+    }
+
+    /// How far it has come: results taken, failed ones among them, and the number of items
+    /// when known (given by [`total`](Imap::total) or by the input's exact size, else once the
+    /// input has ended).
     pub fn progress(&self) -> Progress {
-        Progress { total: self.exhausted.then_some(self.progress.done + self.in_flight), ..self.progress }
+        let ended = self.exhausted.then_some(self.progress.done + self.in_flight);
+        Progress { total: self.total.or(ended), ..self.progress }
+    }
+
+    fn report(&mut self) {
+        let progress = self.progress();
+        if let Some(on_progress) = self.on_progress.as_mut() {
+            on_progress(progress);
+        }
     }
 
     /// Reads input and submits chunks until the window is full or the input ends.
@@ -597,6 +658,7 @@ where
             self.exhausted = true;
             self.progress.done += 1;
             self.progress.failed += 1;
+            self.report();
             return Some(Err(Error::PoolConfig { reason: reason.into() }));
         }
         self.top_up();
@@ -609,6 +671,7 @@ where
                 self.progress.failed += r.is_err() as usize;
                 drop(st);
                 self.top_up();
+                self.report();
                 return Some(r);
             }
             if self.in_flight == 0 && self.exhausted {

@@ -69,6 +69,11 @@ pub(crate) enum FailReport {
         type_name: String,
         message: String,
     },
+    /// A `#[child_init]` hook panicked.
+    ChildInit {
+        hook: String,
+        message: String,
+    },
     /// The reply would exceed the connection's frame limit.
     FrameTooLarge {
         len: u64,
