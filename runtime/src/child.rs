@@ -317,6 +317,7 @@ impl ChildProc {
             // Even before the handshake, a signal is a death to report as such (a kill from
             // outside, the OOM killer, a crash at start-up): a binary that is not multiproc's
             // would exit, not be signaled.
+            crate::trace::event!(warn, pid, signal, "a child process was killed by a signal");
             return Error::Signaled { pid, signal, name: sys::signal_name(signal) };
         }
         if !greeted {

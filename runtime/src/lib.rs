@@ -19,6 +19,7 @@ mod process;
 mod registry;
 mod shared;
 mod sys;
+mod trace;
 mod wire;
 mod worker;
 

@@ -138,7 +138,9 @@ impl ProcessBuilder {
         let _ = f;
         registry::lookup(F::NAME)?;
         let call = message::call_frame::<F>(0, &args)?;
-        self.spawn_call(call, read_whole::<F>)
+        let p = self.spawn_call(call, read_whole::<F>)?;
+        crate::trace::event!(debug, pid = p.pid(), function = F::NAME, "started a child process");
+        Ok(p)
     }
 
     /// The frame limit of a child started with these options.

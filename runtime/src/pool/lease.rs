@@ -44,6 +44,7 @@ pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Encoded
             timeout: inner.config.task_timeout,
             sink: Sink::none(),
             _counted: counted,
+            span: crate::trace::TaskSpan::new(F::NAME, id),
         };
         w.push(task);
         let pid = w.pid();
@@ -55,6 +56,9 @@ pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Encoded
             }
             Err(timed_out) => {
                 let failure = w.failure(timed_out);
+                if let Some(task) = w.inflight.front() {
+                    task.span.done(|| Some(failure.to_error()));
+                }
                 w.inflight.clear(); // the task is counted done here
                 w.retiring = true;
                 inner.replace(w);
@@ -85,14 +89,14 @@ fn drive(w: &mut Worker) -> std::result::Result<Frame, bool> {
             }
         }
         match w.next_reply() {
-            Ok(Some((_, frame))) => return Ok(frame),
+            Ok(Some((task, frame))) => return Ok(answered(task, frame)),
             Ok(None) | Err(RecvError::TimedOut) => std::hint::spin_loop(),
             Err(_) => return Err(false),
         }
     }
     loop {
         match w.next_reply() {
-            Ok(Some((_, frame))) => return Ok(frame),
+            Ok(Some((task, frame))) => return Ok(answered(task, frame)),
             Ok(None) | Err(RecvError::TimedOut) => {}
             Err(_) => return Err(false),
         }
@@ -112,9 +116,15 @@ fn drive(w: &mut Worker) -> std::result::Result<Frame, bool> {
         if !fds[1].revents().is_empty() {
             // exited: take a reply it sent before dying, else it died on the task
             return match w.next_reply() {
-                Ok(Some((_, frame))) => Ok(frame),
+                Ok(Some((task, frame))) => Ok(answered(task, frame)),
                 _ => Err(false),
             };
         }
     }
+}
+
+/// The reply of a task this thread waited for itself (it has no sink): its span says so.
+fn answered(task: Task, frame: Frame) -> Frame {
+    task.span.done(|| None);
+    frame
 }

@@ -384,7 +384,7 @@ impl Pool {
         let (result, slot) = AsyncResult::new();
         let executable = std::path::PathBuf::from("/proc/self/exe");
         let sink = Sink::new(move |delivery| slot.fill(decode::single::<F>(delivery, &executable)));
-        self.inner.submit(id, frame, self.inner.config.task_timeout, sink);
+        self.inner.submit(F::NAME, id, frame, self.inner.config.task_timeout, sink);
         result
     }
 

@@ -253,7 +253,14 @@ impl Inner {
 
     /// Queues a task for the driver, or fails it at once if the pool takes no more work (or,
     /// over MPI ranks, if it carries handles).
-    pub(crate) fn submit(self: &Arc<Self>, id: u64, frame: Arc<Encoded>, timeout: Option<Duration>, sink: Sink) {
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        function: &'static str,
+        id: u64,
+        frame: Arc<Encoded>,
+        timeout: Option<Duration>,
+        sink: Sink,
+    ) {
         if self.config.mpi && !frame.fds.is_empty() {
             let failure =
                 Failure::Encode { type_name: "the arguments".into(), message: HANDLES_STAY_ON_THEIR_HOST.into() };
@@ -264,7 +271,8 @@ impl Inner {
             Some(failure) => Some((sink, failure)),
             None => {
                 let _counted = Outstanding::new(self, st);
-                st.queue.push_back(Task { id, frame, timeout, sink, _counted });
+                let span = crate::trace::TaskSpan::new(function, id);
+                st.queue.push_back(Task { id, frame, timeout, sink, _counted, span });
                 None
             }
         });
@@ -330,6 +338,7 @@ impl Inner {
     /// Ends a worker (it is dead, killed, or due to be recycled) and starts another in its
     /// place, unless the pool is terminated, broken, or closed with no work left.
     pub(crate) fn replace(self: &Arc<Self>, worker: Worker) {
+        crate::trace::event!(info, pid = worker.pid(), "replacing a pool worker");
         let token = self.update(|st| {
             retire(st, worker);
             let wanted = !st.done_with_workers() && st.broken.is_none();

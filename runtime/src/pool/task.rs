@@ -55,12 +55,18 @@ pub(crate) struct Task {
     pub(crate) sink: Sink,
     /// Counts this task as outstanding for as long as it exists.
     pub(crate) _counted: Outstanding,
+    /// Its span, with the `tracing` feature.
+    pub(crate) span: crate::trace::TaskSpan,
 }
 
 impl Task {
     /// Delivers the outcome; the task is counted done when this returns.
     pub(crate) fn complete(self, delivery: Delivery) {
-        let Task { sink, _counted, .. } = self;
+        let Task { sink, _counted, span, .. } = self;
+        span.done(|| match &delivery {
+            Delivery::Failed(f) => Some(f.to_error()),
+            Delivery::Reply { .. } => None,
+        });
         sink.deliver(delivery);
         drop(_counted);
     }

@@ -72,7 +72,10 @@ impl Worker {
                 return Err(StartError::Stopped);
             }
             match Self::attempt(inner, index) {
-                Ok(w) => return Ok(w),
+                Ok(w) => {
+                    crate::trace::event!(debug, pid = w.pid(), worker = index, "started a pool worker");
+                    return Ok(w);
+                }
                 Err(Setback::Fatal(e)) => return Err(StartError::Fatal(e)),
                 Err(Setback::Died(_)) if inner.read(stopped) => return Err(StartError::Stopped),
                 Err(Setback::Died(e)) => {
@@ -199,6 +202,7 @@ impl Worker {
         if self.inflight.is_empty() {
             self.head_since = Instant::now();
         }
+        task.span.sent_to(self.pid());
         self.outq.push_back(std::sync::Arc::clone(&task.frame));
         self.inflight.push_back(task);
     }
@@ -288,6 +292,12 @@ impl Worker {
         let pid = self.pid();
         if timed_out {
             let timeout = self.inflight.front().and_then(|t| t.timeout).unwrap_or_default();
+            crate::trace::event!(
+                warn,
+                pid,
+                ?timeout,
+                "a task ran past its time limit: its worker is killed and replaced"
+            );
             self.child.kill_and_reap();
             return Failure::TimedOut { pid, timeout };
         }
@@ -299,7 +309,9 @@ impl Worker {
                 self.child.try_status()
             }
         };
-        Failure::Died { pid, signal: status.and_then(|s| s.signal()), code: status.and_then(|s| s.code()) }
+        let (signal, code) = (status.and_then(|s| s.signal()), status.and_then(|s| s.code()));
+        crate::trace::event!(warn, pid, signal, code, "a pool worker died running a task");
+        Failure::Died { pid, signal, code }
     }
 }
 
