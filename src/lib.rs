@@ -87,6 +87,17 @@
 //! pointer, so `(0..4).map(*square)` works too), `square.spawn(..)` starts it in a child, and
 //! `square` is what you pass wherever a [`ProcessFn`] is expected.
 //!
+//! Arguments have one shape: everything generic over a [`ProcessFn`] takes them as a tuple,
+//! in the order of the parameters, as Python's `args=(x,)` does: `pool.apply(f, (x, y))`,
+//! `pool.apply_async(f, (x,))`, `ProcessBuilder::new().spawn(f, (x,))`, `pool.starmap(f, [(x,
+//! y), ..])`, and `pool.map(f, [x, ..])` for a function of one parameter. The function's own
+//! `f.spawn(x, y)` is sugar for `ProcessBuilder::new().spawn(f, (x, y))` with the parameter
+//! list as written; it is the only place arguments are not a tuple. The compiler checks the
+//! tuple against the function either way.
+//!
+//! A function that uses multiproc inside can return [`multiproc::Result<T>`](Result) and use
+//! `?`: an [`Error`] crosses back whole.
+//!
 //! Options: `#[process_fn(name = "stable::name")]` registers the function under a name of your
 //! choosing instead of `module::path::function` (two functions under one name are an error, at
 //! the first use of either); `#[process_fn(crate = path)]` says where this crate is when it is

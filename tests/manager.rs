@@ -578,3 +578,49 @@ fn a_manager_whose_owner_is_killed_ends_too() {
         assert!(common::ends_within(server, DEADLINE), "the server outlived its owner");
     });
 }
+
+#[test]
+fn a_dict_made_from_items_holds_them_in_order_and_the_last_of_a_repeated_key() {
+    within(DEADLINE, || {
+        let m = Manager::start().unwrap();
+        let d = m.dict_from([(3u32, "c".to_string()), (1, "a".into()), (3, "z".into()), (2, "b".into())]).unwrap();
+        assert_eq!(d.items().unwrap(), [(3, "z".into()), (1, "a".into()), (2, "b".into())]);
+        let many = m.dict_from((0..10_000u64).map(|k| (k, k * k))).unwrap();
+        assert_eq!(many.len().unwrap(), 10_000);
+        assert_eq!(many.get(&9_999).unwrap(), Some(9_999 * 9_999));
+    });
+}
+
+/// Serves a manager at `port` in this child until it is killed.
+#[process_fn]
+fn serve_forever_at(port: u16) {
+    match Manager::serve_forever(("127.0.0.1", port), KEY) {
+        Ok(never) => match never {},
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn serve_forever_serves_remote_clients_from_a_process_whose_only_job_it_is() {
+    // a free port, then the child listens on it (a port taken meanwhile fails the child)
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = serve_forever_at.spawn(port).unwrap();
+    let start = Instant::now();
+    let m = loop {
+        match Manager::connect(("127.0.0.1", port), KEY) {
+            Ok(m) => break m,
+            Err(e) if start.elapsed() < DEADLINE && server.is_alive() => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("no manager at {port}: {e} (server alive: {})", server.is_alive()),
+        }
+    };
+    let jobs = m.named_dict::<String, u32>("jobs").unwrap();
+    jobs.insert("a".into(), 1).unwrap();
+    let again = Manager::connect(("127.0.0.1", port), KEY).unwrap();
+    assert_eq!(again.named_dict::<String, u32>("jobs").unwrap().get(&"a".into()).unwrap(), Some(1));
+    assert!(matches!(Manager::connect(("127.0.0.1", port), b"wrong key"), Err(Error::AuthenticationFailed)));
+    server.kill().unwrap();
+    assert!(matches!(join(server), Err(Error::Killed { .. })));
+}

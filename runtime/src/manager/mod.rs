@@ -101,6 +101,27 @@ impl Manager {
         Ok(m)
     }
 
+    /// Serves a manager in this process, on this thread, at `addr`, for clients that know
+    /// `authkey` ([`Manager::connect`]), until the process ends: Python's
+    /// `manager.get_server().serve_forever()`, for a program whose only job is to be the
+    /// manager. Returns only if it cannot listen there.
+    ///
+    /// ```no_run
+    /// # extern crate multiproc_runtime as multiproc;
+    /// fn main() -> multiproc::Result<()> {
+    ///     let key = std::env::var("JOBS_KEY").unwrap_or_default();
+    ///     match multiproc::Manager::serve_forever("0.0.0.0:50000", key.as_bytes())? {}
+    /// }
+    /// ```
+    pub fn serve_forever(addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<std::convert::Infallible> {
+        let listener = TcpListener::bind(addr).map_err(|e| Error::io("could not listen for the manager", e))?;
+        let (server_end, client_end) =
+            crate::sys::packet_pair().map_err(|e| Error::io("could not make the manager's socket", e))?;
+        drop(client_end); // no local handles: clients come over TCP
+        server::run(server_end, Some((listener, authkey.to_vec())));
+        unreachable!("a manager's server runs until its process ends")
+    }
+
     fn start_with(tcp: Option<(OwnedFd, Vec<u8>)>) -> Result<Manager> {
         let (server_end, client_end) =
             crate::sys::packet_pair().map_err(|e| Error::io("could not make the manager's socket", e))?;
@@ -161,6 +182,16 @@ impl Manager {
     /// A new, empty shared dict.
     pub fn dict<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(&self) -> Result<DictProxy<K, V>> {
         Ok(DictProxy::new(self.create::<(K, V)>(ObjectKind::Dict, None, Vec::new())?))
+    }
+
+    /// A new shared dict holding `items` (Python's `manager.dict(mapping)`); a key given twice
+    /// keeps its last value. Made in one request, however many items.
+    pub fn dict_from<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<DictProxy<K, V>> {
+        let init = proxy::encode_pairs(items)?;
+        Ok(DictProxy::new(self.create::<(K, V)>(ObjectKind::Dict, None, init)?))
     }
 
     /// The shared dict named `name`, made empty if there is none (for clients of a remote

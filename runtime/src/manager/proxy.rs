@@ -98,6 +98,13 @@ pub(crate) fn encode_items<T: Serialize>(items: &[T]) -> Result<Vec<u8>> {
     encode(&encoded)
 }
 
+/// A dict's initial contents: each key and value encoded on its own, as the proxy's requests
+/// carry them.
+pub(crate) fn encode_pairs<K: Serialize, V: Serialize>(items: impl IntoIterator<Item = (K, V)>) -> Result<Vec<u8>> {
+    let encoded = items.into_iter().map(|(k, v)| Ok((bytes(&k)?, bytes(&v)?))).collect::<Result<Vec<_>>>()?;
+    encode(&encoded)
+}
+
 pub(crate) fn unexpected(answer: Answer) -> Error {
     Error::ManagerOperation { message: format!("unexpected answer {answer:?}; both sides must run the same multiproc") }
 }

@@ -117,7 +117,7 @@ impl Store {
             return Ok(Answer::Created(*id));
         }
         let state = match &kind {
-            ObjectKind::Dict => State::Dict(Mutex::default()),
+            ObjectKind::Dict => State::Dict(Mutex::new(decode_pairs(&init)?)),
             ObjectKind::List => State::List(Mutex::new(decode_items(&init)?)),
             ObjectKind::Value => State::Value(Mutex::new(init)),
             ObjectKind::Queue => State::Queue(Mutex::default(), Condvar::new()),
@@ -177,6 +177,16 @@ fn decode_items(init: &[u8]) -> Result<Vec<Vec<u8>>, Failure> {
     }
     bincode::deserialize::<Vec<ByteBuf>>(init)
         .map(|v| v.into_iter().map(ByteBuf::into_vec).collect())
+        .map_err(|e| Failure::Other(format!("bad initial items: {e}")))
+}
+
+/// A dict's initial contents, in order (a key given twice keeps its last value).
+fn decode_pairs(init: &[u8]) -> Result<IndexMap<Vec<u8>, Vec<u8>>, Failure> {
+    if init.is_empty() {
+        return Ok(IndexMap::new());
+    }
+    bincode::deserialize::<Vec<(ByteBuf, ByteBuf)>>(init)
+        .map(|v| v.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect())
         .map_err(|e| Failure::Other(format!("bad initial items: {e}")))
 }
 
