@@ -177,6 +177,52 @@ macro_rules! proxy_impls {
 
 /// A proxy to a dict held by a [`Manager`](crate::Manager): Python's `DictProxy`. Entries keep
 /// the order they were inserted in.
+///
+/// Every proxy is a handle: clone it into a `#[process_fn]`'s arguments, and every process
+/// reaches the same object. Each call is one request to the manager's server.
+///
+/// ```
+/// # extern crate multiproc_runtime as multiproc;
+/// use multiproc::{process_fn, DictProxy, ListProxy, LockProxy, Manager, Pool, QueueProxy, ValueProxy};
+///
+/// #[process_fn]
+/// fn count_words(
+///     text: String,
+///     counts: DictProxy<String, u64>,
+///     seen: ListProxy<String>,
+///     total: ValueProxy<u64>,
+///     log: QueueProxy<String>,
+///     lock: LockProxy,
+/// ) -> multiproc::Result<()> {
+///     for word in text.split_whitespace() {
+///         counts.update(&word.to_string(), |n| Some(n.unwrap_or(0) + 1))?; // no lost update
+///         total.update(|t| t + 1)?;
+///     }
+///     {
+///         let _held = lock.acquire()?; // released if this process dies holding it
+///         seen.push(text.clone())?;
+///     }
+///     log.put(format!("done: {text}"))?;
+///     Ok(())
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let m = Manager::start()?;
+/// let (counts, seen, total) = (m.dict()?, m.list()?, m.value(0u64)?);
+/// let (log, lock) = (m.queue()?, m.lock()?);
+/// let pool = Pool::new(2)?;
+/// let texts = ["a b a", "b c", "a"].map(String::from);
+/// let args = texts.map(|t| (t, counts.clone(), seen.clone(), total.clone(), log.clone(), lock.clone()));
+/// for r in pool.starmap(count_words, args)? {
+///     r?;
+/// }
+/// assert_eq!(counts.get(&"a".into())?, Some(3));
+/// assert_eq!(total.get()?, 6);
+/// assert_eq!(seen.len()?, 3);
+/// assert!(log.get()?.starts_with("done: "));
+/// # Ok(())
+/// # }
+/// ```
 pub struct DictProxy<K, V> {
     handle: Handle,
     _t: PhantomData<Invariant<(K, V)>>,

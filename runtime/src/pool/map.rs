@@ -80,6 +80,34 @@ impl Pool {
 
     /// Like [`map`](Pool::map), with one `Result` per item: a failed item does not hide the
     /// others' results.
+    ///
+    /// With a [`task_timeout`](crate::PoolBuilder::task_timeout), a call that hangs (native
+    /// code stuck, an endless loop) costs its worker, not the map:
+    ///
+    /// ```
+    /// # extern crate multiproc_runtime as multiproc;
+    /// use std::time::Duration;
+    /// use multiproc::{process_fn, Error, Pool};
+    ///
+    /// #[process_fn]
+    /// fn parse(input: String) -> u64 {
+    ///     if input == "hang" {
+    ///         loop { std::thread::sleep(Duration::from_secs(1)) }
+    ///     }
+    ///     input.parse().expect("a number")
+    /// }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = Pool::builder().workers(2).task_timeout(Duration::from_millis(500)).build()?;
+    /// let inputs = ["1", "hang", "3", "x"].map(String::from);
+    /// let results = pool.map_results(parse, inputs);
+    /// assert_eq!(results[0].as_ref().ok(), Some(&1));
+    /// assert!(matches!(results[1], Err(Error::TaskTimedOut { .. }))); // killed and replaced
+    /// assert_eq!(results[2].as_ref().ok(), Some(&3));
+    /// assert!(matches!(&results[3], Err(Error::Panicked { message, .. }) if message.contains("a number")));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn map_results<F, A>(&self, f: F, items: impl IntoIterator<Item = A>) -> Vec<Result<F::Output>>
     where
         F: ProcessFn<Args = (A,)>,
@@ -283,6 +311,32 @@ impl Pool {
     /// Calls `f` on every item lazily, yielding the results in order (`Pool.imap`). The input
     /// is read only as results are taken, with at most a window of items in flight, so an
     /// endless iterator works and memory stays flat.
+    ///
+    /// ```
+    /// # extern crate multiproc_runtime as multiproc;
+    /// use multiproc::{process_fn, Pool};
+    ///
+    /// #[process_fn]
+    /// fn collatz_steps(mut n: u64) -> u64 {
+    ///     let mut steps = 0;
+    ///     while n != 1 {
+    ///         n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 };
+    ///         steps += 1;
+    ///     }
+    ///     steps
+    /// }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// // an endless input: the first start whose sequence takes over 100 steps
+    /// let (n, steps) = (1..)
+    ///     .zip(pool.imap(collatz_steps, 1..).chunksize(16))
+    ///     .find(|(_, steps)| matches!(steps, Ok(s) if *s > 100))
+    ///     .expect("the input is endless");
+    /// assert_eq!((n, steps?), (27, 111));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn imap<F, A, I>(&self, f: F, items: I) -> Imap<'_, F, impl Iterator<Item = (A,)>>
     where
         F: ProcessFn<Args = (A,)>,

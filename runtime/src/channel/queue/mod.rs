@@ -394,6 +394,40 @@ impl<T> Queue<T> {
 ///
 /// It derefs to its `Queue` for `put`, `get` and the rest.
 ///
+/// # Examples
+///
+/// Two worker processes take jobs and mark each done; the parent waits for all of them:
+///
+/// ```
+/// # extern crate multiproc_runtime as multiproc;
+/// use multiproc::{process_fn, JoinableQueue, Queue};
+///
+/// #[process_fn]
+/// fn worker(jobs: JoinableQueue<u64>, results: Queue<u64>) -> multiproc::Result<()> {
+///     for job in jobs.iter() {
+///         results.put(job? * 10)?;
+///         jobs.task_done()?; // after the work, so join() means "done", not "taken"
+///     }
+///     Ok(()) // iteration ends at shutdown
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let (jobs, results) = (JoinableQueue::new()?, Queue::new()?);
+/// let workers: Vec<_> =
+///     (0..2).map(|_| worker.spawn(jobs.clone(), results.clone())).collect::<Result<_, _>>()?;
+/// jobs.put_many(1..=20)?;
+/// jobs.join()?; // every job done (or Err(TasksLost) naming a worker that died holding one)
+/// jobs.shutdown(false);
+/// for w in workers {
+///     w.join()??;
+/// }
+/// let mut got = results.get_many(100)?;
+/// got.sort();
+/// assert_eq!(got, (1..=20).map(|j| j * 10).collect::<Vec<_>>());
+/// # Ok(())
+/// # }
+/// ```
+///
 /// [`task_done`]: JoinableQueue::task_done
 /// [`join`]: JoinableQueue::join
 pub struct JoinableQueue<T> {
