@@ -5,6 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 fn example(name: &str) -> common::Finished {
     // target/<profile>/deps/examples-<hash> -> target/<profile>/examples/<name>
@@ -138,4 +139,70 @@ fn remote_manager_passes_hello_between_two_programs_that_know_only_the_address_a
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert!(lines[0].starts_with("serving at 127.0.0.1:"), "{}", out.stdout);
     assert_eq!(lines[1..], ["hello"]);
+}
+
+/// Runs `graceful_stop` in a process group of its own, as a shell runs a foreground job, and
+/// presses Ctrl-C `presses` times once it is working (SIGINT to the whole group, as a
+/// terminal does). Returns how it exited, what it printed, and its workers' pids.
+fn graceful_stop(presses: usize) -> (std::process::ExitStatus, String, Vec<u32>) {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("examples").join("graceful_stop");
+    let mut child = Command::new(&path)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = common::reader(child.stderr.take().unwrap());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let mut workers = Vec::new();
+    let pgid = child.id() as i32;
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        printed.push_str(&line);
+        if let Some(list) = line.trim().strip_prefix("workers [") {
+            workers = list.trim_end_matches(']').split(", ").map(|p| p.parse().unwrap()).collect();
+        }
+        if line.starts_with("working") {
+            for _ in 0..presses {
+                // SAFETY: a plain kill(2) of the helper's own process group.
+                assert_eq!(unsafe { libc::kill(-pgid, libc::SIGINT) }, 0);
+                std::thread::sleep(Duration::from_millis(5)); // well inside the 20 ms of a task
+            }
+            break;
+        }
+        line.clear();
+    }
+    let rest = common::reader(out);
+    let status = common::wait_deadline(&mut child);
+    printed.push_str(&rest.join().unwrap());
+    let stderr = err.join().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (status, printed, workers)
+}
+
+#[test]
+fn one_ctrl_c_finishes_the_tasks_in_flight_and_exits_normally() {
+    let (status, printed, workers) = graceful_stop(1);
+    assert!(status.success(), "{status:?}\n{printed}");
+    assert!(printed.contains("the tasks in flight finished"), "{printed}");
+    assert_eq!(workers.len(), 2, "{printed}");
+    for pid in workers {
+        assert!(common::ends_within(pid, Duration::from_secs(5)), "worker {pid} outlived the program");
+    }
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_the_workers_end_with_the_program() {
+    let (status, printed, workers) = graceful_stop(2);
+    assert_eq!(status.code(), Some(130), "{status:?}\n{printed}");
+    assert!(!printed.contains("the tasks in flight finished"), "{printed}");
+    for pid in workers {
+        assert!(common::ends_within(pid, Duration::from_secs(5)), "worker {pid} outlived the program");
+    }
 }
