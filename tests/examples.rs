@@ -206,3 +206,48 @@ fn a_second_ctrl_c_exits_at_once_and_the_workers_end_with_the_program() {
         assert!(common::ends_within(pid, Duration::from_secs(5)), "worker {pid} outlived the program");
     }
 }
+
+#[test]
+fn word_count_merges_two_hundred_files_with_the_total_known() {
+    let out = example("word_count");
+    assert_shows(&out, &["200/200 files", "100000 words in 200 files"]);
+    // the three most frequent words, most frequent first, as the input made them
+    let top: Vec<&str> = out.stdout.lines().rev().take(3).collect();
+    assert_eq!(top, ["value: 9182", "the: 18228", "queue: 27363"], "{}", out.stdout);
+}
+
+#[test]
+fn pipeline_does_every_job_once_across_three_consumers() {
+    let out = example("pipeline");
+    assert_shows(&out, &["300 jobs done by ", "12150 letters in all"]);
+}
+
+#[test]
+fn monte_carlo_pi_comes_close_with_no_lost_update() {
+    let out = example("monte_carlo_pi");
+    let line = out.stdout.lines().find(|l| l.starts_with("pi is about ")).unwrap();
+    let pi: f64 = line["pi is about ".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert!((pi - std::f64::consts::PI).abs() < 0.01, "{line}");
+}
+
+#[test]
+fn crash_isolation_keeps_every_good_result() {
+    let out = example("crash_isolation");
+    assert_shows(
+        &out,
+        &[
+            "input 13: crashed with SIGSEGV",
+            "input 21: still running after 500ms; its worker was replaced",
+            "input 30: panicked: input 30 is not supported",
+            "input 34: exited with code 3",
+            "36 good, 1 crashed, 1 hung, 1 panicked, 1 exited",
+        ],
+    );
+}
+
+#[test]
+fn job_board_gives_each_job_to_one_worker_locally_and_over_tcp() {
+    let out = example("job_board");
+    assert_shows(&out, &["local: 30 of 30 jobs done, 30 results", "remote at 127.0.0.1:"]);
+    assert!(out.stdout.contains(": 30 of 30 jobs done, 30 results, by workers doing"), "{}", out.stdout);
+}
