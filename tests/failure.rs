@@ -330,3 +330,23 @@ fn an_io_error_prints_its_os_error_once_in_a_chain() {
     assert!(std::error::Error::source(&e).is_none(), "the OS error is in the message: {e}");
     assert_eq!(e.to_string().matches("No such file").count(), 1, "{e}");
 }
+
+/// The parent's side in an anyhow program: `?` on a lock through `or_error`, on a join, on
+/// the child's own `multiproc::Result`.
+fn anyhow_program(v: &multiproc::Value<u64>) -> anyhow::Result<u64> {
+    use multiproc::LockResultExt;
+    *v.lock().or_error()? += 1;
+    let n = join(locks_with_question_mark.spawn(v.clone())?)??;
+    Ok(n)
+}
+
+#[test]
+fn an_anyhow_program_uses_question_mark_on_locks_joins_and_child_results() {
+    let v = multiproc::Value::new(0u64).unwrap();
+    assert_eq!(anyhow_program(&v).unwrap(), 2);
+    // a holder that exited: the error converts, with its message
+    assert!(matches!(join(exits_holding.spawn(v.clone()).unwrap()), Err(Error::Exited { .. })));
+    let e = anyhow_program(&v).unwrap_err();
+    assert!(e.to_string().contains("died holding it"), "{e:#}");
+    assert!(matches!(e.downcast_ref::<Error>(), Some(Error::HolderDied { .. })), "{e:?}");
+}
