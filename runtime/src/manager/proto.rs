@@ -4,7 +4,6 @@
 //! is bounded ([`MAX_FRAME`]) before its bytes are read, so a peer cannot make a reader
 //! allocate what it likes.
 
-use crate::wire::doorbell::Doorbell;
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -141,25 +140,11 @@ pub(crate) struct Framed<S> {
     /// The unread bytes of `input`: `input[start..end]`.
     start: usize,
     end: usize,
-    /// A local connection's doorbell (see `wire/doorbell.rs`): counter `side` counts the frames
-    /// this side sent, the other the frames sent to it.
-    bell: Option<(Doorbell, usize)>,
-    /// Frames received.
-    received: u64,
 }
-
-/// How long a side watches the doorbell for the next frame before it sleeps in `read`.
-const WATCH: std::time::Duration = std::time::Duration::from_micros(20);
 
 impl<S: Read + Write> Framed<S> {
     pub(crate) fn new(stream: S) -> Framed<S> {
-        Framed { stream, out: Vec::new(), input: vec![0; 64 * 1024], start: 0, end: 0, bell: None, received: 0 }
-    }
-
-    /// With a doorbell, on `side` (0 the client's, 1 the server's).
-    pub(crate) fn with_bell(mut self, bell: Option<Doorbell>, side: usize) -> Framed<S> {
-        self.bell = bell.map(|b| (b, side));
-        self
+        Framed { stream, out: Vec::new(), input: vec![0; 64 * 1024], start: 0, end: 0 }
     }
 
     /// Writes one frame.
@@ -177,9 +162,6 @@ impl<S: Read + Write> Framed<S> {
         }
         self.out[..4].copy_from_slice(&(len as u32).to_le_bytes());
         let result = self.stream.write_all(&self.out);
-        if let (Ok(()), Some((bell, side))) = (&result, &self.bell) {
-            bell.ring(*side);
-        }
         if self.out.capacity() > 1 << 20 {
             self.out = Vec::new();
         }
@@ -188,12 +170,6 @@ impl<S: Read + Write> Framed<S> {
 
     /// Reads one frame; `Ok(None)` when the peer closed the connection between frames.
     pub(crate) fn recv<T: for<'de> Deserialize<'de>>(&mut self) -> io::Result<Option<T>> {
-        if let Some((bell, side)) = &self.bell {
-            if self.end - self.start < 4 {
-                bell.wait_past_yielding(1 - side, self.received, WATCH);
-            }
-        }
-        self.received += 1;
         if !self.fill(4)? {
             return Ok(None);
         }

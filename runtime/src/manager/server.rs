@@ -76,7 +76,11 @@ impl Store {
                     held.insert(*id);
                 }
             }
-            if stream.send(&reply).is_err() {
+            // A reply that hands something over (an item, a lock) goes only to a client still
+            // there: a write into shared memory does not fail when the reader is gone, as one
+            // into a socket does, so look first (only for these replies: one poll each).
+            let gone = undo.is_some() && (peer.gone)();
+            if gone || stream.send(&reply).is_err() {
                 if let Some(undo) = undo {
                     self.undo(undo, peer.id);
                 }
@@ -424,14 +428,22 @@ pub(crate) fn run(acceptor: std::os::fd::OwnedFd, tcp: Option<(std::net::TcpList
         match crate::sys::recv_fds(acceptor.as_fd()) {
             Ok(Some(mut fds)) => {
                 let (store, id) = (Arc::clone(&store), ids.fetch_add(1, Relaxed));
-                let bell = (fds.len() > 1).then(|| fds.pop()).flatten();
+                let memfd = (fds.len() > 1).then(|| fds.pop()).flatten();
                 let fd = fds.swap_remove(0);
                 std::thread::spawn(move || {
                     let stream = std::os::unix::net::UnixStream::from(fd);
                     let Ok(watch) = stream.try_clone() else { return };
                     let gone = move || crate::sys::hung_up(watch.as_fd());
-                    let bell = bell.and_then(|b| crate::wire::doorbell::Doorbell::attach(b).ok());
-                    store.serve(proto::Framed::new(stream).with_bell(bell, 1), &Peer { id, gone: &gone });
+                    let peer = Peer { id, gone: &gone };
+                    match memfd {
+                        Some(m) => {
+                            // not a stream's memfd: the client's connection closes
+                            if let Ok(shm) = crate::wire::shm_stream::ShmStream::attach(m, stream, 1) {
+                                store.serve(proto::Framed::new(shm), &peer);
+                            }
+                        }
+                        None => store.serve(proto::Framed::new(stream), &peer),
+                    }
                 });
             }
             // every handle is gone: nobody can connect any more; the owner ends this process

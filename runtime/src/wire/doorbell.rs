@@ -60,13 +60,6 @@ impl Doorbell {
         self.word(i).fetch_add(1, Release);
     }
 
-    /// As [`wait_past`](Doorbell::wait_past), yielding the CPU between looks from the first:
-    /// for more waiters than cores (a manager's clients and its threads), where even a short
-    /// pure spin keeps the awaited side off the CPU.
-    pub(crate) fn wait_past_yielding(&self, i: usize, seen: u64, spin: std::time::Duration) -> bool {
-        self.wait(i, seen, std::time::Duration::ZERO, spin)
-    }
-
     /// Waits up to `spin` for counter `i` to pass `seen`; whether it did. The first
     /// [`SPIN_ALONE`] without a system call; after it, yielding between looks, so that where
     /// more processes wait than there are cores (a pool of 8 workers on 2), a waiter does not

@@ -9,3 +9,4 @@ pub(crate) mod handshake;
 pub(crate) mod items;
 pub(crate) mod large;
 pub(crate) mod message;
+pub(crate) mod shm_stream;
