@@ -235,6 +235,14 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// The task was cancelled: before it started (it never ran), or, when `killed`, while it
+    /// ran, by killing its worker (which was replaced).
+    #[error("the task was cancelled {}", if *killed { "while it ran: its worker was killed and replaced" } else { "before it started: it did not run" })]
+    Cancelled {
+        /// Whether it had started (its worker was killed to stop it).
+        killed: bool,
+    },
+
     /// The pool no longer takes work.
     #[error("the pool is closed and takes no more work; submit to a new pool")]
     PoolClosed,

@@ -43,7 +43,9 @@ pub use multiproc_macros::{child_init, process_fn};
 pub use output::Output;
 #[cfg(feature = "progress")]
 pub use pool::progress_bar;
-pub use pool::{AsyncResult, Imap, InitOutcome, Pool, PoolBuilder, Progress};
+pub use pool::{
+    as_completed, wait_results, AsCompleted, AsyncResult, Imap, InitOutcome, Pool, PoolBuilder, Progress, ReturnWhen,
+};
 pub use process::{Process, ProcessBuilder, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use shared::{
     Array, ArrayGuard, AtomicInt, AtomicValue, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, HolderDied,

@@ -32,10 +32,15 @@ struct Leaving {
 pub(crate) fn run(inner: Arc<Inner>) {
     let mut busy: Vec<Worker> = Vec::new();
     let mut leaving: Vec<Leaving> = Vec::new();
+    let mut kills: Vec<u64> = Vec::new();
     loop {
         if !assign(&inner, &mut busy) {
             terminate(&inner, busy, leaving);
             return;
+        }
+        kills.extend(inner.update(|st| std::mem::take(&mut st.kill_requests)));
+        if !kills.is_empty() {
+            cancel_by_killing(&inner, &mut busy, &mut kills);
         }
         let (idle, finished) = inner.update(|st| {
             let now = Instant::now();
@@ -68,6 +73,26 @@ pub(crate) fn run(inner: Arc<Inner>) {
             }
         }
     }
+}
+
+/// Cancels the tasks in `kills`: one still queued is taken out; one running at a worker's head
+/// has its worker killed (the death then fails it as cancelled, and the tasks behind it go back
+/// to the queue); one waiting behind another in a worker's pipeline stays in `kills` until it
+/// runs or its worker dies. One found nowhere has finished (or was a direct call): dropped.
+fn cancel_by_killing(inner: &Arc<Inner>, busy: &mut [Worker], kills: &mut Vec<u64>) {
+    kills.retain(|&id| {
+        if inner.cancel_queued(&[id]) > 0 {
+            return false;
+        }
+        if let Some(w) = busy.iter_mut().find(|w| w.inflight.front().is_some_and(|t| t.id == id)) {
+            if w.killing.is_none() {
+                w.killing = Some(id);
+                let _ = w.child.signal(crate::sys::Sig::Kill);
+            }
+            return false;
+        }
+        busy.iter().any(|w| w.inflight.iter().any(|t| t.id == id))
+    });
 }
 
 /// Whether the driver's work is over: closed, nothing queued, held, started or leaving.
@@ -215,7 +240,11 @@ pub(crate) fn died(inner: &Arc<Inner>, mut w: Worker, timed_out: bool) {
     let failure = w.failure(timed_out);
     let mut tasks = std::mem::take(&mut w.inflight);
     if let Some(head) = tasks.pop_front() {
-        let failure = if inner.read(|st| st.terminated) { Failure::Terminated } else { failure };
+        let failure = match () {
+            _ if inner.read(|st| st.terminated) => Failure::Terminated,
+            _ if w.killing == Some(head.id) => Failure::Cancelled { killed: true },
+            _ => failure,
+        };
         head.complete(Delivery::Failed(failure));
     }
     inner.requeue(tasks.into_iter());

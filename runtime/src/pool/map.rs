@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::function::ProcessFn;
-use crate::pool::async_result::{AsyncResult, Slot};
+use crate::pool::async_result::{AsyncResult, Slot, Tasks};
 use crate::pool::decode;
 use crate::pool::task::{Delivery, Failure, Sink};
 use crate::pool::Pool;
@@ -28,6 +28,9 @@ pub struct Progress {
 
 /// The most argument bytes an automatic chunk holds.
 const AUTO_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A map's collector, and the task ids of its chunks (to cancel them).
+type Submitted<R> = (Arc<Collect<R>>, Vec<u64>);
 
 /// The results of one `map` as its chunks come back.
 struct Collect<R> {
@@ -156,7 +159,7 @@ impl Pool {
         F::Output: Send + 'static,
     {
         let collect = match self.submit_map(f, items.into_iter().collect(), None) {
-            Ok(c) => c,
+            Ok((c, _)) => c,
             Err((_, e)) => return Err(e),
         };
         gather_values::<F>(&collect, on_progress)
@@ -172,7 +175,7 @@ impl Pool {
         F::Output: Send + 'static,
     {
         match self.submit_map(f, items.into_iter().collect(), None) {
-            Ok(collect) => gather_results::<F>(&collect, on_progress),
+            Ok((collect, _)) => gather_results::<F>(&collect, on_progress),
             Err((n, e)) => one_error_each(n, e),
         }
     }
@@ -196,10 +199,10 @@ impl Pool {
         F::Output: Send + 'static,
     {
         let (result, slot) = AsyncResult::new();
-        if let Err((_, e)) = self.submit_map(f, items.into_iter().collect(), Some(slot)) {
-            return AsyncResult::done(Err(e));
+        match self.submit_map(f, items.into_iter().collect(), Some(slot)) {
+            Ok((_, ids)) => result.with_tasks(Tasks { pool: Arc::downgrade(&self.inner), ids }),
+            Err((_, e)) => AsyncResult::done(Err(e)),
         }
-        result
     }
 
     /// Sends `items` in chunks; the results gather in the returned collector (and go to `slot`
@@ -209,7 +212,7 @@ impl Pool {
         _f: F,
         items: Vec<F::Args>,
         slot: Option<Arc<Slot<Vec<F::Output>>>>,
-    ) -> std::result::Result<Arc<Collect<F::Output>>, (usize, Error)>
+    ) -> std::result::Result<Submitted<F::Output>, (usize, Error)>
     where
         F::Output: Send + 'static,
     {
@@ -229,7 +232,9 @@ impl Pool {
         });
         // Each chunk goes out as soon as it is encoded: the workers start on the first while
         // the next ones are being written.
-        self.submit_pieces::<F>(&items, max_items, max_bytes, |len| {
+        let mut ids = Vec::new();
+        self.submit_pieces::<F>(&items, max_items, max_bytes, |id, len| {
+            ids.push(id);
             let c = {
                 let mut st = collect.lock();
                 st.arrived.push(None);
@@ -259,7 +264,7 @@ impl Pool {
         }
         drop(st);
         collect.changed.notify_all();
-        Ok(collect)
+        Ok((collect, ids))
     }
 
     /// Encodes `items` into chunks of at most `max_items` items and `max_bytes` bytes each,
@@ -271,7 +276,7 @@ impl Pool {
         items: &[F::Args],
         max_items: usize,
         max_bytes: usize,
-        mut sink_for: impl FnMut(usize) -> Sink,
+        mut sink_for: impl FnMut(u64, usize) -> Sink,
     ) {
         let inner = &self.inner;
         let max_frame = inner.config.process.frame_limit();
@@ -284,7 +289,7 @@ impl Pool {
                 BatchFrame::BadItem(e) => (Err(Failure::unsent(e)), 1),
             };
             rest = &rest[len..];
-            let sink = sink_for(len);
+            let sink = sink_for(id, len);
             match frame {
                 Ok(frame) => {
                     let timeout = inner.config.task_timeout.map(|t| t * len as u32);
@@ -508,6 +513,9 @@ pub struct Imap<'p, F: ProcessFn, I> {
     total: Option<usize>,
     /// Called with the progress after each result.
     on_progress: Option<Box<dyn FnMut(Progress) + 'p>>,
+    /// The task ids of the chunks submitted whose results have not all been taken: cancelled
+    /// if the `Imap` is dropped first.
+    pending: VecDeque<u64>,
     /// An option that cannot work: the first item is this error, and there is no other.
     misconfigured: Option<&'static str>,
 }
@@ -520,6 +528,8 @@ struct ImapShared<R> {
 struct ImapState<R> {
     chunks: BTreeMap<u64, VecDeque<Result<R>>>,
     unordered: VecDeque<Result<R>>,
+    /// Task ids of chunks that arrived and are still in `pending`.
+    arrived: std::collections::HashSet<u64>,
 }
 
 impl<R> ImapShared<R> {
@@ -548,13 +558,18 @@ where
         Imap {
             total,
             on_progress: None,
+            pending: VecDeque::new(),
             pool,
             items,
             ordered,
             chunksize: pool.inner.config.chunksize.unwrap_or(1),
             window: pool.inner.config.window,
             shared: Arc::new(ImapShared {
-                state: Mutex::new(ImapState { chunks: BTreeMap::new(), unordered: VecDeque::new() }),
+                state: Mutex::new(ImapState {
+                    chunks: BTreeMap::new(),
+                    unordered: VecDeque::new(),
+                    arrived: Default::default(),
+                }),
                 arrived: Condvar::new(),
             }),
             submitted: 0,
@@ -661,7 +676,9 @@ where
         self.in_flight += chunk.len();
         let (shared, ordered, submitted) = (Arc::clone(&self.shared), self.ordered, &mut self.submitted);
         let first = &mut self.read;
-        self.pool.submit_pieces::<F>(&chunk, chunk.len(), usize::MAX, |len| {
+        let pending = &mut self.pending;
+        self.pool.submit_pieces::<F>(&chunk, chunk.len(), usize::MAX, |id, len| {
+            pending.push_back(id);
             let number = *submitted;
             *submitted += 1;
             let base = *first;
@@ -674,6 +691,7 @@ where
                     .enumerate()
                     .map(|(i, r)| r.map_err(|e| Error::Item { index: base + i, error: Box::new(e) }));
                 let mut st = shared.lock();
+                st.arrived.insert(id);
                 if ordered {
                     st.chunks.insert(number, results.collect());
                 } else {
@@ -699,6 +717,17 @@ where
     }
 }
 
+/// Dropping an `Imap` before its end cancels the chunks it submitted that no worker has
+/// started (its read-ahead); the ones running finish, and their results are dropped.
+impl<F: ProcessFn, I> Drop for Imap<'_, F, I> {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let ids: Vec<u64> = self.pending.drain(..).collect();
+            self.pool.inner.cancel_queued(&ids);
+        }
+    }
+}
+
 impl<F, I> Iterator for Imap<'_, F, I>
 where
     F: ProcessFn,
@@ -719,6 +748,9 @@ where
         let shared = Arc::clone(&self.shared);
         let mut st = shared.lock();
         loop {
+            while self.pending.front().is_some_and(|id| st.arrived.remove(id)) {
+                self.pending.pop_front(); // arrived: nothing to cancel
+            }
             if let Some(r) = self.take_ready(&mut st) {
                 self.in_flight -= 1;
                 self.progress.done += 1;

@@ -1,6 +1,7 @@
 //! A pool of worker processes: Python's `Pool`, with the supervision it lacks.
 
 mod async_result;
+mod completion;
 mod config;
 mod decode;
 mod driver;
@@ -18,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use async_result::AsyncResult;
+pub use completion::{as_completed, wait_results, AsCompleted, ReturnWhen};
 pub use config::InitOutcome;
 pub use map::{Imap, Progress};
 #[cfg(feature = "progress")]
@@ -385,7 +387,7 @@ impl Pool {
         let executable = std::path::PathBuf::from("/proc/self/exe");
         let sink = Sink::new(move |delivery| slot.fill(decode::single::<F>(delivery, &executable)));
         self.inner.submit(F::NAME, id, frame, self.inner.config.task_timeout, sink);
-        result
+        result.with_tasks(async_result::Tasks { pool: Arc::downgrade(&self.inner), ids: vec![id] })
     }
 
     /// Stops taking work; what was submitted still runs (`Pool.close`). Workers exit once the

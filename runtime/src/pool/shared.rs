@@ -58,6 +58,8 @@ pub(crate) struct State {
     pub(crate) started: usize,
     /// Threads in `wait_until`.
     waiters: usize,
+    /// Tasks to cancel even if they run (their worker killed), for the driver.
+    pub(crate) kill_requests: Vec<u64>,
 }
 
 /// A worker process the pool knows of.
@@ -294,6 +296,29 @@ impl Inner {
             }
             Ok(st.idle.pop().map(|w| (w, Outstanding::new(self, st))))
         })
+    }
+
+    /// Cancels the tasks among `ids` that no worker has yet: they never run, and complete with
+    /// [`Failure::Cancelled`]. Returns how many there were.
+    pub(crate) fn cancel_queued(&self, ids: &[u64]) -> usize {
+        let cancelled: Vec<Task> = self.update(|st| {
+            let (gone, kept): (VecDeque<Task>, VecDeque<Task>) =
+                std::mem::take(&mut st.queue).into_iter().partition(|t| ids.contains(&t.id));
+            st.queue = kept;
+            gone.into_iter().collect()
+        });
+        let n = cancelled.len();
+        for task in cancelled {
+            task.complete(Delivery::Failed(Failure::Cancelled { killed: false }));
+        }
+        n
+    }
+
+    /// Asks the driver to cancel task `id` wherever it is: taken from the queue if no worker
+    /// has it, its worker killed (and replaced) once it runs.
+    pub(crate) fn request_kill(&self, id: u64) {
+        self.update(|st| st.kill_requests.push(id));
+        self.wake_driver();
     }
 
     /// Puts tasks that never started back at the front of the queue, in order (or fails them,

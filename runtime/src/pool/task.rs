@@ -96,6 +96,8 @@ pub(crate) enum Failure {
     TimedOut { pid: u32, timeout: Duration },
     /// The pool was terminated first.
     Terminated,
+    /// Cancelled by its handle; `killed`: while it ran.
+    Cancelled { killed: bool },
     /// The pool was closed before the task was submitted.
     Closed,
     /// No worker can be started (the initializer failed).
@@ -115,6 +117,7 @@ impl Failure {
             Failure::Died { pid, code, .. } => Error::Exited { pid: *pid, code: code.unwrap_or(-1) },
             Failure::TimedOut { pid, timeout } => Error::TaskTimedOut { pid: *pid, timeout: *timeout },
             Failure::Terminated => Error::PoolTerminated,
+            Failure::Cancelled { killed } => Error::Cancelled { killed: *killed },
             Failure::Closed => Error::PoolClosed,
             Failure::Broken(message) => Error::InitializerFailed { message: message.clone() },
             Failure::TooLarge { len, max } => Error::FrameTooLarge { len: *len, max: *max },

@@ -34,6 +34,8 @@ pub(crate) struct Worker {
     head_since: Instant,
     /// Retire it once its in-flight tasks are done (max tasks per child reached).
     pub(crate) retiring: bool,
+    /// It was killed to cancel the task with this id, running at its head.
+    pub(crate) killing: Option<u64>,
 }
 
 /// Why a worker could not be started.
@@ -141,6 +143,7 @@ impl Worker {
             done: 0,
             head_since: Instant::now(),
             retiring: false,
+            killing: None,
         })
     }
 
