@@ -506,3 +506,71 @@ fn a_waiting_pool_burns_no_cpu() {
     let ms: u64 = line.split(' ').nth(3).unwrap().parse().unwrap();
     assert!(ms <= 100, "the pool used {ms} ms of CPU while it waited 1,200 ms");
 }
+
+/// Aborts (its worker dies) until `deaths` have been counted, then answers 42.
+#[process_fn]
+fn dies_until(count: multiproc::AtomicValue<u64>, deaths: u64) -> u64 {
+    if count.fetch_add(1) < deaths {
+        std::process::abort();
+    }
+    42
+}
+
+#[process_fn]
+fn panics_counted(count: multiproc::AtomicValue<u64>) -> u64 {
+    count.fetch_add(1);
+    panic!("deterministic")
+}
+
+#[test]
+fn retries_run_a_task_again_when_its_worker_died_and_never_after_a_panic() {
+    within(DEADLINE, || {
+        let pool = Pool::builder().workers(2).retries(2).build().unwrap();
+        // apply (run from this thread), apply_async (through the driver) and map
+        for run in 0..3 {
+            let count = multiproc::AtomicValue::new(0u64).unwrap();
+            let r = match run {
+                0 => pool.apply(dies_until, (count.clone(), 2)),
+                1 => pool.apply_async(dies_until, (count.clone(), 2)).wait(),
+                _ => pool.starmap(dies_until, [(count.clone(), 2)]).map(|v| v[0]),
+            };
+            assert_eq!(r.unwrap(), 42, "run {run}");
+            assert_eq!(count.load(), 3, "run {run}: two deaths, then the answer");
+        }
+        // more deaths than retries: the last death is the error
+        let count = multiproc::AtomicValue::new(0u64).unwrap();
+        assert!(matches!(pool.apply(dies_until, (count.clone(), 5)), Err(Error::Signaled { signal: 6, .. })));
+        assert_eq!(count.load(), 3);
+        // a panic is not retried
+        let count = multiproc::AtomicValue::new(0u64).unwrap();
+        assert!(matches!(pool.apply_async(panics_counted, (count.clone(),)).wait(), Err(Error::Panicked { .. })));
+        assert_eq!(count.load(), 1);
+        // and without retries, nothing runs twice
+        let plain = Pool::new(1).unwrap();
+        let count = multiproc::AtomicValue::new(0u64).unwrap();
+        assert!(plain.apply(dies_until, (count.clone(), 1)).is_err());
+        assert_eq!(count.load(), 1);
+    });
+}
+
+/// Keeps `mib` MiB allocated and touched in this worker (a leak), and says which worker.
+#[process_fn]
+fn leak(mib: u64) -> u32 {
+    let v = vec![1u8; (mib as usize) << 20];
+    std::mem::forget(v);
+    std::process::id()
+}
+
+#[test]
+fn a_worker_over_its_memory_limit_after_a_task_is_replaced() {
+    within(DEADLINE, || {
+        let pool = Pool::builder().workers(1).max_memory_per_child(200 << 20).build().unwrap();
+        let first = pool.apply(leak, (1,)).unwrap();
+        assert_eq!(pool.apply(leak, (1,)).unwrap(), first, "under the limit: kept");
+        let leaker = pool.apply(leak, (300,)).unwrap();
+        assert_eq!(leaker, first);
+        let next = pool.apply(leak, (1,)).unwrap();
+        assert_ne!(next, leaker, "over the limit after its task: replaced before the next");
+        assert!(matches!(Pool::builder().max_memory_per_child(0).build(), Err(Error::PoolConfig { .. })));
+    });
+}

@@ -229,6 +229,15 @@ impl ChildProc {
         self.pidfd.as_fd()
     }
 
+    /// The child's resident memory in bytes (from `/proc/<pid>/statm`); `None` for a rank or
+    /// a child that is gone.
+    pub(crate) fn resident_bytes(&self) -> Option<u64> {
+        self.child.as_ref()?;
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * rustix::param::page_size() as u64)
+    }
+
     /// Whether the child has ended (without reaping it).
     pub(crate) fn has_exited(&self) -> bool {
         self.status.is_some() || sys::wait_readable(self.pidfd.as_fd(), Some(Instant::now())).unwrap_or(false)

@@ -19,6 +19,10 @@ pub(crate) struct Config {
     pub(crate) process: ProcessBuilder,
     pub(crate) initializer: Option<Initializer>,
     pub(crate) max_tasks_per_child: Option<u64>,
+    /// Replace a worker whose resident memory is over this many bytes after a task.
+    pub(crate) max_memory_per_child: Option<u64>,
+    /// Runs again of a task whose worker died.
+    pub(crate) retries: u32,
     pub(crate) task_timeout: Option<Duration>,
     /// Tasks (frames) in flight per worker, so it never waits for the next.
     pub(crate) per_worker: usize,

@@ -239,13 +239,20 @@ fn turn(w: &mut Worker) -> Fate {
 pub(crate) fn died(inner: &Arc<Inner>, mut w: Worker, timed_out: bool) {
     let failure = w.failure(timed_out);
     let mut tasks = std::mem::take(&mut w.inflight);
-    if let Some(head) = tasks.pop_front() {
+    if let Some(mut head) = tasks.pop_front() {
         let failure = match () {
             _ if inner.read(|st| st.terminated) => Failure::Terminated,
             _ if w.killing == Some(head.id) => Failure::Cancelled { killed: true },
             _ => failure,
         };
-        head.complete(Delivery::Failed(failure));
+        if matches!(failure, Failure::Died { .. }) && head.retries_left > 0 {
+            // runs again first, before the tasks that were behind it
+            head.retries_left -= 1;
+            crate::trace::event!(info, id = head.id, "retrying a task whose worker died");
+            tasks.push_front(head);
+        } else {
+            head.complete(Delivery::Failed(failure));
+        }
     }
     inner.requeue(tasks.into_iter());
     w.retiring = true;

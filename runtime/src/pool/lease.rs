@@ -21,7 +21,12 @@ use crate::wire::frame::{Encoded, Frame, RecvError};
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(25);
 
 /// Runs the call on an idle worker if there is one; `None` means "submit it instead".
-pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Encoded>) -> Option<Result<F::Output>> {
+pub(crate) fn call<F: ProcessFn>(
+    inner: &Arc<Inner>,
+    id: u64,
+    frame: Arc<Encoded>,
+    retries: &mut u32,
+) -> Option<Result<F::Output>> {
     if inner.config.mpi && !frame.fds.is_empty() {
         return None; // `submit` refuses it, and says why
     }
@@ -45,6 +50,7 @@ pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Encoded
             sink: Sink::none(),
             _counted: counted,
             span: crate::trace::TaskSpan::new(F::NAME, id),
+            retries_left: 0, // counted here, in `retries`
         };
         w.push(task);
         let pid = w.pid();
@@ -63,6 +69,11 @@ pub(crate) fn call<F: ProcessFn>(inner: &Arc<Inner>, id: u64, frame: Arc<Encoded
                 w.retiring = true;
                 inner.replace(w);
                 let failure = if inner.read(|st| st.terminated) { Failure::Terminated } else { failure };
+                if matches!(failure, Failure::Died { .. }) && *retries > 0 {
+                    *retries -= 1;
+                    crate::trace::event!(info, id, "retrying a task whose worker died");
+                    continue;
+                }
                 Err(failure.to_error())
             }
         });

@@ -293,7 +293,7 @@ impl Pool {
             match frame {
                 Ok(frame) => {
                     let timeout = inner.config.task_timeout.map(|t| t * len as u32);
-                    inner.submit(F::NAME, id, Arc::new(frame), timeout, sink)
+                    inner.submit(F::NAME, id, Arc::new(frame), timeout, inner.config.retries, sink)
                 }
                 Err(failure) => sink.deliver(Delivery::Failed(failure)),
             }

@@ -85,6 +85,8 @@ pub struct PoolBuilder {
     process: ProcessBuilder,
     initializer: Option<Result<Initializer>>,
     max_tasks_per_child: Option<u64>,
+    max_memory_per_child: Option<u64>,
+    retries: u32,
     task_timeout: Option<Duration>,
     window: Option<usize>,
     chunksize: Option<usize>,
@@ -123,6 +125,26 @@ impl PoolBuilder {
     /// a map): Python's `maxtasksperchild`, against leaks. Zero is a configuration error.
     pub fn max_tasks_per_child(&mut self, n: u64) -> &mut Self {
         self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Replaces a worker whose resident memory (RSS) is over `bytes` after a task, before it
+    /// takes another: loky's leak protection, for native code that leaks or a cache that grows.
+    /// Checked only when set (one read of `/proc/<pid>/statm` per task). Zero is a
+    /// configuration error.
+    pub fn max_memory_per_child(&mut self, bytes: u64) -> &mut Self {
+        self.max_memory_per_child = Some(bytes);
+        self
+    }
+
+    /// Runs a task again, on another worker, when its worker died running it (killed from
+    /// outside, the OOM killer, a crash, an `exit`): up to `n` more times, then its error is
+    /// the last death's. Never for a panic, an encoding error or a task over its
+    /// [`task_timeout`](Self::task_timeout) (deterministic, or likely to hang again), nor for
+    /// one cancelled with `cancel_or_kill`. **Only for idempotent functions**: a retried task
+    /// may have done part of its work before it died.
+    pub fn retries(&mut self, n: u32) -> &mut Self {
+        self.retries = n;
         self
     }
 
@@ -213,6 +235,7 @@ impl PoolBuilder {
         let zero = [
             (self.workers == Some(0), "a pool needs at least one worker"),
             (self.max_tasks_per_child == Some(0), "max_tasks_per_child must be at least 1"),
+            (self.max_memory_per_child == Some(0), "max_memory_per_child must be more than zero bytes"),
             (self.chunksize == Some(0), "chunksize must be at least 1"),
             (self.window == Some(0), "imap_window must be at least 1"),
             (self.task_timeout == Some(Duration::ZERO), "task_timeout must be longer than zero"),
@@ -236,9 +259,9 @@ impl PoolBuilder {
             Some(_) if self.task_timeout.is_some() => {
                 refuse("task_timeout cannot work over MPI ranks: a rank cannot be killed and replaced")
             }
-            Some(_) if self.max_tasks_per_child.is_some() => {
-                refuse("max_tasks_per_child cannot work over MPI ranks: a rank cannot be replaced")
-            }
+            Some(_) if self.max_tasks_per_child.is_some() || self.max_memory_per_child.is_some() => refuse(
+                "max_tasks_per_child and max_memory_per_child cannot work over MPI ranks: a rank cannot be replaced",
+            ),
             Some(n) => Ok(self.workers.map_or(n, |w| w.min(n))),
         }
     }
@@ -261,6 +284,8 @@ impl PoolBuilder {
             process: self.process.clone(),
             initializer,
             max_tasks_per_child: self.max_tasks_per_child,
+            max_memory_per_child: self.max_memory_per_child,
+            retries: self.retries,
             task_timeout: self.task_timeout,
             per_worker: 2,
             window: self.window.unwrap_or(64),
@@ -352,10 +377,12 @@ impl Pool {
         registry::lookup(F::NAME)?;
         let id = self.inner.next_id();
         let frame = Arc::new(self.inner.encoding(|| message::call_frame::<F>(id, &args))?.finish(self.frame_limit())?);
-        if let Some(result) = lease::call::<F>(&self.inner, id, Arc::clone(&frame)) {
+        // retries left after runs from here go with the task if it must queue
+        let mut retries = self.inner.config.retries;
+        if let Some(result) = lease::call::<F>(&self.inner, id, Arc::clone(&frame), &mut retries) {
             return result;
         }
-        self.submit_frame::<F>(id, frame).wait()
+        self.submit_frame::<F>(id, frame, retries).wait()
     }
 
     /// Submits `f(args)` and returns at once (`Pool.apply_async`): wait on the handle, poll it,
@@ -370,7 +397,7 @@ impl Pool {
             .and_then(|_| self.inner.encoding(|| message::call_frame::<F>(id, &args)))
             .and_then(|frame| frame.finish(self.frame_limit()));
         match frame {
-            Ok(frame) => self.submit_frame::<F>(id, Arc::new(frame)),
+            Ok(frame) => self.submit_frame::<F>(id, Arc::new(frame), self.inner.config.retries),
             Err(e) => AsyncResult::done(Err(e)),
         }
     }
@@ -379,14 +406,14 @@ impl Pool {
         self.inner.config.process.frame_limit()
     }
 
-    fn submit_frame<F: ProcessFn>(&self, id: u64, frame: Arc<Encoded>) -> AsyncResult<F::Output>
+    fn submit_frame<F: ProcessFn>(&self, id: u64, frame: Arc<Encoded>, retries: u32) -> AsyncResult<F::Output>
     where
         F::Output: Send + 'static,
     {
         let (result, slot) = AsyncResult::new();
         let executable = std::path::PathBuf::from("/proc/self/exe");
         let sink = Sink::new(move |delivery| slot.fill(decode::single::<F>(delivery, &executable)));
-        self.inner.submit(F::NAME, id, frame, self.inner.config.task_timeout, sink);
+        self.inner.submit(F::NAME, id, frame, self.inner.config.task_timeout, retries, sink);
         result.with_tasks(async_result::Tasks { pool: Arc::downgrade(&self.inner), ids: vec![id] })
     }
 

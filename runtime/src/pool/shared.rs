@@ -261,6 +261,7 @@ impl Inner {
         id: u64,
         frame: Arc<Encoded>,
         timeout: Option<Duration>,
+        retries_left: u32,
         sink: Sink,
     ) {
         if self.config.mpi && !frame.fds.is_empty() {
@@ -274,7 +275,7 @@ impl Inner {
             None => {
                 let _counted = Outstanding::new(self, st);
                 let span = crate::trace::TaskSpan::new(function, id);
-                st.queue.push_back(Task { id, frame, timeout, sink, _counted, span });
+                st.queue.push_back(Task { id, frame, timeout, sink, _counted, span, retries_left });
                 None
             }
         });
@@ -342,7 +343,12 @@ impl Inner {
     /// Takes back a worker that has nothing in flight: idle again, retired if the pool is done
     /// with it, replaced if it is due.
     pub(crate) fn release(self: &Arc<Self>, worker: Worker) {
-        let due = worker.retiring || self.config.max_tasks_per_child.is_some_and(|max| worker.done >= max);
+        let due = worker.retiring
+            || self.config.max_tasks_per_child.is_some_and(|max| worker.done >= max)
+            || self
+                .config
+                .max_memory_per_child
+                .is_some_and(|max| worker.child.resident_bytes().is_some_and(|rss| rss > max));
         if due {
             self.replace(worker);
             return;

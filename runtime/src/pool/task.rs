@@ -57,6 +57,8 @@ pub(crate) struct Task {
     pub(crate) _counted: Outstanding,
     /// Its span, with the `tracing` feature.
     pub(crate) span: crate::trace::TaskSpan,
+    /// Runs left if its worker dies running it.
+    pub(crate) retries_left: u32,
 }
 
 impl Task {
