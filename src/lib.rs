@@ -364,10 +364,10 @@ pub use multiproc_macros::process_fn;
 pub use multiproc_macros::child_init;
 
 pub use multiproc_runtime::{
-    as_completed, init, pipe, pipe_one_way, wait, wait_results, AsCompleted, AsyncResult, Connection, Error, Imap,
-    InitOutcome, JoinableQueue, Output, Pool, PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue,
-    QueueIter, Receiver, RecvIter, Result, ReturnWhen, Sender, Waitable, DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME,
-    MAX_FRAME_LEN,
+    active_children, as_completed, current_process, init, parent_process, pipe, pipe_one_way, wait, wait_results,
+    AsCompleted, AsyncResult, Connection, CurrentProcess, Error, Imap, InitOutcome, JoinableQueue, Output, Pool,
+    PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue, QueueIter, Receiver, RecvIter, Result,
+    ReturnWhen, Role, Sender, Waitable, DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
 pub use multiproc_runtime::{
     served, DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, Manager, ObjectProxy, QueueProxy, Served,

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::time::Duration;
 
-use common::{ends_within, join, proc_state, run_test};
+use common::{ends_within, join, proc_state, run_test, within, DEADLINE};
 use multiproc::{process_fn, Error, Output, ProcessBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -331,4 +331,36 @@ fn a_parents_inheritable_descriptor_is_not_open_in_its_children_or_pool_workers(
         // SAFETY: the descriptor made above, closed once.
         unsafe { libc::close(fd) };
     });
+}
+
+/// What this process is, as the child sees it: its role, name, parent, and its own pid.
+#[process_fn]
+fn who_am_i(_x: u64) -> (String, Option<String>, Option<u32>, u32) {
+    let me = multiproc::current_process();
+    (format!("{:?}", me.role), me.name, multiproc::parent_process(), me.pid)
+}
+
+#[test]
+fn current_process_parent_process_and_active_children_say_who_is_who() {
+    let me = multiproc::current_process();
+    assert_eq!((me.role, me.pid, multiproc::parent_process()), (multiproc::Role::Main, std::process::id(), None));
+    let child = ProcessBuilder::new().name("named-child").spawn(who_am_i, (0,)).unwrap();
+    let pid = child.pid();
+    let (role, name, parent, seen_pid) = join(child).unwrap();
+    assert_eq!((role.as_str(), name.as_deref(), parent, seen_pid), ("Child", Some("named-child"), Some(std::process::id()), pid));
+    within(DEADLINE, || {
+        let pool = multiproc::Pool::new(1).unwrap();
+        let (role, name, parent, worker) = pool.apply(who_am_i, (0,)).unwrap();
+        assert_eq!((role.as_str(), name.as_deref(), parent), ("PoolWorker", Some("multiproc-w0"), Some(std::process::id())));
+        assert!(multiproc::active_children().contains(&worker), "a pool's worker is a child");
+        drop(pool);
+        assert!(!multiproc::active_children().contains(&worker), "gone with the pool");
+    });
+    let sleepers: Vec<_> = (0..2).map(|_| sleep_ms.spawn(10_000).unwrap()).collect();
+    let pids: Vec<u32> = sleepers.iter().map(|p| p.pid()).collect();
+    let active = multiproc::active_children();
+    assert!(pids.iter().all(|p| active.contains(p)), "{active:?} {pids:?}");
+    drop(sleepers); // killed and reaped
+    let active = multiproc::active_children();
+    assert!(pids.iter().all(|p| !active.contains(p)), "{active:?}");
 }

@@ -123,6 +123,7 @@ impl ChildProc {
         let handshake_deadline = Instant::now() + how.handshake_timeout;
         let mut reader = FrameReader::new(ours);
         reader.set_max_len(how.max_frame_len);
+        crate::current::started(child.id());
         let proc = ChildProc {
             pid: child.id(),
             executable,
@@ -347,5 +348,6 @@ impl ChildProc {
 impl Drop for ChildProc {
     fn drop(&mut self) {
         self.kill_and_reap();
+        crate::current::gone(self.pid);
     }
 }

@@ -6,6 +6,7 @@
 mod channel;
 mod child;
 mod child_init;
+mod current;
 mod entry;
 mod error;
 mod function;
@@ -33,6 +34,7 @@ pub mod private;
 pub use channel::{
     pipe, pipe_one_way, wait, Connection, JoinableQueue, Queue, QueueIter, Receiver, RecvIter, Sender, Source, Waitable,
 };
+pub use current::{active_children, current_process, parent_process, CurrentProcess, Role};
 pub use entry::init;
 pub use error::{Error, Result};
 pub use function::ProcessFn;

@@ -212,6 +212,12 @@ fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
     if !hello.one_shot {
         sys::ignore_sigint();
     }
+    let role = match (hello.one_shot, tied) {
+        (true, _) => crate::current::Role::Child,
+        (false, true) => crate::current::Role::PoolWorker,
+        (false, false) => crate::current::Role::MpiRank,
+    };
+    crate::current::set(role, hello.name.clone());
     if let Err((hook, message)) = crate::child_init::run_all() {
         return refuse(reader, FailReport::ChildInit { hook, message }, EXIT_CHILD_INIT);
     }

@@ -408,6 +408,7 @@ fn list(l: &mut Vec<Vec<u8>>, op: Op) -> Result<Reply, Op> {
 pub(crate) fn run(acceptor: std::os::fd::OwnedFd, tcp: Option<(std::net::TcpListener, Vec<u8>)>) {
     use std::os::fd::AsFd;
     crate::sys::ignore_sigpipe();
+    crate::current::set(crate::current::Role::ManagerServer, None);
     let store = Store::new();
     let ids = Arc::new(AtomicU64::new(1));
     if let Some((listener, key)) = tcp {
