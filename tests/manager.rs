@@ -624,3 +624,48 @@ fn serve_forever_serves_remote_clients_from_a_process_whose_only_job_it_is() {
     server.kill().unwrap();
     assert!(matches!(join(server), Err(Error::Killed { .. })));
 }
+
+/// Sorts the list while another process keeps pushing to it; returns nothing.
+#[process_fn]
+fn push_many(l: ListProxy<u64>, from: u64) {
+    for x in from..from + 200 {
+        l.push(x).unwrap();
+    }
+}
+
+#[test]
+fn list_and_dict_have_pythons_operations_and_modify_is_whole() {
+    within(DEADLINE, || {
+        let m = Manager::start().unwrap();
+        let l = m.list_from(vec![3u64, 1, 4, 1, 5, 9, 2, 6]).unwrap();
+        assert!(l.contains(&4).unwrap() && !l.contains(&7).unwrap());
+        assert_eq!((l.count(&1).unwrap(), l.count(&8).unwrap()), (2, 0));
+        assert_eq!((l.index(&1).unwrap(), l.index(&7).unwrap()), (Some(1), None));
+        assert!(l.remove_value(&1).unwrap() && !l.remove_value(&7).unwrap());
+        assert_eq!(l.to_vec().unwrap(), [3, 4, 1, 5, 9, 2, 6]);
+        l.sort().unwrap();
+        assert_eq!(l.to_vec().unwrap(), [1, 2, 3, 4, 5, 6, 9]);
+        l.extend([0, 10]).unwrap();
+        // a sort racing with another process's pushes loses none of them
+        let big = m.list::<u64>().unwrap();
+        let pusher = push_many.spawn(big.clone(), 1_000).unwrap();
+        for _ in 0..20 {
+            big.modify(|v| v.sort_by(|a, b| b.cmp(a))).unwrap();
+        }
+        join(pusher).unwrap();
+        let mut all = big.to_vec().unwrap();
+        all.sort();
+        assert_eq!(all, (1_000..1_200).collect::<Vec<_>>());
+
+        let d = m.dict_from([(1u32, "a".to_string()), (2, "b".into())]).unwrap();
+        d.extend([(3, "c".to_string()), (1, "z".into())]).unwrap();
+        assert_eq!(d.items().unwrap(), [(1, "z".into()), (2, "b".into()), (3, "c".into())]);
+        assert_eq!(d.pop_item().unwrap(), Some((3, "c".into())));
+        assert_eq!(d.len().unwrap(), 2);
+        // items() is a snapshot: changing the dict while iterating over it is fine
+        for (k, _) in d.items().unwrap() {
+            d.remove(&k).unwrap();
+        }
+        assert_eq!(d.pop_item().unwrap(), None);
+    });
+}

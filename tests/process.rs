@@ -347,11 +347,17 @@ fn current_process_parent_process_and_active_children_say_who_is_who() {
     let child = ProcessBuilder::new().name("named-child").spawn(who_am_i, (0,)).unwrap();
     let pid = child.pid();
     let (role, name, parent, seen_pid) = join(child).unwrap();
-    assert_eq!((role.as_str(), name.as_deref(), parent, seen_pid), ("Child", Some("named-child"), Some(std::process::id()), pid));
+    assert_eq!(
+        (role.as_str(), name.as_deref(), parent, seen_pid),
+        ("Child", Some("named-child"), Some(std::process::id()), pid)
+    );
     within(DEADLINE, || {
         let pool = multiproc::Pool::new(1).unwrap();
         let (role, name, parent, worker) = pool.apply(who_am_i, (0,)).unwrap();
-        assert_eq!((role.as_str(), name.as_deref(), parent), ("PoolWorker", Some("multiproc-w0"), Some(std::process::id())));
+        assert_eq!(
+            (role.as_str(), name.as_deref(), parent),
+            ("PoolWorker", Some("multiproc-w0"), Some(std::process::id()))
+        );
         assert!(multiproc::active_children().contains(&worker), "a pool's worker is a child");
         drop(pool);
         assert!(!multiproc::active_children().contains(&worker), "gone with the pool");

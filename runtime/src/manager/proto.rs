@@ -59,6 +59,10 @@ pub(crate) enum Op {
     },
     DictItems,
     DictClear,
+    /// Removes and returns the last entry inserted (Python's `popitem`).
+    DictPopItem,
+    /// Inserts every pair, in order (Python's `update`).
+    DictExtend(Vec<(ByteBuf, ByteBuf)>),
     Len,
     ListPush(ByteBuf),
     ListGet(u64),
@@ -70,6 +74,17 @@ pub(crate) enum Op {
     ListExtend(Vec<ByteBuf>),
     ListReverse,
     ListClear,
+    /// How many elements have this encoding.
+    ListCount(ByteBuf),
+    /// The first element with this encoding (from `start`).
+    ListIndex(ByteBuf, u64),
+    /// Removes the first element with this encoding.
+    ListRemoveValue(ByteBuf),
+    /// Replaces the whole list with `new` if it holds exactly `expected`.
+    ListReplaceIf {
+        expected: Vec<ByteBuf>,
+        new: Vec<ByteBuf>,
+    },
     ListCompareAndSet {
         index: u64,
         expected: ByteBuf,
@@ -111,6 +126,7 @@ pub(crate) enum Answer {
     Item(Option<ByteBuf>),
     Items(Vec<ByteBuf>),
     Pairs(Vec<(ByteBuf, ByteBuf)>),
+    Index(Option<u64>),
 }
 
 /// Why a request failed at the server.

@@ -291,7 +291,24 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
         }
     }
 
-    /// Every entry, in order.
+    /// Removes the entry inserted last and returns it (Python's `popitem()`); `None` when
+    /// empty.
+    pub fn pop_item(&self) -> Result<Option<(K, V)>> {
+        match self.handle.call(Op::DictPopItem)? {
+            Answer::Pairs(mut pairs) => pairs.pop().map(|(k, v)| Ok((decode(&k)?, decode(&v)?))).transpose(),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Inserts every pair of `items`, in order, in one step (Python's `update(mapping)`); a
+    /// key already there gets its new value in its old place.
+    pub fn extend(&self, items: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        let pairs = items.into_iter().map(|(k, v)| Ok((bytes(&k)?, bytes(&v)?))).collect::<Result<Vec<_>>>()?;
+        done(self.handle.call(Op::DictExtend(pairs))?)
+    }
+
+    /// Every entry, in order: a snapshot, taken in one step (iterate over it while others
+    /// change the dict).
     pub fn items(&self) -> Result<Vec<(K, V)>> {
         match self.handle.call(Op::DictItems)? {
             Answer::Pairs(pairs) => pairs.into_iter().map(|(k, v)| Ok((decode(&k)?, decode(&v)?))).collect(),
@@ -379,6 +396,58 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Removes every element.
     pub fn clear(&self) -> Result<()> {
         done(self.handle.call(Op::ListClear)?)
+    }
+
+    /// Whether an element equals `value` (Python's `in`). Elements are compared by their
+    /// encoding, which for plain data is equality (not for floats: `NaN` equals itself,
+    /// `-0.0` does not equal `0.0`).
+    pub fn contains(&self, value: &T) -> Result<bool> {
+        Ok(self.index(value)?.is_some())
+    }
+
+    /// How many elements equal `value` (Python's `count`; compared as [`contains`](Self::contains) does).
+    pub fn count(&self, value: &T) -> Result<usize> {
+        count(self.handle.call(Op::ListCount(bytes(value)?))?)
+    }
+
+    /// The index of the first element equal to `value` (Python's `index`, without the
+    /// exception); `None` if there is none.
+    pub fn index(&self, value: &T) -> Result<Option<usize>> {
+        match self.handle.call(Op::ListIndex(bytes(value)?, 0))? {
+            Answer::Index(i) => Ok(i.map(|i| i as usize)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes the first element equal to `value` (Python's `remove`); whether there was one.
+    pub fn remove_value(&self, value: &T) -> Result<bool> {
+        flag(self.handle.call(Op::ListRemoveValue(bytes(value)?))?)
+    }
+
+    /// Changes the whole list without a race: `f` gets a copy, and its changes replace the
+    /// list if no other client changed it meanwhile (else it runs again on the new contents).
+    pub fn modify(&self, mut f: impl FnMut(&mut Vec<T>)) -> Result<()> {
+        loop {
+            let old = match self.handle.call(Op::ListItems)? {
+                Answer::Items(items) => items,
+                other => return Err(unexpected(other)),
+            };
+            let mut items = old.iter().map(|b| decode(b)).collect::<Result<Vec<T>>>()?;
+            f(&mut items);
+            let new = items.iter().map(|v| bytes(v)).collect::<Result<Vec<_>>>()?;
+            if flag(self.handle.call(Op::ListReplaceIf { expected: old, new })?)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sorts it (Python's `sort()`): by `T`'s order, in this process, then stored in one step
+    /// if nobody changed it meanwhile ([`modify`](Self::modify)).
+    pub fn sort(&self) -> Result<()>
+    where
+        T: Ord,
+    {
+        self.modify(|v| v.sort())
     }
 
     /// Read-modify-write of element `index` without a race (see [`DictProxy::update`]).

@@ -346,6 +346,11 @@ fn dict(d: &mut IndexMap<Vec<u8>, Vec<u8>>, op: Op) -> Result<Answer, Op> {
             d.clear();
             Answer::Done
         }
+        Op::DictPopItem => Answer::Pairs(d.pop().map(|(k, v)| (buf(k), buf(v))).into_iter().collect()),
+        Op::DictExtend(pairs) => {
+            d.extend(pairs.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())));
+            Answer::Done
+        }
         Op::Len => Answer::Count(d.len() as u64),
         op => return Err(op),
     })
@@ -389,6 +394,25 @@ fn list(l: &mut Vec<Vec<u8>>, op: Op) -> Result<Reply, Op> {
         Op::ListClear => {
             l.clear();
             Answer::Done
+        }
+        Op::ListCount(v) => Answer::Count(l.iter().filter(|e| e[..] == v[..]).count() as u64),
+        Op::ListIndex(v, start) => {
+            let start = (start as usize).min(len);
+            Answer::Index(l[start..].iter().position(|e| e[..] == v[..]).map(|i| (start + i) as u64))
+        }
+        Op::ListRemoveValue(v) => match l.iter().position(|e| e[..] == v[..]) {
+            Some(i) => {
+                l.remove(i);
+                Answer::Bool(true)
+            }
+            None => Answer::Bool(false),
+        },
+        Op::ListReplaceIf { expected, new } => {
+            let same = l.len() == expected.len() && l.iter().zip(&expected).all(|(a, b)| a[..] == b[..]);
+            if same {
+                *l = new.into_iter().map(ByteBuf::into_vec).collect();
+            }
+            Answer::Bool(same)
         }
         Op::ListCompareAndSet { index, expected, new } => match at(index) {
             Ok(i) if l[i] == *expected => {
