@@ -365,9 +365,9 @@ pub use multiproc_macros::child_init;
 
 pub use multiproc_runtime::{
     active_children, as_completed, current_process, init, parent_process, pipe, pipe_one_way, wait, wait_results,
-    AsCompleted, AsyncResult, Connection, CurrentProcess, Error, Imap, InitOutcome, JoinableQueue, Output, Pool,
-    PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue, QueueIter, Receiver, RecvIter, Result,
-    ReturnWhen, Role, Sender, Waitable, DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
+    AsCompleted, AsyncResult, Connection, CurrentProcess, Descriptor, Error, Imap, InitOutcome, JoinableQueue,
+    Listener, Output, Pool, PoolBuilder, Process, ProcessBuilder, ProcessFn, Progress, Queue, QueueIter, Receiver,
+    RecvIter, Result, ReturnWhen, Role, Sender, Waitable, DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
 pub use multiproc_runtime::{
     served, DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, Manager, ObjectProxy, QueueProxy, Served,

@@ -258,3 +258,86 @@ fn iterating_over_a_receiver_ends_once_the_sender_is_gone_with_every_message() {
     drop(b);
     assert_eq!((&a).into_iter().map(Result::unwrap).collect::<Vec<_>>(), [7]);
 }
+
+/// Connects to `addr` with `key`, sends `n` and a megabyte, returns what came back.
+#[process_fn]
+fn tcp_client(addr: String, key: Vec<u8>, n: u64) -> multiproc::Result<(u64, usize)> {
+    let c: Connection<(u64, Vec<u8>)> = Connection::connect_tcp(addr.as_str(), Some(&key))?;
+    c.send((n, vec![7u8; 1 << 20]))?;
+    let (back, bytes) = c.recv()?;
+    Ok((back, bytes.len()))
+}
+
+#[test]
+fn a_listener_over_tcp_proves_the_key_and_carries_typed_messages_to_another_process() {
+    within(DEADLINE, || {
+        let listener = multiproc::Listener::tcp("127.0.0.1:0", Some(b"the key")).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let client = tcp_client.spawn(addr.clone(), b"the key".to_vec(), 41).unwrap();
+        let c: Connection<(u64, Vec<u8>)> = listener.accept().unwrap();
+        let (n, bytes) = c.recv().unwrap();
+        assert_eq!((n, bytes.len()), (41, 1 << 20), "a large value goes inline over TCP");
+        c.send((n + 1, bytes)).unwrap();
+        assert_eq!(join(client).unwrap().unwrap(), (42, 1 << 20));
+        // a handle cannot cross TCP: a clear error, and the connection goes on
+        let q = Queue::<u8>::new().unwrap();
+        let c2: Connection<Queue<u8>, u8> = {
+            let addr = addr.clone();
+            let t =
+                std::thread::spawn(move || Connection::<u8, Queue<u8>>::connect_tcp(addr.as_str(), Some(b"the key")));
+            let accepted = listener.accept().unwrap();
+            let _client = t.join().unwrap().unwrap();
+            accepted
+        };
+        match c2.send(q) {
+            Err(Error::Encode { message, .. }) => {
+                assert!(message.contains("cannot cross a TCP connection"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // a wrong key: refused on both sides, and the listener goes on
+        let wrong =
+            std::thread::spawn(move || Connection::<u8>::connect_tcp(addr.as_str(), Some(b"not it")).map(|_| ()));
+        assert!(matches!(listener.accept::<u8, u8>(), Err(Error::AuthenticationFailed)));
+        assert!(matches!(wrong.join().unwrap(), Err(Error::AuthenticationFailed)));
+    });
+}
+
+/// Connects to the Unix socket at `path`, receives a queue, puts `n` into it.
+#[process_fn]
+fn unix_client(path: std::path::PathBuf, n: u8) -> multiproc::Result<()> {
+    let c: Connection<(), Queue<u8>> = Connection::connect_unix(&path, Some(b"k"))?;
+    c.recv()?.put(n)?;
+    Ok(())
+}
+
+#[test]
+fn a_listener_over_a_unix_socket_carries_handles() {
+    within(DEADLINE, || {
+        let path = std::env::temp_dir().join(format!("multiproc-listener-{}.sock", std::process::id()));
+        let listener = multiproc::Listener::unix(&path, Some(b"k")).unwrap();
+        let client = unix_client.spawn(path.clone(), 9).unwrap();
+        let c: Connection<Queue<u8>, ()> = listener.accept().unwrap();
+        let q = Queue::<u8>::new().unwrap();
+        c.send(q.clone()).unwrap(); // a handle, as over any pipe
+        join(client).unwrap().unwrap();
+        assert_eq!(q.get_timeout(DEADLINE).unwrap(), 9);
+        drop(listener);
+        assert!(!path.exists(), "the socket's path goes with the listener");
+    });
+}
+
+#[test]
+fn any_descriptor_crosses_a_pipe_as_itself() {
+    use std::io::{Read, Write};
+    let (a, b) = pipe::<multiproc::Descriptor, multiproc::Descriptor>().unwrap();
+    let (mut mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    a.send(multiproc::Descriptor::new(theirs.into())).unwrap();
+    let got = b.recv_timeout(DEADLINE).unwrap();
+    let mut far = std::os::unix::net::UnixStream::from(got.into_inner());
+    far.write_all(b"through a received descriptor").unwrap();
+    drop(far);
+    let mut text = String::new();
+    mine.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "through a received descriptor");
+}

@@ -32,7 +32,8 @@ pub use bytemuck;
 pub mod private;
 
 pub use channel::{
-    pipe, pipe_one_way, wait, Connection, JoinableQueue, Queue, QueueIter, Receiver, RecvIter, Sender, Source, Waitable,
+    pipe, pipe_one_way, wait, Connection, Descriptor, JoinableQueue, Listener, Queue, QueueIter, Receiver, RecvIter,
+    Sender, Source, Waitable,
 };
 pub use current::{active_children, current_process, parent_process, CurrentProcess, Role};
 pub use entry::init;

@@ -36,6 +36,8 @@ pub(crate) struct End {
     bell: Option<(Arc<Doorbell>, usize)>,
     /// Frames received at this end in this process.
     received: std::sync::atomic::AtomicU64,
+    /// A connection to another machine (TCP): values go inline, handles cannot go at all.
+    remote: bool,
 }
 
 /// How long a receiver without a deadline watches the doorbell before it sleeps in `recvmsg`.
@@ -54,7 +56,14 @@ impl End {
         let writer = sock.try_clone().map_err(|e| Error::io("could not duplicate a pipe's socket", e))?;
         let raw = sock.as_raw_fd();
         let received = std::sync::atomic::AtomicU64::new(0);
-        Ok(End { reader: Mutex::new(FrameReader::new(sock)), writer: Mutex::new(writer), raw, bell, received })
+        Ok(End {
+            reader: Mutex::new(FrameReader::new(sock)),
+            writer: Mutex::new(writer),
+            raw,
+            bell,
+            received,
+            remote: false,
+        })
     }
 
     /// Notes a frame received. (Received in this process only: another holder of this end
@@ -80,20 +89,34 @@ impl End {
     }
 
     fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        let (frame, fds) = fds::collect(|| {
-            let mut frame = OutFrame::new(Kind::Message);
-            crate::panic::catch(|| codec::encode_into("message", value, frame.payload()))
-                .unwrap_or_else(|r| Err(codec::serialize_panicked("message", std::any::type_name::<T>(), r.message)))
-                .map(|()| frame)
-        });
+        let encode = || {
+            fds::collect(|| {
+                let mut frame = OutFrame::new(Kind::Message);
+                crate::panic::catch(|| codec::encode_into("message", value, frame.payload()))
+                    .unwrap_or_else(|r| {
+                        Err(codec::serialize_panicked("message", std::any::type_name::<T>(), r.message))
+                    })
+                    .map(|()| frame)
+            })
+        };
+        let (frame, fds) = if self.remote { large::inline_only(encode) } else { encode() };
         let mut frame = frame?;
+        if self.remote && !fds.fds.is_empty() {
+            return Err(Error::Encode {
+                what: "message",
+                type_name: std::any::type_name::<T>().to_string(),
+                message: "it holds handles (queues, locks, pipe ends, shared memory): they are descriptors of this \
+                          machine and cannot cross a TCP connection; send plain data, or use a manager's proxies"
+                    .into(),
+            });
+        }
         frame.attach(fds);
         self.send_frame(frame)
     }
 
     fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
         crate::wire::frame::check_len(bytes.len(), MAX_FRAME_LEN)?; // before copying a byte
-        if large::is_large(bytes.len()) {
+        if !self.remote && large::is_large(bytes.len()) {
             // out of line: the frame names the memfd (the only descriptor a Bytes frame has)
             let (index, table) = fds::collect(|| fds::put_large(bytes));
             if let Some(index) = index {
@@ -362,6 +385,14 @@ pub struct Receiver<T> {
 impl<S, R> Connection<S, R> {
     fn from_socket(sock: OwnedFd, bell: Option<(Arc<Doorbell>, usize)>) -> Result<Self> {
         Ok(Connection { end: Arc::new(End::new(sock, bell)?), _types: PhantomData })
+    }
+
+    /// A connection over a socket from a [`Listener`](crate::Listener) or to one; `remote`
+    /// for TCP (values inline, no handles).
+    pub(crate) fn from_stream(sock: OwnedFd, remote: bool) -> Result<Self> {
+        let mut end = End::new(sock, None)?;
+        end.remote = remote;
+        Ok(Connection { end: Arc::new(end), _types: PhantomData })
     }
 
     pub(crate) fn end(&self) -> &End {

@@ -18,16 +18,40 @@ const ANSWER: usize = 32;
 const WELCOME: &[u8; 4] = b"OKAY";
 const REFUSED: &[u8; 4] = b"DENY";
 
-/// A TCP stream whose reads and writes all end by one deadline: a per-call timeout alone lets
-/// a peer that sends a byte now and then (slowloris) hold a server thread for ever.
-pub(crate) struct ByDeadline<'s> {
-    stream: &'s TcpStream,
+/// A stream whose reads and writes all end by one deadline: a per-call timeout alone lets a
+/// peer that sends a byte now and then (slowloris) hold a server thread for ever.
+pub(crate) struct ByDeadline<'s, S = TcpStream> {
+    stream: &'s S,
     until: Instant,
 }
 
-impl<'s> ByDeadline<'s> {
+/// A socket whose reads and writes can time out.
+pub(crate) trait Timeouts {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl Timeouts for TcpStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, t)
+    }
+}
+
+impl Timeouts for std::os::unix::net::UnixStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_write_timeout(self, t)
+    }
+}
+
+impl<'s, S> ByDeadline<'s, S> {
     /// `stream`, for reads and writes that must all be done within `limit` from now.
-    pub(crate) fn new(stream: &'s TcpStream, limit: Duration) -> ByDeadline<'s> {
+    pub(crate) fn new(stream: &'s S, limit: Duration) -> ByDeadline<'s, S> {
         ByDeadline { stream, until: Instant::now() + limit }
     }
 
@@ -40,14 +64,20 @@ impl<'s> ByDeadline<'s> {
     }
 }
 
-impl Read for ByDeadline<'_> {
+impl<S: Timeouts> Read for ByDeadline<'_, S>
+where
+    for<'a> &'a S: Read,
+{
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.stream.set_read_timeout(Some(self.left()?))?;
         (&mut &*self.stream).read(buf)
     }
 }
 
-impl Write for ByDeadline<'_> {
+impl<S: Timeouts> Write for ByDeadline<'_, S>
+where
+    for<'a> &'a S: Write,
+{
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stream.set_write_timeout(Some(self.left()?))?;
         (&mut &*self.stream).write(buf)

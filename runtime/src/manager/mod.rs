@@ -2,7 +2,7 @@
 //! events, and a user's own types), reached through typed proxies, from this machine or, with
 //! a key, from others over TCP. Python's `multiprocessing.Manager` and `BaseManager`.
 
-mod auth;
+pub(crate) mod auth;
 mod client;
 mod proto;
 mod proxy;
