@@ -341,3 +341,33 @@ fn any_descriptor_crosses_a_pipe_as_itself() {
     mine.read_to_string(&mut text).unwrap();
     assert_eq!(text, "through a received descriptor");
 }
+
+#[test]
+fn recv_bytes_into_fills_a_buffer_or_gives_the_whole_message_back() {
+    let (a, b) = pipe::<u8, u8>().unwrap();
+    a.send_bytes(b"hello").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 5);
+    assert_eq!(&buf[..5], b"hello");
+    a.send_bytes(b"longer than eight").unwrap();
+    match b.recv_bytes_into(&mut buf) {
+        Err(Error::BufferTooShort { capacity: 8, message }) => assert_eq!(message, b"longer than eight"),
+        other => panic!("{other:?}"),
+    }
+    a.send_bytes(b"next").unwrap(); // nothing was left behind in the pipe
+    assert_eq!(b.recv_bytes().unwrap(), b"next");
+}
+
+#[test]
+fn wait_takes_raw_descriptors_beside_pipes() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let (a, b) = pipe::<u8, u8>().unwrap();
+    let (mut w, r) = std::os::unix::net::UnixStream::pair().unwrap();
+    let raw = r.as_fd();
+    assert!(wait(&[&b, &raw], Some(Duration::from_millis(10))).unwrap().is_empty());
+    w.write_all(b"x").unwrap();
+    assert_eq!(wait(&[&b, &raw], Some(DEADLINE)).unwrap(), [1]);
+    a.send(1).unwrap();
+    assert_eq!(wait(&[&b, &raw], Some(DEADLINE)).unwrap(), [0, 1]);
+}

@@ -243,6 +243,15 @@ pub enum Error {
         killed: bool,
     },
 
+    /// A message was longer than the buffer given to `recv_bytes_into`; it is here, whole.
+    #[error("a message of {} bytes does not fit a buffer of {capacity}; it is in this error (`message`), nothing is lost", message.len())]
+    BufferTooShort {
+        /// The buffer's length.
+        capacity: usize,
+        /// The message, whole.
+        message: Vec<u8>,
+    },
+
     /// The pool no longer takes work.
     #[error("the pool is closed and takes no more work; submit to a new pool")]
     PoolClosed,

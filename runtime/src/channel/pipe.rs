@@ -440,6 +440,13 @@ impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
         self.end.recv_bytes(Wait::Forever)
     }
 
+    /// Receives bytes sent with `send_bytes` into `buf` (Python's `recv_bytes_into`): how many
+    /// there were. A message longer than `buf` is [`Error::BufferTooShort`], which holds the
+    /// message whole: nothing is lost.
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        bytes_into(self.end.recv_bytes(Wait::Forever)?, buf)
+    }
+
     /// Closes this end (in this process): the same as dropping it.
     pub fn close(self) {}
 }
@@ -485,6 +492,13 @@ impl<T: DeserializeOwned> Receiver<T> {
         self.end.recv_bytes(Wait::Forever)
     }
 
+    /// Receives bytes sent with `send_bytes` into `buf` (Python's `recv_bytes_into`): how many
+    /// there were. A message longer than `buf` is [`Error::BufferTooShort`], which holds the
+    /// message whole: nothing is lost.
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        bytes_into(self.end.recv_bytes(Wait::Forever)?, buf)
+    }
+
     /// Closes this end (in this process): the same as dropping it.
     pub fn close(self) {}
 }
@@ -493,6 +507,15 @@ impl<T> Receiver<T> {
     pub(crate) fn end(&self) -> &End {
         &self.end
     }
+}
+
+/// Copies a received message into `buf`, or gives it back in the error.
+fn bytes_into(message: Vec<u8>, buf: &mut [u8]) -> Result<usize> {
+    if message.len() > buf.len() {
+        return Err(Error::BufferTooShort { capacity: buf.len(), message });
+    }
+    buf[..message.len()].copy_from_slice(&message);
+    Ok(message.len())
 }
 
 /// The messages arriving at a [`Connection`] or [`Receiver`], each from `recv`, until the other

@@ -1,4 +1,4 @@
-//! Waiting on several pipe ends, queues and processes at once (Python's
+//! Waiting on several pipe ends, queues, processes and raw descriptors at once (Python's
 //! `multiprocessing.connection.wait`), so one thread can serve many children.
 
 use std::os::fd::BorrowedFd;
@@ -38,7 +38,8 @@ enum Kind<'a> {
     /// A queue: ready when it has an item, or is shut down.
     Queue(&'a Shared),
     /// A process: ready when it has ended.
-    Process(BorrowedFd<'a>),
+    /// A process's pidfd, or any descriptor: ready when readable.
+    Readable(BorrowedFd<'a>),
 }
 
 impl<S, R> sealed::Sealed for Connection<S, R> {}
@@ -69,10 +70,26 @@ impl<T> Waitable for JoinableQueue<T> {
     }
 }
 
+impl sealed::Sealed for BorrowedFd<'_> {}
+/// Any descriptor: ready when it is readable (a socket with data, a pipe, an eventfd).
+impl Waitable for BorrowedFd<'_> {
+    fn source(&self) -> Source<'_> {
+        Source(Kind::Readable(*self))
+    }
+}
+
+impl sealed::Sealed for crate::channel::Descriptor {}
+/// A descriptor received from another process: ready when it is readable.
+impl Waitable for crate::channel::Descriptor {
+    fn source(&self) -> Source<'_> {
+        Source(Kind::Readable(std::os::fd::AsFd::as_fd(self)))
+    }
+}
+
 impl<T> sealed::Sealed for Process<T> {}
 impl<T> Waitable for Process<T> {
     fn source(&self) -> Source<'_> {
-        Source(Kind::Process(self.pidfd()))
+        Source(Kind::Readable(self.pidfd()))
     }
 }
 
@@ -137,7 +154,7 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
             .map(|s| match &s.0 {
                 Kind::Pipe(end) => PollFd::from_borrowed_fd(end.fd(), PollFlags::IN),
                 Kind::Queue(q) => PollFd::from_borrowed_fd(q.doorbell_ref(), PollFlags::IN),
-                Kind::Process(pidfd) => PollFd::from_borrowed_fd(*pidfd, PollFlags::IN),
+                Kind::Readable(pidfd) => PollFd::from_borrowed_fd(*pidfd, PollFlags::IN),
             })
             .collect();
         let ts = sleep.map(|t| Timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ });
@@ -152,7 +169,7 @@ fn ready_now(source: &Source<'_>) -> bool {
     match &source.0 {
         Kind::Pipe(end) => end.buffered() || crate::sys::wait_readable(end.fd(), Some(Instant::now())).unwrap_or(true),
         Kind::Queue(q) => q.len() > 0 || q.header().shutdown.0.load(Acquire) != 0,
-        Kind::Process(pidfd) => crate::sys::wait_readable(*pidfd, Some(Instant::now())).unwrap_or(true),
+        Kind::Readable(pidfd) => crate::sys::wait_readable(*pidfd, Some(Instant::now())).unwrap_or(true),
     }
 }
 
