@@ -251,3 +251,23 @@ fn job_board_gives_each_job_to_one_worker_locally_and_over_tcp() {
     assert_shows(&out, &["local: 30 of 30 jobs done, 30 results", "remote at 127.0.0.1:"]);
     assert!(out.stdout.contains(": 30 of 30 jobs done, 30 results, by workers doing"), "{}", out.stdout);
 }
+
+#[test]
+fn a_non_daemon_child_finishes_before_its_program_exits_and_a_daemon_one_is_killed() {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("examples").join("non_daemon");
+    for daemon in [false, true] {
+        let out = std::env::temp_dir().join(format!("multiproc-non-daemon-{}-{daemon}", std::process::id()));
+        let _ = std::fs::remove_file(&out);
+        let mut cmd = Command::new(&path);
+        cmd.arg(&out);
+        if daemon {
+            cmd.arg("--daemon");
+        }
+        let run = common::run(&mut cmd);
+        assert!(run.status.success(), "{}", run.stderr);
+        assert!(run.stdout.contains("main is done"), "{}", run.stdout);
+        assert_eq!(out.exists(), !daemon, "daemon {daemon}: the child's file");
+        let _ = std::fs::remove_file(&out);
+    }
+}

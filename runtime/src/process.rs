@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{ChildStderr, ChildStdout, ExitStatus};
 use std::time::{Duration, Instant};
 
+use std::mem::ManuallyDrop;
+
 use crate::child::{ChildProc, Spawn};
 use crate::error::{Error, Result};
 use crate::function::ProcessFn;
@@ -50,6 +52,7 @@ pub struct ProcessBuilder {
     executable: Option<PathBuf>,
     max_frame_len: usize,
     handshake_timeout: Duration,
+    daemon: bool,
 }
 
 impl Default for ProcessBuilder {
@@ -62,6 +65,7 @@ impl Default for ProcessBuilder {
             executable: None,
             max_frame_len: MAX_FRAME_LEN,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            daemon: true,
         }
     }
 }
@@ -73,6 +77,17 @@ impl ProcessBuilder {
     /// Default options: the same executable, the parent's environment, output inherited.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether a dropped handle kills its child (`true`, the default: Python's
+    /// `daemon=True`, and nothing is left running). With `false` (Python's default
+    /// non-daemonic children) a handle dropped without a join lets the child run to its end,
+    /// its result thrown away, and this process, when it exits normally (returns from `main`
+    /// or calls `std::process::exit`), first waits for every such child. The child still ends
+    /// if this process dies (killed, aborted): no child outlives its parent.
+    pub fn daemon(&mut self, daemon: bool) -> &mut Self {
+        self.daemon = daemon;
+        self
     }
 
     /// Names the child: the name is shown by `ps` (the first 15 bytes) and by
@@ -166,7 +181,8 @@ impl ProcessBuilder {
     pub(crate) fn spawn_call<T>(&self, call: OutFrame, decode: fn(&[u8]) -> Result<T>) -> Result<Process<T>> {
         let child = ChildProc::spawn(&self.how(true), Some(call))?;
         Ok(Process {
-            child,
+            child: ManuallyDrop::new(child),
+            daemon: self.daemon,
             name: self.name.clone(),
             greeted: false,
             closed: false,
@@ -186,7 +202,8 @@ impl ProcessBuilder {
 /// # Dropping
 ///
 /// Dropping a handle that was not joined kills the child (`SIGKILL`) and reaps it, so no
-/// child is left running and no zombie remains. Join it to keep its work.
+/// child is left running and no zombie remains. Join it to keep its work, or start it with
+/// [`ProcessBuilder::daemon(false)`](ProcessBuilder::daemon) to let it finish on its own.
 ///
 /// # Examples
 ///
@@ -208,7 +225,9 @@ impl ProcessBuilder {
 /// ```
 #[must_use = "dropping a Process kills the child; call join() to wait for its result"]
 pub struct Process<T> {
-    child: ChildProc,
+    /// Dropped with the handle (killed), or, for a non-daemon, kept to be waited for at exit.
+    child: ManuallyDrop<ChildProc>,
+    daemon: bool,
     name: Option<String>,
     /// The child answered the handshake.
     greeted: bool,
@@ -219,6 +238,64 @@ pub struct Process<T> {
     broken: Option<Error>,
     joined: bool,
     decode: fn(&[u8]) -> Result<T>,
+}
+
+impl<T> Drop for Process<T> {
+    fn drop(&mut self) {
+        // SAFETY: `child` is taken once, here, and never used again: the handle is going.
+        let child = unsafe { ManuallyDrop::take(&mut self.child) };
+        if self.daemon || self.joined {
+            drop(child); // killed (if it still runs) and reaped
+            return;
+        }
+        detached::keep(child);
+    }
+}
+
+/// Non-daemon children whose handles were dropped: waited for when this process exits.
+mod detached {
+    use std::sync::{Mutex, Once};
+
+    use crate::child::ChildProc;
+
+    static KEPT: Mutex<Vec<ChildProc>> = Mutex::new(Vec::new());
+
+    /// Lets `child` run to its end, and has this process wait for it at exit.
+    pub(super) fn keep(mut child: ChildProc) {
+        if child.try_status().is_some() {
+            return; // already over: reaped now
+        }
+        static AT_EXIT: Once = Once::new();
+        // SAFETY: `wait_for_all` is an `extern "C" fn()` that does not unwind (a panic in it
+        // is caught), as atexit requires.
+        AT_EXIT.call_once(|| unsafe {
+            libc::atexit(wait_for_all);
+        });
+        let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain_mut(|c| c.try_status().is_none()); // reap the ones already over
+        kept.push(child);
+    }
+
+    extern "C" fn wait_for_all() {
+        let _ = std::panic::catch_unwind(|| {
+            let kept = std::mem::take(&mut *KEPT.lock().unwrap_or_else(|p| p.into_inner()));
+            for mut child in kept {
+                // its reply is not wanted, but a large one would block it in sending: read and
+                // drop what comes (descriptors in it are closed by the kernel) until it ends
+                let mut sink = vec![0u8; 64 * 1024];
+                loop {
+                    let soon = std::time::Instant::now() + std::time::Duration::from_millis(10);
+                    if !matches!(child.wait_exit(Some(soon)), Ok(None)) {
+                        break;
+                    }
+                    while matches!(
+                        rustix::net::recv(child.reader.socket(), &mut sink, rustix::net::RecvFlags::DONTWAIT),
+                        Ok((n, _)) if n > 0
+                    ) {}
+                }
+            }
+        });
+    }
 }
 
 impl<T> fmt::Debug for Process<T> {
