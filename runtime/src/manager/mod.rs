@@ -4,7 +4,7 @@
 
 pub(crate) mod auth;
 mod client;
-mod proto;
+pub(crate) mod proto;
 mod proxy;
 mod served;
 mod server;

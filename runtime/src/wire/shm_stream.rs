@@ -146,6 +146,23 @@ impl ShmStream {
         }
     }
 
+    /// Waits until `ready` (bytes to read, room to write): watches, then marks itself asleep
+    /// in `flag` (for the other side to see after it changes the counters), looks once more,
+    /// and sleeps. `false` if the other side went meanwhile.
+    fn wait_for(&self, flag: &AtomicU32, ready: impl Fn() -> io::Result<bool>) -> io::Result<bool> {
+        if Self::watch(&ready)? {
+            return Ok(true);
+        }
+        flag.store(1, SeqCst);
+        if ready()? {
+            flag.store(0, Relaxed);
+            return Ok(true);
+        }
+        let alive = self.sleep();
+        flag.store(0, Relaxed);
+        alive
+    }
+
     /// Bytes waiting to be read.
     fn readable(&self) -> io::Result<u64> {
         let d = self.direction(1 - self.side);
@@ -198,18 +215,8 @@ impl Read for ShmStream {
                 }
                 return Ok(n as usize);
             }
-            if Self::watch(|| Ok(self.readable()? > 0))? {
-                continue;
-            }
-            let d = self.direction(1 - self.side);
-            d.reader_sleeping.store(1, SeqCst);
-            if self.readable()? > 0 {
-                d.reader_sleeping.store(0, Relaxed);
-                continue;
-            }
-            let alive = self.sleep()?;
-            d.reader_sleeping.store(0, Relaxed);
-            if !alive && self.readable()? == 0 {
+            let flag = &self.direction(1 - self.side).reader_sleeping;
+            if !self.wait_for(flag, || Ok(self.readable()? > 0))? && self.readable()? == 0 {
                 return Ok(0); // the other side went, and everything it sent was read
             }
         }
@@ -244,18 +251,8 @@ impl Write for ShmStream {
             if self.peer_gone() {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
-            if Self::watch(|| Ok(self.writable()? > 0))? {
-                continue;
-            }
-            let d = self.direction(self.side);
-            d.writer_sleeping.store(1, SeqCst);
-            if self.writable()? > 0 {
-                d.writer_sleeping.store(0, Relaxed);
-                continue;
-            }
-            let alive = self.sleep()?;
-            d.writer_sleeping.store(0, Relaxed);
-            if !alive {
+            let flag = &self.direction(self.side).writer_sleeping;
+            if !self.wait_for(flag, || Ok(self.writable()? > 0))? {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
         }
@@ -308,6 +305,30 @@ mod tests {
         drop(a);
         let big = vec![0u8; 2 * RING as usize];
         assert_eq!(b.write_all(&big).unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    /// A writer that dies at each step of a frame (before it, after its length, in its body,
+    /// after it): the reader's framing sees the end, an error, an error, and the whole frame.
+    #[test]
+    fn a_writer_gone_at_each_step_of_a_frame_leaves_the_end_an_error_or_the_frame() {
+        use crate::manager::proto::Framed;
+        let frame = {
+            let mut v = 5u32.to_le_bytes().to_vec();
+            v.extend_from_slice(&[1, 0, 0, 0, 7]); // bincode of (1u32, 7u8)
+            v
+        };
+        for cut in [0, 4, 7, frame.len()] {
+            let (mut a, b) = pair();
+            a.write_all(&frame[..cut]).unwrap();
+            drop(a);
+            let mut reader = Framed::new(b);
+            match (cut, reader.recv::<(u32, u8)>()) {
+                (0, Ok(None)) => {}
+                (4 | 7, Err(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "cut {cut}"),
+                (9, Ok(Some(v))) => assert_eq!(v, (1, 7)),
+                (cut, other) => panic!("cut {cut}: {other:?}"),
+            }
+        }
     }
 
     #[test]
