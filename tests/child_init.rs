@@ -68,3 +68,13 @@ fn a_managers_server_runs_the_hook_too() {
     let m = within(DEADLINE, || Manager::start().map(|_| ()));
     assert!(m.is_ok(), "{m:?}");
 }
+
+#[test]
+fn a_pool_whose_workers_hook_panics_fails_to_build_with_the_hooks_name() {
+    let built =
+        within(DEADLINE, || Pool::builder().workers(2).env("MULTIPROC_TEST_FAIL_CHILD_INIT", "1").build().map(|_| ()));
+    match built {
+        Err(Error::ChildInitFailed { hook, .. }) => assert!(hook.ends_with("::fail_when_asked"), "{hook}"),
+        other => panic!("expected ChildInitFailed, got {other:?}"),
+    }
+}

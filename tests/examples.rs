@@ -146,17 +146,9 @@ fn remote_manager_passes_hello_between_two_programs_that_know_only_the_address_a
 /// terminal does). Returns how it exited, what it printed, and its workers' pids.
 fn graceful_stop(presses: usize) -> (std::process::ExitStatus, String, Vec<u32>) {
     use std::io::{BufRead, BufReader};
-    use std::os::unix::process::CommandExt;
-    use std::process::Stdio;
     let exe = std::env::current_exe().unwrap();
     let path = exe.parent().unwrap().parent().unwrap().join("examples").join("graceful_stop");
-    let mut child = Command::new(&path)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_in_own_group(&mut Command::new(&path));
     let err = common::reader(child.stderr.take().unwrap());
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut printed = String::new();

@@ -490,17 +490,12 @@ fn ctrl_c_helper() {
 
 #[test]
 fn ctrl_c_ends_the_program_without_noise_from_the_workers() {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    let mut helper = Command::new(std::env::current_exe().unwrap())
-        .args(["ctrl_c_helper", "--exact", "--nocapture", "--test-threads=1"])
-        .env("MULTIPROC_CTRL_C_HELPER", "1")
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    use std::process::Command;
+    let mut helper = common::spawn_in_own_group(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["ctrl_c_helper", "--exact", "--nocapture", "--test-threads=1"])
+            .env("MULTIPROC_CTRL_C_HELPER", "1"),
+    );
     let stderr = common::reader(helper.stderr.take().unwrap());
     let pids = common::pids_until_ready(helper.stdout.take().unwrap());
     assert_eq!(pids.len(), 2);

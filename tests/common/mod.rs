@@ -61,6 +61,18 @@ pub fn run_for(cmd: &mut Command, limit: Duration) -> Finished {
     Finished { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
 
+/// Starts `cmd` in a process group of its own (as a shell starts a foreground job, so a
+/// SIGINT to the group is a Ctrl-C), stdin closed, stdout and stderr piped.
+pub fn spawn_in_own_group(cmd: &mut Command) -> Child {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn helper")
+}
+
 pub fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut s = String::new();
