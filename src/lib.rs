@@ -370,8 +370,9 @@ pub use multiproc_runtime::{
     RecvIter, Result, ReturnWhen, Role, Sender, Waitable, DEFAULT_HANDSHAKE_TIMEOUT, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
 };
 pub use multiproc_runtime::{
-    served, DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, Manager, ObjectProxy, QueueProxy, Served,
-    ValueProxy,
+    served, BarrierProxy, ConditionProxy, ConditionProxyGuard, DictProxy, EventProxy, JoinableQueueProxy, ListProxy,
+    LockProxy, LockProxyGuard, Manager, ObjectProxy, QueueProxy, RLockProxy, SemaphoreProxy, SemaphoreProxyGuard,
+    Served, ValueProxy,
 };
 pub use multiproc_runtime::{
     Array, ArrayGuard, AtomicInt, AtomicValue, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, HolderDied,

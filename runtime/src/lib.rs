@@ -40,7 +40,9 @@ pub use entry::init;
 pub use error::{Error, Result};
 pub use function::ProcessFn;
 pub use manager::{
-    DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, Manager, ObjectProxy, QueueProxy, Served, ValueProxy,
+    BarrierProxy, ConditionProxy, ConditionProxyGuard, DictProxy, EventProxy, JoinableQueueProxy, ListProxy, LockProxy,
+    LockProxyGuard, Manager, ObjectProxy, QueueProxy, RLockProxy, SemaphoreProxy, SemaphoreProxyGuard, Served,
+    ValueProxy,
 };
 pub use multiproc_macros::{child_init, process_fn};
 pub use output::Output;

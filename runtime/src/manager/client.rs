@@ -93,6 +93,13 @@ impl Endpoint {
         Endpoint { place, conns: Mutex::new(HashMap::new()) }
     }
 
+    /// Whether `other` reaches the same manager (a local one is known once per process).
+    pub(crate) fn same(self: &Arc<Self>, other: &Arc<Endpoint>) -> bool {
+        Arc::ptr_eq(self, other)
+            || matches!((&self.place, &other.place),
+                (Place::Remote { addr: a, authkey: k }, Place::Remote { addr: b, authkey: l }) if a == b && k == l)
+    }
+
     pub(crate) fn local(acceptor: OwnedFd) -> Endpoint {
         Endpoint::new(Place::Local { acceptor })
     }
@@ -113,8 +120,15 @@ impl Endpoint {
         e
     }
 
-    /// A new connection, framed.
+    /// A new connection, framed, that has said which process it is from.
     fn connect(&self) -> Result<Framed<Conn>> {
+        let mut conn = self.open()?;
+        let hello = Request::Hello { process: process_token(), pid: std::process::id() };
+        conn.send(&hello).map_err(|_| Error::ManagerGone)?; // not answered: no round trip
+        Ok(conn)
+    }
+
+    fn open(&self) -> Result<Framed<Conn>> {
         match &self.place {
             Place::Local { acceptor } => {
                 // bytes through shared memory, the socket for wake-ups and the end; a plain
@@ -176,6 +190,17 @@ impl Endpoint {
         let gone = self.conns().remove(&thread);
         drop(gone); // outside the table's lock
     }
+}
+
+/// This process's number for managers: random, drawn once (a pid can be reused, and means
+/// nothing on another machine).
+fn process_token() -> u64 {
+    static TOKEN: OnceLock<u64> = OnceLock::new();
+    *TOKEN.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+        u64::from_le_bytes(b) ^ ((std::process::id() as u64) << 32) | 1
+    })
 }
 
 /// The calling thread: its number, and the endpoints it has connections to.
@@ -240,6 +265,12 @@ pub(crate) fn failure(f: Failure) -> Error {
         Failure::Panicked(message) => {
             Error::ManagerOperation { message: format!("it panicked at the server: {message}") }
         }
+        Failure::Full { maxsize } => Error::Full { maxsize: Some(maxsize as usize), waited: None },
+        Failure::TaskDoneTooMany => Error::TaskDoneTooMany,
+        Failure::TasksLost { pid, tasks } => Error::TasksLost { pid, tasks },
+        Failure::Unfinished { tasks } => Error::TasksUnfinished { waited: Duration::ZERO, tasks },
+        Failure::Broken(reason) => Error::BrokenBarrier { reason },
+        Failure::OverReleased { bound } => Error::OverReleased { bound: bound.min(u32::MAX as u64) as u32 },
     }
 }
 

@@ -6,8 +6,12 @@ pub(crate) mod auth;
 mod client;
 pub(crate) mod proto;
 mod proxy;
+mod queue_proxy;
+mod queue_state;
 mod served;
 mod server;
+mod sync_proxy;
+mod sync_state;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -24,10 +28,15 @@ use crate::process_fn;
 use crate::sys::shm::ByIdentity;
 use crate::wire::fds::Fd;
 
-pub use proxy::{DictProxy, EventProxy, ListProxy, LockProxy, LockProxyGuard, ObjectProxy, QueueProxy, ValueProxy};
+pub use proxy::{DictProxy, ListProxy, ObjectProxy, ValueProxy};
+pub use queue_proxy::{JoinableQueueProxy, QueueProxy};
 pub use served::Served;
 #[doc(hidden)]
 pub use served::{ServedEntry, SERVED};
+pub use sync_proxy::{
+    BarrierProxy, ConditionProxy, ConditionProxyGuard, EventProxy, LockProxy, LockProxyGuard, RLockProxy,
+    SemaphoreProxy, SemaphoreProxyGuard,
+};
 
 use client::Endpoint;
 use proto::{Answer, ObjectKind, Request};
@@ -190,7 +199,7 @@ impl Manager {
         &self,
         items: impl IntoIterator<Item = (K, V)>,
     ) -> Result<DictProxy<K, V>> {
-        let init = proxy::encode_pairs(items)?;
+        let init = proxy::stored_at(&self.endpoint, || proxy::encode_pairs(items))?;
         Ok(DictProxy::new(self.create::<(K, V)>(ObjectKind::Dict, None, init)?))
     }
 
@@ -210,7 +219,7 @@ impl Manager {
 
     /// A new shared list holding `items`.
     pub fn list_from<T: Serialize + DeserializeOwned>(&self, items: Vec<T>) -> Result<ListProxy<T>> {
-        let init = proxy::encode_items(&items)?;
+        let init = proxy::stored_at(&self.endpoint, || proxy::encode_items(&items))?;
         Ok(ListProxy::new(self.create::<T>(ObjectKind::List, None, init)?))
     }
 
@@ -221,12 +230,20 @@ impl Manager {
 
     /// A new shared value holding `value` (Python's `manager.Value` and `Namespace`).
     pub fn value<T: Serialize + DeserializeOwned>(&self, value: T) -> Result<ValueProxy<T>> {
-        Ok(ValueProxy::new(self.create::<T>(ObjectKind::Value, None, proxy::encode(&value)?)?))
+        Ok(ValueProxy::new(self.create::<T>(
+            ObjectKind::Value,
+            None,
+            proxy::stored_at(&self.endpoint, || proxy::encode(&value))?,
+        )?))
     }
 
     /// The shared value named `name`, made with `value` if there is none.
     pub fn named_value<T: Serialize + DeserializeOwned>(&self, name: &str, value: T) -> Result<ValueProxy<T>> {
-        Ok(ValueProxy::new(self.create::<T>(ObjectKind::Value, Some(name), proxy::encode(&value)?)?))
+        Ok(ValueProxy::new(self.create::<T>(
+            ObjectKind::Value,
+            Some(name),
+            proxy::stored_at(&self.endpoint, || proxy::encode(&value))?,
+        )?))
     }
 
     /// A new queue held by the server (Python's `manager.Queue()`): reachable from other
@@ -240,6 +257,32 @@ impl Manager {
         Ok(QueueProxy::new(self.create::<T>(ObjectKind::Queue, Some(name), Vec::new())?))
     }
 
+    /// A new queue that holds at most `maxsize` items (Python's `manager.Queue(maxsize)`):
+    /// `put` waits for room, [`try_put`](QueueProxy::try_put) does not.
+    pub fn bounded_queue<T: Serialize + DeserializeOwned>(&self, maxsize: usize) -> Result<QueueProxy<T>> {
+        let init = proxy::encode(&Some(maxsize as u64))?;
+        Ok(QueueProxy::new(self.create::<T>(ObjectKind::Queue, None, init)?))
+    }
+
+    /// A new joinable queue (Python's `manager.JoinableQueue()`): see [`JoinableQueueProxy`].
+    pub fn joinable_queue<T: Serialize + DeserializeOwned>(&self) -> Result<JoinableQueueProxy<T>> {
+        Ok(JoinableQueueProxy::new(self.create::<T>(ObjectKind::JoinableQueue, None, Vec::new())?))
+    }
+
+    /// A new joinable queue that holds at most `maxsize` items.
+    pub fn bounded_joinable_queue<T: Serialize + DeserializeOwned>(
+        &self,
+        maxsize: usize,
+    ) -> Result<JoinableQueueProxy<T>> {
+        let init = proxy::encode(&Some(maxsize as u64))?;
+        Ok(JoinableQueueProxy::new(self.create::<T>(ObjectKind::JoinableQueue, None, init)?))
+    }
+
+    /// The joinable queue named `name`, made if there is none.
+    pub fn named_joinable_queue<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<JoinableQueueProxy<T>> {
+        Ok(JoinableQueueProxy::new(self.create::<T>(ObjectKind::JoinableQueue, Some(name), Vec::new())?))
+    }
+
     /// A new lock held by the server (Python's `manager.Lock()`). A client that dies holding
     /// it releases it (the server sees its connection close).
     pub fn lock(&self) -> Result<LockProxy> {
@@ -249,6 +292,44 @@ impl Manager {
     /// The lock named `name`, made if there is none.
     pub fn named_lock(&self, name: &str) -> Result<LockProxy> {
         Ok(LockProxy::new(self.create::<()>(ObjectKind::Lock, Some(name), Vec::new())?))
+    }
+
+    /// A new reentrant lock held by the server (Python's `manager.RLock()`).
+    pub fn rlock(&self) -> Result<RLockProxy> {
+        Ok(RLockProxy::new(self.create::<()>(ObjectKind::RLock, None, Vec::new())?))
+    }
+
+    /// A new condition variable with its own reentrant lock, held by the server (Python's
+    /// `manager.Condition()`).
+    pub fn condition(&self) -> Result<ConditionProxy> {
+        Ok(ConditionProxy::new(self.create::<()>(ObjectKind::Condition, None, Vec::new())?))
+    }
+
+    /// A new semaphore with `value` counts, held by the server (Python's
+    /// `manager.Semaphore(value)`).
+    pub fn semaphore(&self, value: usize) -> Result<SemaphoreProxy> {
+        let init = proxy::encode(&(value as u64, None::<u64>))?;
+        Ok(SemaphoreProxy::new(self.create::<()>(ObjectKind::Semaphore, None, init)?))
+    }
+
+    /// A new semaphore with `value` counts that cannot be released past `value` (Python's
+    /// `manager.BoundedSemaphore(value)`).
+    pub fn bounded_semaphore(&self, value: usize) -> Result<SemaphoreProxy> {
+        let init = proxy::encode(&(value as u64, Some(value as u64)))?;
+        Ok(SemaphoreProxy::new(self.create::<()>(ObjectKind::Semaphore, None, init)?))
+    }
+
+    /// A new barrier for `parties` parties, held by the server (Python's
+    /// `manager.Barrier(parties)`).
+    pub fn barrier(&self, parties: usize) -> Result<BarrierProxy> {
+        let init = proxy::encode(&(parties as u64))?;
+        Ok(BarrierProxy::new(self.create::<()>(ObjectKind::Barrier, None, init)?))
+    }
+
+    /// The barrier named `name`, made for `parties` if there is none.
+    pub fn named_barrier(&self, name: &str, parties: usize) -> Result<BarrierProxy> {
+        let init = proxy::encode(&(parties as u64))?;
+        Ok(BarrierProxy::new(self.create::<()>(ObjectKind::Barrier, Some(name), init)?))
     }
 
     /// A new event held by the server (Python's `manager.Event()`).

@@ -18,8 +18,18 @@ pub(crate) enum ObjectKind {
     Dict,
     List,
     Value,
+    /// `init`: its bound (`Option<u64>`, bincode), or nothing for none.
     Queue,
+    /// A queue that counts tasks done; `init` as for `Queue`.
+    JoinableQueue,
     Lock,
+    RLock,
+    /// A condition variable with its own reentrant lock.
+    Condition,
+    /// `init`: the initial count and the bound, if bounded (`(u64, Option<u64>)`).
+    Semaphore,
+    /// `init`: the number of parties (`u64`).
+    Barrier,
     Event,
     /// A user's type, by its registered name.
     Served(String),
@@ -40,6 +50,13 @@ pub(crate) enum Request {
     Call {
         id: u64,
         op: Op,
+    },
+    /// The first frame of every connection, not answered: which client process it is (a
+    /// random number drawn once per process) and its pid, so the server can tell when a
+    /// process has gone, and what its tasks and barrier places were.
+    Hello {
+        process: u64,
+        pid: u32,
     },
 }
 
@@ -96,8 +113,18 @@ pub(crate) enum Op {
         expected: ByteBuf,
         new: ByteBuf,
     },
-    QueuePut(ByteBuf),
+    /// Waits for room in a bounded queue (`Some(0)`: not at all).
+    QueuePut {
+        item: ByteBuf,
+        timeout_ms: Option<u64>,
+    },
     QueueGet {
+        timeout_ms: Option<u64>,
+    },
+    QueueIsFull,
+    QueueTaskDone,
+    /// Waits until every task put is done, or a loss not told to this process yet.
+    QueueJoin {
         timeout_ms: Option<u64>,
     },
     LockAcquire {
@@ -107,6 +134,34 @@ pub(crate) enum Op {
     LockRelease {
         thread: u64,
     },
+    /// Releases the condition's lock, waits to be notified, takes the lock again.
+    ConditionWait {
+        thread: u64,
+        timeout_ms: Option<u64>,
+    },
+    /// Wakes up to `n` of the threads waiting now.
+    ConditionNotify {
+        thread: u64,
+        n: u64,
+    },
+    SemaphoreAcquire {
+        timeout_ms: Option<u64>,
+    },
+    /// Gives one count back: one this connection's guard holds (`guarded`), or a plain
+    /// `release()`.
+    SemaphoreRelease {
+        guarded: bool,
+    },
+    /// A guard's count stays taken, no longer given back if this connection goes.
+    SemaphoreForget,
+    SemaphoreValue,
+    BarrierWait {
+        timeout_ms: Option<u64>,
+    },
+    BarrierReset,
+    BarrierAbort,
+    BarrierWaiting,
+    BarrierIsBroken,
     EventSet,
     EventClear,
     EventIsSet,
@@ -140,6 +195,18 @@ pub(crate) enum Failure {
     TimedOut,
     /// A served object's operation panicked; the server goes on.
     Panicked(String),
+    /// A bounded queue stayed full.
+    Full { maxsize: u64 },
+    /// `task_done` once more than tasks were put.
+    TaskDoneTooMany,
+    /// A joinable queue's tasks went with a process that took them.
+    TasksLost { pid: u32, tasks: u64 },
+    /// A join ran out with these tasks not done.
+    Unfinished { tasks: u64 },
+    /// A barrier is broken, for this reason.
+    Broken(String),
+    /// A bounded semaphore released past its bound.
+    OverReleased { bound: u64 },
     /// Anything else, said in words.
     Other(String),
 }

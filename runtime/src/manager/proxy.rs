@@ -1,11 +1,10 @@
 //! Typed proxies to a manager's objects: each method is one request, atomic at the server.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -25,14 +24,53 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    fn call(&self, op: Op) -> Result<Answer> {
+    pub(super) fn call(&self, op: Op) -> Result<Answer> {
         client::call(&self.endpoint, &Request::Call { id: self.id, op })
     }
 
-    fn call_raw(&self, op: Op) -> Result<std::result::Result<Answer, Failure>> {
+    pub(super) fn call_raw(&self, op: Op) -> Result<std::result::Result<Answer, Failure>> {
         client::call_raw(&self.endpoint, &Request::Call { id: self.id, op })
     }
+
+    /// A value encoded to be stored in this handle's manager.
+    pub(super) fn bytes<T: Serialize + ?Sized>(&self, value: &T) -> Result<ByteBuf> {
+        stored_at(&self.endpoint, || bytes(value))
+    }
+
+    /// A value stored in this handle's manager, decoded.
+    pub(super) fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
+        stored_at(&self.endpoint, || decode(bytes))
+    }
+
+    /// The value an answer from this handle's manager holds, if any.
+    pub(super) fn item<T: DeserializeOwned>(&self, answer: Answer) -> Result<Option<T>> {
+        stored_at(&self.endpoint, || item(answer))
+    }
 }
+
+thread_local! {
+    /// The manager whose stored values this thread is encoding or decoding, if any.
+    static STORED_AT: RefCell<Option<Arc<Endpoint>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, which encodes or decodes values stored at `endpoint`'s manager: a proxy to
+/// another object of that manager among them is written as the object's id alone, and read
+/// back as a proxy through the same manager (a list of dicts, a dict of queues).
+pub(crate) fn stored_at<R>(endpoint: &Arc<Endpoint>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<Endpoint>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            let _ = STORED_AT.try_with(|s| *s.borrow_mut() = before);
+        }
+    }
+    let _restore = Restore(STORED_AT.with(|s| s.replace(Some(Arc::clone(endpoint)))));
+    f()
+}
+
+/// Why a proxy cannot be stored where it was put.
+const OTHER_MANAGER: &str = "a proxy can be stored only in an object of the manager that holds its own object \
+    (a list of dicts of one manager); store the other manager's data, or make both objects in one manager";
 
 /// How a handle crosses to another process: a local manager's acceptor as a descriptor; a
 /// remote one's address and key (only inside a frame, never to a file or JSON).
@@ -40,11 +78,19 @@ impl Handle {
 enum Wire {
     Local(u32),
     Remote(String, ByteBuf),
+    /// Stored inside another object of the same manager: the id is enough.
+    Here,
 }
 
 impl Serialize for Handle {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
+        if let Some(here) = STORED_AT.with(|s| s.borrow().clone()) {
+            if !here.same(&self.endpoint) {
+                return Err(S::Error::custom(OTHER_MANAGER));
+            }
+            return (Wire::Here, self.id).serialize(s);
+        }
         let wire = match &self.endpoint.place {
             Place::Local { acceptor } => Wire::Local(fds::share(acceptor.as_fd()).map_err(S::Error::custom)?),
             Place::Remote { addr, authkey } => {
@@ -68,6 +114,11 @@ impl<'de> Deserialize<'de> for Handle {
                 super::local_endpoint(fd).map_err(D::Error::custom)?
             }
             Wire::Remote(addr, authkey) => Endpoint::remote(addr, authkey.into_vec()),
+            Wire::Here => STORED_AT.with(|s| s.borrow().clone()).ok_or_else(|| {
+                D::Error::custom(
+                    "a proxy stored in a manager's object can be read only through a proxy of that manager",
+                )
+            })?,
         };
         Ok(Handle { endpoint, id })
     }
@@ -81,7 +132,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     })
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     bincode::deserialize(bytes).map_err(|e| Error::Decode {
         what: "value",
         type_name: std::any::type_name::<T>().into(),
@@ -89,7 +140,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     })
 }
 
-fn bytes<T: Serialize + ?Sized>(value: &T) -> Result<ByteBuf> {
+pub(super) fn bytes<T: Serialize + ?Sized>(value: &T) -> Result<ByteBuf> {
     encode(value).map(ByteBuf::from)
 }
 
@@ -109,28 +160,28 @@ pub(crate) fn unexpected(answer: Answer) -> Error {
     Error::ManagerOperation { message: format!("unexpected answer {answer:?}; both sides must run the same multiproc") }
 }
 
-fn item<T: DeserializeOwned>(answer: Answer) -> Result<Option<T>> {
+pub(super) fn item<T: DeserializeOwned>(answer: Answer) -> Result<Option<T>> {
     match answer {
         Answer::Item(item) => item.map(|b| decode(&b)).transpose(),
         other => Err(unexpected(other)),
     }
 }
 
-fn flag(answer: Answer) -> Result<bool> {
+pub(super) fn flag(answer: Answer) -> Result<bool> {
     match answer {
         Answer::Bool(b) => Ok(b),
         other => Err(unexpected(other)),
     }
 }
 
-fn count(answer: Answer) -> Result<usize> {
+pub(super) fn count(answer: Answer) -> Result<usize> {
     match answer {
         Answer::Count(n) => Ok(n as usize),
         other => Err(unexpected(other)),
     }
 }
 
-fn done(answer: Answer) -> Result<()> {
+pub(super) fn done(answer: Answer) -> Result<()> {
     match answer {
         Answer::Done => Ok(()),
         other => Err(unexpected(other)),
@@ -174,6 +225,8 @@ macro_rules! proxy_impls {
         }
     };
 }
+
+pub(super) use proxy_impls;
 
 /// A proxy to a dict held by a [`Manager`](crate::Manager): Python's `DictProxy`. Entries keep
 /// the order they were inserted in.
@@ -233,28 +286,29 @@ proxy_impls!(DictProxy<K, V>);
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
     /// The value of `key`.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        item(self.handle.call(Op::DictGet(bytes(key)?))?)
+        self.handle.item(self.handle.call(Op::DictGet(self.handle.bytes(key)?))?)
     }
 
     /// Sets `key` to `value`; returns the value it replaced.
     pub fn insert(&self, key: K, value: V) -> Result<Option<V>> {
-        item(self.handle.call(Op::DictInsert(bytes(&key)?, bytes(&value)?))?)
+        self.handle.item(self.handle.call(Op::DictInsert(self.handle.bytes(&key)?, self.handle.bytes(&value)?))?)
     }
 
     /// Removes `key`; returns its value.
     pub fn remove(&self, key: &K) -> Result<Option<V>> {
-        item(self.handle.call(Op::DictRemove(bytes(key)?))?)
+        self.handle.item(self.handle.call(Op::DictRemove(self.handle.bytes(key)?))?)
     }
 
     /// Whether `key` is there.
     pub fn contains_key(&self, key: &K) -> Result<bool> {
-        flag(self.handle.call(Op::DictContains(bytes(key)?))?)
+        flag(self.handle.call(Op::DictContains(self.handle.bytes(key)?))?)
     }
 
     /// The value of `key`, set to `value` first if it had none (Python's `setdefault`), in one
     /// step.
     pub fn set_default(&self, key: K, value: V) -> Result<V> {
-        item(self.handle.call(Op::DictSetDefault(bytes(&key)?, bytes(&value)?))?)?
+        self.handle
+            .item(self.handle.call(Op::DictSetDefault(self.handle.bytes(&key)?, self.handle.bytes(&value)?))?)?
             .ok_or_else(|| unexpected(Answer::Item(None)))
     }
 
@@ -262,9 +316,9 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// in one step; returns whether it did.
     pub fn compare_and_set(&self, key: &K, expected: Option<&V>, new: Option<&V>) -> Result<bool> {
         let op = Op::DictCompareAndSet {
-            key: bytes(key)?,
-            expected: expected.map(bytes).transpose()?,
-            new: new.map(bytes).transpose()?,
+            key: self.handle.bytes(key)?,
+            expected: expected.map(|v| self.handle.bytes(v)).transpose()?,
+            new: new.map(|v| self.handle.bytes(v)).transpose()?,
         };
         flag(self.handle.call(op)?)
     }
@@ -274,16 +328,16 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// the new value. Returns what was stored.
     pub fn update(&self, key: &K, mut f: impl FnMut(Option<V>) -> Option<V>) -> Result<Option<V>> {
         loop {
-            let old = self.handle.call(Op::DictGet(bytes(key)?))?;
+            let old = self.handle.call(Op::DictGet(self.handle.bytes(key)?))?;
             let old_bytes = match &old {
                 Answer::Item(b) => b.clone(),
                 _ => None,
             };
-            let new = f(item(old)?);
+            let new = f(self.handle.item(old)?);
             let op = Op::DictCompareAndSet {
-                key: bytes(key)?,
+                key: self.handle.bytes(key)?,
                 expected: old_bytes,
-                new: new.as_ref().map(bytes).transpose()?,
+                new: new.as_ref().map(|v| self.handle.bytes(v)).transpose()?,
             };
             if flag(self.handle.call(op)?)? {
                 return Ok(new);
@@ -295,7 +349,9 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// empty.
     pub fn pop_item(&self) -> Result<Option<(K, V)>> {
         match self.handle.call(Op::DictPopItem)? {
-            Answer::Pairs(mut pairs) => pairs.pop().map(|(k, v)| Ok((decode(&k)?, decode(&v)?))).transpose(),
+            Answer::Pairs(mut pairs) => {
+                pairs.pop().map(|(k, v)| Ok((self.handle.decode(&k)?, self.handle.decode(&v)?))).transpose()
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -303,7 +359,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// Inserts every pair of `items`, in order, in one step (Python's `update(mapping)`); a
     /// key already there gets its new value in its old place.
     pub fn extend(&self, items: impl IntoIterator<Item = (K, V)>) -> Result<()> {
-        let pairs = items.into_iter().map(|(k, v)| Ok((bytes(&k)?, bytes(&v)?))).collect::<Result<Vec<_>>>()?;
+        let pairs = items
+            .into_iter()
+            .map(|(k, v)| Ok((self.handle.bytes(&k)?, self.handle.bytes(&v)?)))
+            .collect::<Result<Vec<_>>>()?;
         done(self.handle.call(Op::DictExtend(pairs))?)
     }
 
@@ -311,7 +370,9 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// change the dict).
     pub fn items(&self) -> Result<Vec<(K, V)>> {
         match self.handle.call(Op::DictItems)? {
-            Answer::Pairs(pairs) => pairs.into_iter().map(|(k, v)| Ok((decode(&k)?, decode(&v)?))).collect(),
+            Answer::Pairs(pairs) => {
+                pairs.into_iter().map(|(k, v)| Ok((self.handle.decode(&k)?, self.handle.decode(&v)?))).collect()
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -353,38 +414,39 @@ proxy_impls!(ListProxy<T>);
 impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Appends `value`.
     pub fn push(&self, value: T) -> Result<()> {
-        done(self.handle.call(Op::ListPush(bytes(&value)?))?)
+        done(self.handle.call(Op::ListPush(self.handle.bytes(&value)?))?)
     }
 
     /// Element `index`. [`Error::OutOfRange`] past the end.
     pub fn get(&self, index: usize) -> Result<T> {
-        item(self.handle.call(Op::ListGet(index as u64))?)?.ok_or_else(|| unexpected(Answer::Item(None)))
+        self.handle.item(self.handle.call(Op::ListGet(index as u64))?)?.ok_or_else(|| unexpected(Answer::Item(None)))
     }
 
     /// Replaces element `index`; returns the one it replaced.
     pub fn set(&self, index: usize, value: T) -> Result<T> {
-        item(self.handle.call(Op::ListSet(index as u64, bytes(&value)?))?)?
+        self.handle
+            .item(self.handle.call(Op::ListSet(index as u64, self.handle.bytes(&value)?))?)?
             .ok_or_else(|| unexpected(Answer::Item(None)))
     }
 
     /// Inserts `value` at `index` (at the end if past it).
     pub fn insert(&self, index: usize, value: T) -> Result<()> {
-        done(self.handle.call(Op::ListInsert(index as u64, bytes(&value)?))?)
+        done(self.handle.call(Op::ListInsert(index as u64, self.handle.bytes(&value)?))?)
     }
 
     /// Removes element `index` and returns it.
     pub fn remove(&self, index: usize) -> Result<T> {
-        item(self.handle.call(Op::ListRemove(index as u64))?)?.ok_or_else(|| unexpected(Answer::Item(None)))
+        self.handle.item(self.handle.call(Op::ListRemove(index as u64))?)?.ok_or_else(|| unexpected(Answer::Item(None)))
     }
 
     /// Removes the last element and returns it.
     pub fn pop(&self) -> Result<Option<T>> {
-        item(self.handle.call(Op::ListPop)?)
+        self.handle.item(self.handle.call(Op::ListPop)?)
     }
 
     /// Appends every element of `items`, in one step.
     pub fn extend(&self, items: impl IntoIterator<Item = T>) -> Result<()> {
-        let items = items.into_iter().map(|v| bytes(&v)).collect::<Result<Vec<_>>>()?;
+        let items = items.into_iter().map(|v| self.handle.bytes(&v)).collect::<Result<Vec<_>>>()?;
         done(self.handle.call(Op::ListExtend(items))?)
     }
 
@@ -407,13 +469,13 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// How many elements equal `value` (Python's `count`; compared as [`contains`](Self::contains) does).
     pub fn count(&self, value: &T) -> Result<usize> {
-        count(self.handle.call(Op::ListCount(bytes(value)?))?)
+        count(self.handle.call(Op::ListCount(self.handle.bytes(value)?))?)
     }
 
     /// The index of the first element equal to `value` (Python's `index`, without the
     /// exception); `None` if there is none.
     pub fn index(&self, value: &T) -> Result<Option<usize>> {
-        match self.handle.call(Op::ListIndex(bytes(value)?, 0))? {
+        match self.handle.call(Op::ListIndex(self.handle.bytes(value)?, 0))? {
             Answer::Index(i) => Ok(i.map(|i| i as usize)),
             other => Err(unexpected(other)),
         }
@@ -421,7 +483,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// Removes the first element equal to `value` (Python's `remove`); whether there was one.
     pub fn remove_value(&self, value: &T) -> Result<bool> {
-        flag(self.handle.call(Op::ListRemoveValue(bytes(value)?))?)
+        flag(self.handle.call(Op::ListRemoveValue(self.handle.bytes(value)?))?)
     }
 
     /// Changes the whole list without a race: `f` gets a copy, and its changes replace the
@@ -432,9 +494,9 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
                 Answer::Items(items) => items,
                 other => return Err(unexpected(other)),
             };
-            let mut items = old.iter().map(|b| decode(b)).collect::<Result<Vec<T>>>()?;
+            let mut items = old.iter().map(|b| self.handle.decode(b)).collect::<Result<Vec<T>>>()?;
             f(&mut items);
-            let new = items.iter().map(|v| bytes(v)).collect::<Result<Vec<_>>>()?;
+            let new = items.iter().map(|v| self.handle.bytes(v)).collect::<Result<Vec<_>>>()?;
             if flag(self.handle.call(Op::ListReplaceIf { expected: old, new })?)? {
                 return Ok(());
             }
@@ -457,8 +519,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
                 Answer::Item(Some(b)) => b,
                 other => return Err(unexpected(other)),
             };
-            let new = f(decode(&old)?);
-            let op = Op::ListCompareAndSet { index: index as u64, expected: old, new: bytes(&new)? };
+            let new = f(self.handle.decode(&old)?);
+            let op = Op::ListCompareAndSet { index: index as u64, expected: old, new: self.handle.bytes(&new)? };
             if flag(self.handle.call(op)?)? {
                 return Ok(new);
             }
@@ -468,7 +530,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// A copy of every element.
     pub fn to_vec(&self) -> Result<Vec<T>> {
         match self.handle.call(Op::ListItems)? {
-            Answer::Items(items) => items.iter().map(|b| decode(b)).collect(),
+            Answer::Items(items) => items.iter().map(|b| self.handle.decode(b)).collect(),
             other => Err(unexpected(other)),
         }
     }
@@ -496,12 +558,12 @@ proxy_impls!(ValueProxy<T>);
 impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     /// The value.
     pub fn get(&self) -> Result<T> {
-        item(self.handle.call(Op::ValueGet)?)?.ok_or_else(|| unexpected(Answer::Item(None)))
+        self.handle.item(self.handle.call(Op::ValueGet)?)?.ok_or_else(|| unexpected(Answer::Item(None)))
     }
 
     /// Replaces the value.
     pub fn set(&self, value: T) -> Result<()> {
-        done(self.handle.call(Op::ValueSet(bytes(&value)?))?)
+        done(self.handle.call(Op::ValueSet(self.handle.bytes(&value)?))?)
     }
 
     /// Read-modify-write without a race (see [`DictProxy::update`]); returns the new value.
@@ -511,153 +573,11 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
                 Answer::Item(Some(b)) => b,
                 other => return Err(unexpected(other)),
             };
-            let new = f(decode(&old)?);
-            if flag(self.handle.call(Op::ValueCompareAndSet { expected: old, new: bytes(&new)? })?)? {
+            let new = f(self.handle.decode(&old)?);
+            if flag(self.handle.call(Op::ValueCompareAndSet { expected: old, new: self.handle.bytes(&new)? })?)? {
                 return Ok(new);
             }
         }
-    }
-}
-
-/// A proxy to a queue held by a [`Manager`](crate::Manager): Python's `manager.Queue()`.
-pub struct QueueProxy<T> {
-    handle: Handle,
-    _t: PhantomData<fn(T) -> T>,
-}
-
-proxy_impls!(QueueProxy<T>);
-
-impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
-    /// Puts `item` at the back.
-    pub fn put(&self, item: T) -> Result<()> {
-        done(self.handle.call(Op::QueuePut(bytes(&item)?))?)
-    }
-
-    /// Takes the item at the front, waiting for one.
-    pub fn get(&self) -> Result<T> {
-        self.take(None)
-    }
-
-    /// Takes the item at the front, waiting at most `timeout`: [`Error::Empty`] then.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.take(Some(timeout))
-    }
-
-    fn take(&self, timeout: Option<Duration>) -> Result<T> {
-        let timeout_ms = timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
-        match self.handle.call_raw(Op::QueueGet { timeout_ms })? {
-            Ok(answer) => item(answer)?.ok_or_else(|| unexpected(Answer::Item(None))),
-            Err(Failure::TimedOut) => Err(Error::Empty { waited: timeout }),
-            Err(f) => Err(client::failure(f)),
-        }
-    }
-
-    /// The number of items in it now.
-    pub fn len(&self) -> Result<usize> {
-        count(self.handle.call(Op::Len)?)
-    }
-
-    /// Whether it is empty now.
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
-    }
-}
-
-/// This thread's number, for the server to tell a lock's holder among a process's threads.
-fn thread_id() -> u64 {
-    thread_local! {
-        static ID: u64 = {
-            static NEXT: AtomicU64 = AtomicU64::new(1);
-            NEXT.fetch_add(1, Relaxed)
-        };
-    }
-    ID.with(|id| *id)
-}
-
-/// A proxy to a lock held by a [`Manager`](crate::Manager): Python's `manager.Lock()`. A
-/// client that dies holding it releases it.
-pub struct LockProxy {
-    handle: Handle,
-    _t: PhantomData<()>,
-}
-
-proxy_impls!(LockProxy);
-
-impl LockProxy {
-    /// Waits for the lock and takes it; dropping the guard releases it. The lock is not
-    /// reentrant: if this thread holds it already, this is an error rather than a deadlock.
-    pub fn acquire(&self) -> Result<LockProxyGuard<'_>> {
-        self.acquire_within(None)?.ok_or_else(|| unexpected(Answer::Done))
-    }
-
-    /// Waits at most `timeout`: `Ok(None)` if the lock stayed held. If this thread holds it
-    /// already, no wait can free it, so this is `Ok(None)` at once, for any timeout.
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<Option<LockProxyGuard<'_>>> {
-        self.acquire_within(Some(timeout))
-    }
-
-    fn acquire_within(&self, timeout: Option<Duration>) -> Result<Option<LockProxyGuard<'_>>> {
-        let timeout_ms = timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
-        match self.handle.call_raw(Op::LockAcquire { thread: thread_id(), timeout_ms })? {
-            Ok(answer) => done(answer).map(|()| Some(LockProxyGuard { lock: self, _not_send: PhantomData })),
-            Err(Failure::TimedOut) => Ok(None),
-            Err(f) => Err(client::failure(f)),
-        }
-    }
-}
-
-/// Holds a [`LockProxy`]; dropping it releases the lock.
-#[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct LockProxyGuard<'a> {
-    lock: &'a LockProxy,
-    /// The server knows the holder by its thread's connection.
-    _not_send: PhantomData<*const ()>,
-}
-
-impl Drop for LockProxyGuard<'_> {
-    fn drop(&mut self) {
-        let _ = self.lock.handle.call(Op::LockRelease { thread: thread_id() });
-    }
-}
-
-impl fmt::Debug for LockProxyGuard<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockProxyGuard").finish_non_exhaustive()
-    }
-}
-
-/// A proxy to an event held by a [`Manager`](crate::Manager): Python's `manager.Event()`.
-pub struct EventProxy {
-    handle: Handle,
-    _t: PhantomData<()>,
-}
-
-proxy_impls!(EventProxy);
-
-impl EventProxy {
-    /// Sets the flag, waking every waiter.
-    pub fn set(&self) -> Result<()> {
-        done(self.handle.call(Op::EventSet)?)
-    }
-
-    /// Clears the flag.
-    pub fn clear(&self) -> Result<()> {
-        done(self.handle.call(Op::EventClear)?)
-    }
-
-    /// Whether the flag is set.
-    pub fn is_set(&self) -> Result<bool> {
-        flag(self.handle.call(Op::EventIsSet)?)
-    }
-
-    /// Waits until the flag is set.
-    pub fn wait(&self) -> Result<()> {
-        flag(self.handle.call(Op::EventWait { timeout_ms: None })?).map(drop)
-    }
-
-    /// Waits at most `timeout`; returns whether the flag is set.
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
-        flag(self.handle.call(Op::EventWait { timeout_ms: Some(timeout.as_millis().min(u64::MAX as u128) as u64) })?)
     }
 }
 
@@ -677,6 +597,8 @@ impl<T: Served> ObjectProxy<T> {
     /// [`Error::ManagerOperation`] when the object's `handle` panicked (the server goes on);
     /// [`Error::ManagerGone`] when the server is gone.
     pub fn call(&self, request: T::Request) -> Result<T::Response> {
-        item(self.handle.call(Op::Served(bytes(&request)?))?)?.ok_or_else(|| unexpected(Answer::Item(None)))
+        self.handle
+            .item(self.handle.call(Op::Served(self.handle.bytes(&request)?))?)?
+            .ok_or_else(|| unexpected(Answer::Item(None)))
     }
 }

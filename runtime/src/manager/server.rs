@@ -7,7 +7,8 @@
 //! back to the front, a lock taken is released. Locks a connection holds are released when it
 //! closes.
 
-use std::collections::{HashMap, VecDeque};
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -17,7 +18,9 @@ use indexmap::IndexMap;
 use serde_bytes::ByteBuf;
 
 use crate::manager::proto::{self, Answer, Failure, ObjectKind, Op, Reply, Request};
+use crate::manager::queue_state::{self, QueueState};
 use crate::manager::served::{self, CallFailed, Erased};
+use crate::manager::sync_state::{self, BarrierState, LockState, SemState};
 
 /// The objects a server holds.
 #[derive(Default)]
@@ -25,6 +28,17 @@ pub(crate) struct Store {
     objects: Mutex<HashMap<u64, Arc<Object>>>,
     names: Mutex<HashMap<String, u64>>,
     next: AtomicU64,
+    /// The client processes that said hello, by their number.
+    clients: Mutex<HashMap<u64, Client>>,
+}
+
+/// A client process, as the server knows it.
+struct Client {
+    pid: u32,
+    /// Its connections open now.
+    conns: usize,
+    /// Over TCP: its pid means nothing here.
+    remote: bool,
 }
 
 struct Object {
@@ -38,9 +52,10 @@ enum State {
     Dict(Mutex<IndexMap<Vec<u8>, Vec<u8>>>),
     List(Mutex<Vec<Vec<u8>>>),
     Value(Mutex<Vec<u8>>),
-    Queue(Mutex<VecDeque<Vec<u8>>>, Condvar),
-    /// The holder: (connection, thread).
-    Lock(Mutex<Option<(u64, u64)>>, Condvar),
+    Queue(Mutex<QueueState>, Condvar),
+    Lock(Mutex<LockState>, Condvar),
+    Semaphore(Mutex<SemState>, Condvar),
+    Barrier(Mutex<BarrierState>, Condvar),
     Event(Mutex<bool>, Condvar),
     Served(Mutex<Box<dyn Erased>>),
 }
@@ -57,6 +72,26 @@ pub(crate) struct Peer<'a> {
     pub(crate) id: u64,
     /// Whether the client hung up (checked while a request waits).
     pub(crate) gone: &'a dyn Fn() -> bool,
+    /// Over TCP.
+    pub(crate) remote: bool,
+    /// The client process's number and pid, from its hello (0 until then).
+    pub(crate) process: Cell<u64>,
+    pub(crate) pid: Cell<u32>,
+}
+
+impl<'a> Peer<'a> {
+    pub(crate) fn new(id: u64, gone: &'a dyn Fn() -> bool, remote: bool) -> Peer<'a> {
+        Peer { id, gone, remote, process: Cell::new(0), pid: Cell::new(0) }
+    }
+}
+
+/// What a reply leaves to do: something it hands over (given back if it cannot be delivered).
+pub(crate) enum Effect {
+    /// The connection holds some of object `id` (a lock, a semaphore's count): given back
+    /// when it goes.
+    Holds(u64),
+    /// The item taken from queue `id`: put back if the reply cannot be delivered.
+    PutBack(u64, Vec<u8>),
 }
 
 impl Store {
@@ -64,44 +99,73 @@ impl Store {
         Arc::new(Store { next: AtomicU64::new(1), ..Default::default() })
     }
 
+    fn hello(&self, peer: &Peer<'_>, process: u64, pid: u32) {
+        if peer.process.get() != 0 || process == 0 {
+            return; // said once per connection
+        }
+        peer.process.set(process);
+        peer.pid.set(pid);
+        let mut clients = lock(&self.clients);
+        let c = clients.entry(process).or_insert(Client { pid, conns: 0, remote: peer.remote });
+        c.conns += 1;
+    }
+
+    fn bye(&self, peer: &Peer<'_>) {
+        if let Some(c) = lock(&self.clients).get_mut(&peer.process.get()) {
+            c.conns -= 1;
+        }
+    }
+
+    /// Whether client process `process` has gone: none of its connections is open, and (on
+    /// this machine) no process has its pid. One not known is not gone.
+    pub(crate) fn gone(&self, process: u64) -> bool {
+        let clients = lock(&self.clients);
+        clients.get(&process).is_some_and(|c| c.conns == 0 && (c.remote || !crate::sys::process_exists(c.pid)))
+    }
+
     /// Serves one connection until it closes or sends garbage; then releases what it held.
     pub(crate) fn serve<S: Read + Write>(&self, stream: proto::Framed<S>, peer: &Peer<'_>) {
         let mut stream = stream;
-        // the locks this connection has taken (each once, however often): released if it goes
+        // the objects this connection holds some of (each once, however often): released if
+        // it goes
         let mut held = std::collections::HashSet::new();
         while let Ok(Some(request)) = stream.recv::<Request>() {
-            let (reply, undo) = self.handle(request, peer);
-            if let Ok(Answer::Done) = &reply {
-                if let Some(Undo::Release(id)) = &undo {
-                    held.insert(*id);
-                }
+            if let Request::Hello { process, pid } = request {
+                self.hello(peer, process, pid);
+                continue;
+            }
+            let (reply, effect) = self.handle(request, peer);
+            if let Some(Effect::Holds(id)) = &effect {
+                held.insert(*id);
             }
             // A reply that hands something over (an item, a lock) goes only to a client still
             // there: a write into shared memory does not fail when the reader is gone, as one
             // into a socket does, so look first (only for these replies: one poll each).
-            let gone = undo.is_some() && (peer.gone)();
+            let gone = effect.is_some() && (peer.gone)();
             if gone || stream.send(&reply).is_err() {
-                if let Some(undo) = undo {
-                    self.undo(undo, peer.id);
+                if let Some(Effect::PutBack(id, item)) = effect {
+                    self.put_back(id, item, peer.process.get());
                 }
                 break;
             }
         }
         for id in held {
-            self.undo(Undo::Release(id), peer.id); // only if this connection still holds it
+            self.release(id, peer.id); // only what this connection still holds
         }
+        self.bye(peer);
     }
 
     fn get(&self, id: u64) -> Option<Arc<Object>> {
         lock(&self.objects).get(&id).cloned()
     }
 
-    fn handle(&self, request: Request, peer: &Peer<'_>) -> (Reply, Option<Undo>) {
+    fn handle(&self, request: Request, peer: &Peer<'_>) -> (Reply, Option<Effect>) {
         match request {
             Request::Create { kind, ty, name, init } => (self.create(kind, ty, name, init.into_vec()), None),
+            Request::Hello { .. } => (Err(Failure::Other("a second hello".into())), None),
             Request::Call { id, op } => match self.get(id) {
                 None => (Err(Failure::Other(format!("the manager holds no object {id}"))), None),
-                Some(o) => call(id, &o, op, peer),
+                Some(o) => self.call(id, &o, op, peer),
             },
         }
     }
@@ -124,8 +188,14 @@ impl Store {
             ObjectKind::Dict => State::Dict(Mutex::new(decode_pairs(&init)?)),
             ObjectKind::List => State::List(Mutex::new(decode_items(&init)?)),
             ObjectKind::Value => State::Value(Mutex::new(init)),
-            ObjectKind::Queue => State::Queue(Mutex::default(), Condvar::new()),
-            ObjectKind::Lock => State::Lock(Mutex::default(), Condvar::new()),
+            ObjectKind::Queue | ObjectKind::JoinableQueue => {
+                State::Queue(Mutex::new(QueueState::new(&init, kind == ObjectKind::JoinableQueue)?), Condvar::new())
+            }
+            ObjectKind::Lock | ObjectKind::RLock | ObjectKind::Condition => {
+                State::Lock(Mutex::new(LockState::new(&kind)), Condvar::new())
+            }
+            ObjectKind::Semaphore => State::Semaphore(Mutex::new(SemState::new(&init)?), Condvar::new()),
+            ObjectKind::Barrier => State::Barrier(Mutex::new(BarrierState::new(&init)?), Condvar::new()),
             ObjectKind::Event => State::Event(Mutex::default(), Condvar::new()),
             ObjectKind::Served(type_name) => {
                 let entry = served::find(type_name).ok_or_else(|| {
@@ -144,35 +214,26 @@ impl Store {
         Ok(Answer::Created(id))
     }
 
-    fn undo(&self, undo: Undo, conn: u64) {
-        match undo {
-            Undo::PutBack(id, item) => {
-                if let Some(o) = self.get(id) {
-                    if let State::Queue(items, cond) = &o.state {
-                        lock(items).push_front(item);
-                        cond.notify_one();
-                    }
-                }
-            }
-            Undo::Release(id) => {
-                if let Some(o) = self.get(id) {
-                    if let State::Lock(owner, cond) = &o.state {
-                        let mut owner = lock(owner);
-                        if owner.is_some_and(|(c, _)| c == conn) {
-                            *owner = None;
-                            cond.notify_one();
-                        }
-                    }
-                }
+    /// Puts back an item whose reply could not be delivered.
+    fn put_back(&self, id: u64, item: Vec<u8>, process: u64) {
+        if let Some(o) = self.get(id) {
+            if let State::Queue(q, cond) = &o.state {
+                lock(q).put_back(item, process);
+                cond.notify_all();
             }
         }
     }
-}
 
-/// What to undo when a reply cannot be delivered.
-enum Undo {
-    PutBack(u64, Vec<u8>),
-    Release(u64),
+    /// Gives back what connection `conn` holds of object `id`.
+    fn release(&self, id: u64, conn: u64) {
+        if let Some(o) = self.get(id) {
+            match &o.state {
+                State::Lock(s, cond) => sync_state::release_lock((s, cond), conn),
+                State::Semaphore(s, cond) => sync_state::release_semaphore((s, cond), conn),
+                _ => {}
+            }
+        }
+    }
 }
 
 fn decode_items(init: &[u8]) -> Result<Vec<Vec<u8>>, Failure> {
@@ -206,8 +267,10 @@ fn mismatch(o: &Object, op: &Op) -> Failure {
     Failure::Mismatch(format!("{op:?} does not apply to a {:?}", o.kind))
 }
 
-/// Waits on `cond` until `ready` says so, the deadline passes or the client is gone.
-fn wait_until<'a, T>(
+/// Waits on `cond` until `ready` says so, the deadline passes or the client is gone. After
+/// each sleep the client is looked for first: a request whose client died while it waited
+/// (a put waiting for room, say) does nothing.
+pub(crate) fn wait_until<'a, T>(
     mut guard: MutexGuard<'a, T>,
     cond: &Condvar,
     timeout_ms: Option<u64>,
@@ -215,7 +278,11 @@ fn wait_until<'a, T>(
     mut ready: impl FnMut(&mut T) -> bool,
 ) -> Result<MutexGuard<'a, T>, Failure> {
     let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut slept = false;
     loop {
+        if slept && (peer.gone)() {
+            return Err(Failure::Other("the client hung up".into()));
+        }
         if ready(&mut guard) {
             return Ok(guard);
         }
@@ -223,100 +290,72 @@ fn wait_until<'a, T>(
         if deadline.is_some_and(|d| now >= d) {
             return Err(Failure::TimedOut);
         }
-        if (peer.gone)() {
-            return Err(Failure::Other("the client hung up".into()));
-        }
         let pause = deadline.map_or(LOOK_EVERY, |d| (d - now).min(LOOK_EVERY));
         guard = cond.wait_timeout(guard, pause).unwrap_or_else(|p| p.into_inner()).0;
+        slept = true;
     }
 }
 
-fn call(id: u64, o: &Object, op: Op, peer: &Peer<'_>) -> (Reply, Option<Undo>) {
-    let reply = match (&o.state, op) {
-        (State::Dict(d), op) => dict(&mut lock(d), op).map_err(|op| mismatch(o, &op)),
-        (State::List(l), op) => list(&mut lock(l), op).unwrap_or_else(|op| Err(mismatch(o, &op))),
-        (State::Value(v), Op::ValueGet) => Ok(Answer::Item(Some(buf(lock(v).clone())))),
-        (State::Value(v), Op::ValueSet(new)) => {
-            *lock(v) = new.into_vec();
-            Ok(Answer::Done)
-        }
-        (State::Value(v), Op::ValueCompareAndSet { expected, new }) => {
-            let mut v = lock(v);
-            let same = *v == *expected;
-            if same {
-                *v = new.into_vec();
-            }
-            Ok(Answer::Bool(same))
-        }
-        (State::Queue(items, cond), Op::QueuePut(item)) => {
-            lock(items).push_back(item.into_vec());
-            cond.notify_one();
-            Ok(Answer::Done)
-        }
-        (State::Queue(items, _), Op::Len) => Ok(Answer::Count(lock(items).len() as u64)),
-        (State::Queue(items, cond), Op::QueueGet { timeout_ms }) => {
-            return match wait_until(lock(items), cond, timeout_ms, peer, |q| !q.is_empty()) {
-                Ok(mut q) => {
-                    let item = q.pop_front().expect("waited for an item");
-                    (Ok(Answer::Item(Some(buf(item.clone())))), Some(Undo::PutBack(id, item)))
-                }
-                Err(e) => (Err(e), None),
-            };
-        }
-        (State::Lock(owner, cond), Op::LockAcquire { thread, timeout_ms }) => {
-            let me = (peer.id, thread);
-            if *lock(owner) == Some(me) {
-                // Only this thread can release it, and it is asking: with a timeout the lock
-                // stays held for all of it, so say so now; without one it would wait for ever.
-                let failure = match timeout_ms {
-                    Some(_) => Failure::TimedOut,
-                    None => Failure::Other("this thread holds the lock already".into()),
-                };
-                return (Err(failure), None);
-            }
-            return match wait_until(lock(owner), cond, timeout_ms, peer, |o| o.is_none()) {
-                Ok(mut o) => {
-                    *o = Some(me);
-                    (Ok(Answer::Done), Some(Undo::Release(id)))
-                }
-                Err(e) => (Err(e), None),
-            };
-        }
-        (State::Lock(owner, cond), Op::LockRelease { thread }) => {
-            let mut o = lock(owner);
-            if *o != Some((peer.id, thread)) {
-                Err(Failure::Other("released a lock this thread does not hold".into()))
-            } else {
-                *o = None;
-                cond.notify_one();
+impl Store {
+    fn call(&self, id: u64, o: &Object, op: Op, peer: &Peer<'_>) -> (Reply, Option<Effect>) {
+        let reply = match (&o.state, op) {
+            (State::Dict(d), op) => dict(&mut lock(d), op).map_err(|op| mismatch(o, &op)),
+            (State::List(l), op) => list(&mut lock(l), op).unwrap_or_else(|op| Err(mismatch(o, &op))),
+            (State::Value(v), Op::ValueGet) => Ok(Answer::Item(Some(buf(lock(v).clone())))),
+            (State::Value(v), Op::ValueSet(new)) => {
+                *lock(v) = new.into_vec();
                 Ok(Answer::Done)
             }
-        }
-        (State::Event(flag, cond), Op::EventSet) => {
-            *lock(flag) = true;
-            cond.notify_all();
-            Ok(Answer::Done)
-        }
-        (State::Event(flag, _), Op::EventClear) => {
-            *lock(flag) = false;
-            Ok(Answer::Done)
-        }
-        (State::Event(flag, _), Op::EventIsSet) => Ok(Answer::Bool(*lock(flag))),
-        (State::Event(flag, cond), Op::EventWait { timeout_ms }) => {
-            match wait_until(lock(flag), cond, timeout_ms, peer, |f| *f) {
-                Ok(_) => Ok(Answer::Bool(true)),
-                Err(Failure::TimedOut) => Ok(Answer::Bool(false)),
-                Err(e) => Err(e),
+            (State::Value(v), Op::ValueCompareAndSet { expected, new }) => {
+                let mut v = lock(v);
+                let same = *v == *expected;
+                if same {
+                    *v = new.into_vec();
+                }
+                Ok(Answer::Bool(same))
             }
-        }
-        (State::Served(object), Op::Served(request)) => match lock(object).call(&request) {
-            Ok(response) => Ok(Answer::Item(Some(buf(response)))),
-            Err(CallFailed::Panicked(message)) => Err(Failure::Panicked(message)),
-            Err(CallFailed::Codec(message)) => Err(Failure::Other(message)),
-        },
-        (_, op) => Err(mismatch(o, &op)),
-    };
-    (reply, None)
+            (State::Queue(q, cond), op) => {
+                return queue_state::call(self, id, (q, cond), op, peer)
+                    .unwrap_or_else(|op| (Err(mismatch(o, &op)), None))
+            }
+            (State::Lock(l, cond), op) => {
+                return sync_state::lock_call(id, (l, cond), op, peer)
+                    .unwrap_or_else(|op| (Err(mismatch(o, &op)), None))
+            }
+            (State::Semaphore(v, cond), op) => {
+                return sync_state::semaphore_call(id, (v, cond), op, peer)
+                    .unwrap_or_else(|op| (Err(mismatch(o, &op)), None))
+            }
+            (State::Barrier(b, cond), op) => {
+                return sync_state::barrier_call(self, (b, cond), op, peer)
+                    .unwrap_or_else(|op| (Err(mismatch(o, &op)), None))
+            }
+            (State::Event(flag, cond), Op::EventSet) => {
+                *lock(flag) = true;
+                cond.notify_all();
+                Ok(Answer::Done)
+            }
+            (State::Event(flag, _), Op::EventClear) => {
+                *lock(flag) = false;
+                Ok(Answer::Done)
+            }
+            (State::Event(flag, _), Op::EventIsSet) => Ok(Answer::Bool(*lock(flag))),
+            (State::Event(flag, cond), Op::EventWait { timeout_ms }) => {
+                match wait_until(lock(flag), cond, timeout_ms, peer, |f| *f) {
+                    Ok(_) => Ok(Answer::Bool(true)),
+                    Err(Failure::TimedOut) => Ok(Answer::Bool(false)),
+                    Err(e) => Err(e),
+                }
+            }
+            (State::Served(object), Op::Served(request)) => match lock(object).call(&request) {
+                Ok(response) => Ok(Answer::Item(Some(buf(response)))),
+                Err(CallFailed::Panicked(message)) => Err(Failure::Panicked(message)),
+                Err(CallFailed::Codec(message)) => Err(Failure::Other(message)),
+            },
+            (_, op) => Err(mismatch(o, &op)),
+        };
+        (reply, None)
+    }
 }
 
 /// A dict's operations; any other is given back.
@@ -459,7 +498,7 @@ pub(crate) fn run(acceptor: std::os::fd::OwnedFd, tcp: Option<(std::net::TcpList
                     let stream = std::os::unix::net::UnixStream::from(fd);
                     let Ok(watch) = stream.try_clone() else { return };
                     let gone = move || crate::sys::hung_up(watch.as_fd());
-                    let peer = Peer { id, gone: &gone };
+                    let peer = Peer::new(id, &gone, false);
                     match memfd {
                         Some(m) => {
                             // not a stream's memfd: the client's connection closes
@@ -491,5 +530,100 @@ fn serve_tcp(store: &Store, stream: std::net::TcpStream, key: &[u8], id: u64) {
     let _ = stream.set_write_timeout(None);
     let Ok(watch) = stream.try_clone() else { return };
     let gone = move || crate::sys::hung_up(watch.as_fd());
-    store.serve(proto::Framed::new(stream), &Peer { id, gone: &gone });
+    store.serve(proto::Framed::new(stream), &Peer::new(id, &gone, true));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::manager::proto::Framed;
+
+    /// A client of `store` on a socket pair, served on a thread, whose `gone` says what `gone`
+    /// holds.
+    fn client(store: &Arc<Store>, id: u64, gone: Arc<AtomicBool>) -> (Framed<UnixStream>, std::thread::JoinHandle<()>) {
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        let store = Arc::clone(store);
+        let server = std::thread::spawn(move || {
+            let is_gone = move || gone.load(SeqCst);
+            store.serve(Framed::new(theirs), &Peer::new(id, &is_gone, false));
+        });
+        (Framed::new(mine), server)
+    }
+
+    fn ask(c: &mut Framed<UnixStream>, r: &Request) -> Reply {
+        c.send(r).unwrap();
+        c.recv::<Reply>().unwrap().expect("a reply")
+    }
+
+    fn call(id: u64, op: Op) -> Request {
+        Request::Call { id, op }
+    }
+
+    use std::sync::atomic::Ordering::SeqCst;
+
+    #[test]
+    fn a_joinable_item_whose_reply_cannot_be_delivered_goes_back_uncounted() {
+        let store = Store::new();
+        let gone = Arc::new(AtomicBool::new(false));
+        let (mut a, served_a) = client(&store, 1, Arc::clone(&gone));
+        // a process whose pid is alive (this one): only the take's undo can clear its count
+        a.send(&Request::Hello { process: 7, pid: std::process::id() }).unwrap();
+        let init = ByteBuf::new();
+        let create = Request::Create { kind: ObjectKind::JoinableQueue, ty: "u8".into(), name: None, init };
+        let Ok(Answer::Created(q)) = ask(&mut a, &create) else { panic!("made") };
+        let put = call(q, Op::QueuePut { item: ByteBuf::from(vec![42]), timeout_ms: None });
+        assert!(matches!(ask(&mut a, &put), Ok(Answer::Done)));
+        // the client dies between the take and its reply
+        gone.store(true, SeqCst);
+        a.send(&call(q, Op::QueueGet { timeout_ms: None })).unwrap();
+        served_a.join().unwrap();
+        drop(a);
+
+        let (mut b, served_b) = client(&store, 2, Arc::new(AtomicBool::new(false)));
+        b.send(&Request::Hello { process: 8, pid: std::process::id() }).unwrap();
+        assert!(matches!(ask(&mut b, &call(q, Op::Len)), Ok(Answer::Count(1))), "the item is back");
+        let join = call(q, Op::QueueJoin { timeout_ms: Some(0) });
+        assert!(matches!(ask(&mut b, &join), Err(Failure::Unfinished { tasks: 1 })), "unfinished, not lost");
+        match ask(&mut b, &call(q, Op::QueueGet { timeout_ms: Some(0) })) {
+            Ok(Answer::Item(Some(item))) => assert_eq!(item.into_vec(), [42]),
+            other => panic!("the same item: {other:?}"),
+        }
+        assert!(matches!(ask(&mut b, &call(q, Op::QueueTaskDone)), Ok(Answer::Done)));
+        assert!(matches!(ask(&mut b, &join), Ok(Answer::Done)));
+        drop(b);
+        served_b.join().unwrap();
+    }
+
+    #[test]
+    fn a_lock_or_count_whose_reply_cannot_be_delivered_is_given_back() {
+        let store = Store::new();
+        let gone = Arc::new(AtomicBool::new(false));
+        let (mut a, served_a) = client(&store, 1, Arc::clone(&gone));
+        let make =
+            |kind, init: Vec<u8>| Request::Create { kind, ty: "()".into(), name: None, init: ByteBuf::from(init) };
+        let Ok(Answer::Created(l)) = ask(&mut a, &make(ObjectKind::RLock, vec![])) else { panic!("made") };
+        let init = bincode::serialize(&(1u64, None::<u64>)).unwrap();
+        let Ok(Answer::Created(s)) = ask(&mut a, &make(ObjectKind::Semaphore, init)) else { panic!("made") };
+        // held twice, then a third take whose reply cannot be delivered
+        let take = call(l, Op::LockAcquire { thread: 1, timeout_ms: None });
+        assert!(matches!(ask(&mut a, &take), Ok(Answer::Done)));
+        gone.store(true, SeqCst);
+        a.send(&take).unwrap();
+        served_a.join().unwrap();
+        let (mut b, served_b) = client(&store, 2, Arc::new(AtomicBool::new(false)));
+        let take_b = call(l, Op::LockAcquire { thread: 1, timeout_ms: Some(0) });
+        assert!(matches!(ask(&mut b, &take_b), Ok(Answer::Done)), "free");
+
+        let gone = Arc::new(AtomicBool::new(false));
+        let (mut c, served_c) = client(&store, 3, Arc::clone(&gone));
+        gone.store(true, SeqCst);
+        c.send(&call(s, Op::SemaphoreAcquire { timeout_ms: None })).unwrap();
+        served_c.join().unwrap();
+        assert!(matches!(ask(&mut b, &call(s, Op::SemaphoreValue)), Ok(Answer::Count(1))), "the count is back");
+        drop((a, b, c));
+        served_b.join().unwrap();
+    }
 }

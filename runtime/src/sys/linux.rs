@@ -304,6 +304,22 @@ pub(crate) fn recv_fds(sock: BorrowedFd<'_>) -> io::Result<Option<Vec<OwnedFd>>>
     }
 }
 
+/// Whether a process with this pid is alive: a zombie (dead, not yet waited for) is not; one
+/// in another pid namespace is not seen.
+pub(crate) fn process_exists(pid: u32) -> bool {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else { return false };
+    if matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)) {
+        return false;
+    }
+    // the state is the field after the command's closing parenthesis
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().as_bytes().first(), Some(b'Z' | b'X'))),
+        Err(_) => true,
+    }
+}
+
 /// Whether the peer of a connected socket hung up (without waiting).
 pub(crate) fn hung_up(sock: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::RDHUP | PollFlags::HUP)];
