@@ -516,3 +516,56 @@ fn a_holder_that_exits_holding_a_lock_and_a_count_gives_both_back() {
         assert!(sem.acquire_timeout(DEADLINE).unwrap().is_some());
     });
 }
+
+// ---- an initializer for Manager::start_with ----
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EnvProbe;
+
+impl multiproc::Served for EnvProbe {
+    type Request = String;
+    type Response = Option<String>;
+    fn handle(&mut self, name: String) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+multiproc::served!(EnvProbe);
+
+#[process_fn]
+fn init_server(how: String) -> Result<(), String> {
+    match how.as_str() {
+        "err" => Err("no configuration".into()),
+        "panic" => panic!("bad configuration"),
+        "exit" => std::process::exit(3),
+        _ => {
+            std::env::set_var("MANAGER_INIT", &how);
+            Ok(())
+        }
+    }
+}
+
+#[process_fn]
+fn init_with_queue(_q: multiproc::Queue<u32>) {}
+
+#[test]
+fn a_managers_initializer_runs_in_its_server_before_it_serves_and_its_failures_are_named() {
+    within(DEADLINE, || {
+        let m = Manager::start_with(init_server, ("ready".to_string(),)).unwrap();
+        let probe = m.serve_object(EnvProbe).unwrap();
+        assert_eq!(probe.call("MANAGER_INIT".into()).unwrap().as_deref(), Some("ready"), "ran in the server");
+        assert_eq!(std::env::var("MANAGER_INIT").ok(), None, "not here");
+
+        for (how, says) in [("err", "no configuration"), ("panic", "bad configuration"), ("exit", "ended while it ran")]
+        {
+            match Manager::start_with(init_server, (how.to_string(),)) {
+                Err(Error::InitializerFailed { message }) => assert!(message.contains(says), "{how}: {message}"),
+                r => panic!("{how}: expected InitializerFailed, got {r:?}"),
+            }
+        }
+        match Manager::start_with(init_with_queue, (multiproc::Queue::new().unwrap(),)) {
+            Err(Error::Encode { message, .. }) => assert!(message.contains("plain data"), "{message}"),
+            r => panic!("expected a refusal of the handle, got {r:?}"),
+        }
+    });
+}

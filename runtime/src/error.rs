@@ -260,8 +260,9 @@ pub enum Error {
     #[error("the pool was terminated before this task finished")]
     PoolTerminated,
 
-    /// The pool's initializer failed in a worker, so the pool cannot start workers.
-    #[error("the pool's initializer failed ({message}); fix it, then create the pool again")]
+    /// The pool's initializer failed in a worker, so the pool cannot start workers; or a
+    /// manager's failed in its server ([`Manager::start_with`](crate::Manager::start_with)).
+    #[error("the initializer failed ({message}); fix it, then create the pool or manager again")]
     InitializerFailed {
         /// What went wrong in the initializer.
         message: String,

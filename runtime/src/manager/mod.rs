@@ -23,6 +23,8 @@ use serde::Serialize;
 use serde_bytes::ByteBuf;
 
 use crate::error::{Error, Result};
+use crate::function::ProcessFn;
+use crate::pool::InitOutcome;
 use crate::process::Process;
 use crate::process_fn;
 use crate::sys::shm::ByIdentity;
@@ -83,16 +85,107 @@ pub struct Manager {
     addr: Option<SocketAddr>,
 }
 
-/// The server process: serves what comes through its acceptor (and its TCP listener).
+/// What a server's initializer did: its encoded result, or why it has none.
+type InitReport = std::result::Result<ByteBuf, String>;
+
+/// A server's initializer: the function's name, its encoded arguments, and where to say how
+/// it went.
+type InitCall = (String, ByteBuf, crate::channel::Sender<InitReport>);
+
+/// The server process: runs the initializer, if any, then serves what comes through its
+/// acceptor (and its TCP listener).
 #[process_fn(crate = crate, name = "multiproc::manager::server")]
-fn manager_server(acceptor: Fd, tcp: Option<(Fd, ByteBuf)>) {
+fn manager_server(acceptor: Fd, tcp: Option<(Fd, ByteBuf)>, init: Option<InitCall>) {
+    if let Some((name, args, report)) = init {
+        let outcome = run_initializer(&name, &args);
+        let failed = outcome.is_err();
+        let _ = report.send(&outcome);
+        if failed {
+            return; // the owner gives up on this server
+        }
+    }
     server::run(acceptor.0, tcp.map(|(l, key)| (TcpListener::from(l.0), key.into_vec())));
+}
+
+/// Runs the `#[process_fn]` named `name` here, with its encoded arguments.
+fn run_initializer(name: &str, args: &[u8]) -> InitReport {
+    use crate::worker::CallFailure;
+    let registration = crate::registry::lookup(name).map_err(|e| e.to_string())?;
+    let mut reader = crate::wire::codec::ValueReader::new(args, "arguments");
+    let mut out = Vec::new();
+    match (registration.invoke)(&mut reader, &mut out).and_then(|()| reader.finish().map_err(CallFailure::Fail)) {
+        Ok(()) => Ok(ByteBuf::from(out)),
+        Err(CallFailure::Fail(e)) => Err(e.to_string()),
+        Err(CallFailure::Panic(r)) => Err(match r.location {
+            Some(at) => format!("it panicked: {} (at {at})", r.message),
+            None => format!("it panicked: {}", r.message),
+        }),
+    }
 }
 
 impl Manager {
     /// Starts a manager's server process, on this machine only.
     pub fn start() -> Result<Manager> {
-        Manager::start_with(None)
+        Manager::launch(None, None)
+    }
+
+    /// Starts a manager's server process that runs `initializer(args)` once before it serves
+    /// (Python's `manager.start(initializer, initargs)`): to set up logging, or state a
+    /// [`Served`] type reads. Returns when it has run.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InitializerFailed`] when it returns `Err`, panics, or its process dies (the
+    /// server is gone then); [`Error::Encode`] when `args` hold a handle (a queue, a proxy):
+    /// a manager's initializer takes plain data.
+    ///
+    /// ```
+    /// # extern crate multiproc_runtime as multiproc;
+    /// use multiproc::{process_fn, Manager};
+    ///
+    /// #[process_fn]
+    /// fn setup(level: String) -> Result<(), String> {
+    ///     if level.is_empty() {
+    ///         return Err("no log level".into());
+    ///     }
+    ///     std::env::set_var("LOG_LEVEL", level);
+    ///     Ok(())
+    /// }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let m = Manager::start_with(setup, ("info".to_string(),))?;
+    /// assert!(Manager::start_with(setup, (String::new(),)).is_err());
+    /// # drop(m);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_with<F: ProcessFn>(initializer: F, args: F::Args) -> Result<Manager>
+    where
+        F::Output: InitOutcome,
+    {
+        let _ = initializer;
+        crate::registry::lookup(F::NAME)?;
+        let mut bytes = Vec::new();
+        let (encoded, table) = crate::wire::fds::collect(|| F::encode_args(&args, &mut bytes));
+        encoded?;
+        if !table.fds.is_empty() {
+            return Err(Error::Encode {
+                what: "a manager's initializer arguments",
+                type_name: std::any::type_name::<F::Args>().into(),
+                message: "they hold a handle (a queue, a pipe, a proxy); a manager's initializer takes plain data"
+                    .into(),
+            });
+        }
+        let (report, tell) = crate::channel::pipe_one_way::<InitReport>()?;
+        let manager = Manager::launch(None, Some((F::NAME.to_string(), ByteBuf::from(bytes), tell)))?;
+        let outcome = match report.recv() {
+            Ok(Ok(output)) => {
+                crate::process::read_whole::<F>(&output).map_err(|e| e.to_string()).and_then(|o| o.outcome())
+            }
+            Ok(Err(message)) => Err(message),
+            Err(e) => Err(format!("the manager's server ended while it ran ({e})")),
+        };
+        outcome.map(|()| manager).map_err(|message| Error::InitializerFailed { message })
     }
 
     /// Starts a manager's server process that also listens at `addr` (port 0: any free one;
@@ -105,7 +198,7 @@ impl Manager {
     pub fn serve(addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<Manager> {
         let listener = TcpListener::bind(addr).map_err(|e| Error::io("could not listen for the manager", e))?;
         let local = listener.local_addr().map_err(|e| Error::io("could not read the manager's address", e))?;
-        let mut m = Manager::start_with(Some((OwnedFd::from(listener), authkey.to_vec())))?;
+        let mut m = Manager::launch(Some((OwnedFd::from(listener), authkey.to_vec())), None)?;
         m.addr = Some(local);
         Ok(m)
     }
@@ -131,11 +224,11 @@ impl Manager {
         unreachable!("a manager's server runs until its process ends")
     }
 
-    fn start_with(tcp: Option<(OwnedFd, Vec<u8>)>) -> Result<Manager> {
+    fn launch(tcp: Option<(OwnedFd, Vec<u8>)>, init: Option<InitCall>) -> Result<Manager> {
         let (server_end, client_end) =
             crate::sys::packet_pair().map_err(|e| Error::io("could not make the manager's socket", e))?;
         let tcp = tcp.map(|(fd, key)| (Fd(fd), ByteBuf::from(key)));
-        let process = manager_server.spawn(Fd(server_end), tcp)?;
+        let process = manager_server.spawn(Fd(server_end), tcp, init)?;
         let endpoint = local_endpoint(client_end)?;
         Ok(Manager { endpoint, server: Some(Mutex::new(process)), addr: None })
     }
