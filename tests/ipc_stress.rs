@@ -1,6 +1,7 @@
 //! A randomized, seeded stress test of section 4 (issue 14): worker processes interleave
 //! put/get/task_done on all three queue kinds (small items and 100 KB ones), a lock guarding
-//! a pair, a semaphore, a condition, an event and a manager's dict, and three more are the
+//! a pair, a semaphore, a condition, an event, a manager's dict, bounded joinable queue,
+//! semaphore and reentrant lock, and three more are the
 //! parties of a barrier, while the parent SIGKILLs or SIGSTOPs one of them every 10-50 ms
 //! (and replaces the dead), and a worker now and then exits holding a lock.
 //!
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use common::{proc_state, signal, Rng};
 use multiproc::{
-    process_fn, AtomicValue, Barrier, Condition, DictProxy, Error, Event, JoinableQueue, Lock, Manager, Process, Queue,
-    Semaphore, TryLockError, Value,
+    process_fn, AtomicValue, Barrier, Condition, DictProxy, Error, Event, JoinableQueue, JoinableQueueProxy, Lock,
+    Manager, Process, Queue, RLockProxy, Semaphore, SemaphoreProxy, TryLockError, Value,
 };
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -61,13 +62,18 @@ struct Board {
     event: Event,
     barrier: Barrier,
     dict: DictProxy<u64, u64>,
+    /// A manager's bounded joinable queue, semaphore and reentrant lock (some exit holding it).
+    mqueue: JoinableQueueProxy<ByteBuf>,
+    msem: SemaphoreProxy,
+    mlock: RLockProxy,
     /// What the workers took, and what went wrong, for the parent.
     reports: Queue<Report>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Report {
-    /// An item taken from queue `queue` (0 unbounded, 1 bounded, 2 joinable, 3 blocks): its producer's
+    /// An item taken from queue `queue` (0 unbounded, 1 bounded, 2 joinable, 3 blocks, 4 the
+    /// manager's): its producer's
     /// incarnation and number.
     Got { queue: u8, by: u32, seq: u64 },
     /// Operations done since the last report, by kind (see [`KINDS`]).
@@ -126,7 +132,7 @@ fn alive(pid: u32) -> bool {
 #[process_fn]
 fn mixed_worker(b: Board, slot: usize, me: u32, seed: u64) {
     let mut rng = Rng(seed);
-    let mut seqs = [0u64; 4];
+    let mut seqs = [0u64; 5];
     let pid = std::process::id();
     let bad = |what: String| b.reports.put(Report::Bad(format!("worker {me} (pid {pid}): {what}"))).unwrap();
     let mut ops = [0u64; KINDS.len()];
@@ -284,8 +290,52 @@ fn mixed_worker(b: Board, slot: usize, me: u32, seed: u64) {
                     bad(format!("the event stayed clear for {HANG:?}"));
                 }
             }
+            // the manager's queue, semaphore and lock
+            90..=93 => match rng.below(4) {
+                0 => {
+                    match b.mqueue.put_timeout(item(me, seqs[4], rng.below(300) as usize), Duration::from_millis(20)) {
+                        Ok(()) => seqs[4] += 1,
+                        Err(Error::Full { .. }) => {}
+                        Err(e) => bad(format!("manager queue put: {e}")),
+                    }
+                }
+                1 => match b.mqueue.get_timeout(Duration::from_millis(2)) {
+                    Ok(v) => {
+                        match check(&v) {
+                            Some((by, seq)) => b.reports.put(Report::Got { queue: 4, by, seq }).unwrap(),
+                            None => bad(format!("a corrupt item of {} bytes from the manager's queue", v.len())),
+                        }
+                        if let Err(e) = b.mqueue.task_done() {
+                            bad(format!("manager task_done: {e}"));
+                        }
+                    }
+                    Err(Error::Empty { .. }) => {}
+                    Err(e) => bad(format!("manager queue get: {e}")),
+                },
+                2 => match b.msem.acquire_timeout(HANG) {
+                    Ok(Some(g)) => {
+                        std::thread::sleep(Duration::from_micros(rng.below(500)));
+                        drop(g);
+                    }
+                    Ok(None) => bad(format!("no manager semaphore count for {HANG:?}")),
+                    Err(e) => bad(format!("manager semaphore: {e}")),
+                },
+                _ => match b.mlock.acquire_timeout(HANG) {
+                    Ok(Some(g)) => {
+                        let again = b.mlock.acquire().unwrap();
+                        if rng.chance(3) {
+                            ops[7] += 1;
+                            b.reports.put(Report::Ops(ops)).unwrap();
+                            std::mem::forget((g, again));
+                            std::process::exit(0);
+                        }
+                    }
+                    Ok(None) => bad(format!("the manager's rlock was held for {HANG:?}")),
+                    Err(e) => bad(format!("manager rlock: {e}")),
+                },
+            },
             // the manager's dict
-            90..=97 => {
+            94..=97 => {
                 let key = (me as u64) << 32 | rng.below(64);
                 if let Err(e) = b.dict.insert(key, dict_value(key)) {
                     bad(format!("dict insert: {e}"));
@@ -419,6 +469,9 @@ fn storm(seed: u64, secs: u64) {
         event: Event::new().unwrap(),
         barrier: Barrier::new(PARTIES).unwrap(),
         dict: manager.dict().unwrap(),
+        mqueue: manager.bounded_joinable_queue(32).unwrap(),
+        msem: manager.semaphore(COUNTS as usize).unwrap(),
+        mlock: manager.rlock().unwrap(),
         reports: Queue::new().unwrap(),
     };
     // the parent's part: it ticks the condition and blinks the event, and is never killed
@@ -573,6 +626,26 @@ fn storm(seed: u64, secs: u64) {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(b.sem.value(), COUNTS, "more counts than the semaphore was made with");
+    // The manager's counts and lock came back; its queue's items are whole; its tasks add up.
+    assert_eq!(b.msem.value().unwrap(), COUNTS as usize, "the manager's semaphore counts are all back");
+    assert!(b.mlock.acquire_timeout(common::DEADLINE).unwrap().is_some(), "the manager's rlock is free");
+    while let Ok(v) = b.mqueue.try_get() {
+        let (by, seq) = check(&v).expect("a corrupt item was left in the manager's queue");
+        tally.add(Report::Got { queue: 4, by, seq });
+        b.mqueue.task_done().unwrap();
+        left += 1;
+    }
+    let mut mtasks_lost = 0;
+    loop {
+        assert!(Instant::now() < until, "the manager's join kept failing");
+        match b.mqueue.join_timeout(common::DEADLINE) {
+            Ok(()) => break,
+            Err(Error::TasksLost { tasks, .. }) => mtasks_lost += tasks,
+            Err(e) => panic!("manager join after {mtasks_lost} tasks named lost: {e}"),
+        }
+    }
+    assert!(mtasks_lost <= kills, "{mtasks_lost} manager tasks lost to {kills} kills");
+    println!("the manager's joinable queue named {mtasks_lost} tasks lost");
     let items = b.dict.items().unwrap();
     for (k, v) in &items {
         assert_eq!(*v, dict_value(*k), "the dict's value of {k} is not what was stored");
