@@ -1,5 +1,5 @@
 //! Managers: a server process holding shared objects (dicts, lists, values, queues, locks,
-//! events, and a user's own types), reached through typed proxies, from this machine or, with
+//! conditions, semaphores, barriers, events, and a user's own types, and proxies inside them), reached through typed proxies, from this machine or, with
 //! a key, from others over TCP. Python's `multiprocessing.Manager` and `BaseManager`.
 
 pub(crate) mod auth;

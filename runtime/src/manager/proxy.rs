@@ -404,6 +404,11 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 }
 
 /// A proxy to a list held by a [`Manager`](crate::Manager): Python's `ListProxy`.
+///
+/// Elements (and a dict's keys and values, a value's contents) may be proxies of the same
+/// manager: a `ListProxy<DictProxy<K, V>>` is a list of dicts, and `get(i)` gives a proxy
+/// that works in any process. They are stored by id; a proxy of another manager is refused
+/// with [`Error::Encode`] saying so.
 pub struct ListProxy<T> {
     handle: Handle,
     _t: PhantomData<fn(T) -> T>,
