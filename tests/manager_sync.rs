@@ -404,6 +404,14 @@ fn arrive_and_hang(b: BarrierProxy, arrived: Event) {
     std::thread::sleep(Duration::from_secs(600));
 }
 
+/// Waits (at most the deadline) until `n` parties wait at `b`.
+fn until_waiting(b: &BarrierProxy, n: usize) {
+    let deadline = Instant::now() + DEADLINE;
+    while b.n_waiting().unwrap() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn broken(r: multiproc::Result<usize>) -> String {
     match r {
         Err(Error::BrokenBarrier { reason }) => reason,
@@ -437,14 +445,9 @@ fn a_party_killed_while_waiting_breaks_the_barrier_for_the_others() {
         let arrived = Event::new().unwrap();
         let mut dead = arrive_and_hang.spawn(b.clone(), arrived.clone()).unwrap();
         assert!(arrived.wait_timeout(DEADLINE));
-        let deadline = Instant::now() + DEADLINE;
-        while b.n_waiting().unwrap() < 1 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        until_waiting(&b, 1);
         let other = party.spawn(b.clone(), 1, 60_000).unwrap();
-        while b.n_waiting().unwrap() < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        until_waiting(&b, 2);
         dead.kill().unwrap();
         let _ = dead.join_timeout(DEADLINE);
         let t = Instant::now();
@@ -484,10 +487,7 @@ fn a_timeout_an_abort_and_a_reset_break_a_barrier_as_pythons_do() {
         assert!(broken(b.wait_timeout(SHORT)).contains("aborted"));
         b.reset().unwrap();
         let waiter = party.spawn(b.clone(), 1, 30_000).unwrap();
-        let deadline = Instant::now() + DEADLINE;
-        while b.n_waiting().unwrap() < 1 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        until_waiting(&b, 1);
         b.reset().unwrap();
         match join(waiter).unwrap() {
             Err(Error::BrokenBarrier { reason }) => assert!(reason.contains("reset"), "{reason}"),

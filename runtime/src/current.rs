@@ -101,10 +101,5 @@ pub(crate) fn gone(pid: u32) {
 
 /// Whether `pid` is a child of `parent` that has not ended (a zombie has).
 fn running_child_of(pid: u32, parent: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let Some((_, after)) = stat.rsplit_once(')') else { return false };
-    let mut fields = after.split_whitespace();
-    let state = fields.next().unwrap_or("Z");
-    let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    ppid == parent && state != "Z" && state != "X"
+    crate::sys::proc_stat(pid).is_some_and(|(state, ppid)| ppid == parent && !crate::sys::ended(state))
 }

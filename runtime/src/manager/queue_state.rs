@@ -104,21 +104,18 @@ pub(crate) fn call(
     let lock = || -> MutexGuard<'_, QueueState> { state.lock().unwrap_or_else(|p| p.into_inner()) };
     let process = peer.process.get();
     let reply = match op {
-        Op::QueuePut { item, timeout_ms } => {
-            let maxsize = lock().maxsize.unwrap_or(usize::MAX) as u64;
-            match wait_until(lock(), cond, timeout_ms, peer, |q| !q.full()) {
-                Ok(mut q) => {
-                    q.items.push_back(item.into_vec());
-                    if let Some(t) = &mut q.tasks {
-                        t.put += 1;
-                    }
-                    cond.notify_all();
-                    Ok(Answer::Done)
+        Op::QueuePut { item, timeout_ms } => match wait_until(lock(), cond, timeout_ms, peer, |q| !q.full()) {
+            Ok(mut q) => {
+                q.items.push_back(item.into_vec());
+                if let Some(t) = &mut q.tasks {
+                    t.put += 1;
                 }
-                Err(Failure::TimedOut) => Err(Failure::Full { maxsize }),
-                Err(e) => Err(e),
+                cond.notify_all();
+                Ok(Answer::Done)
             }
-        }
+            Err(Failure::TimedOut) => Err(Failure::Full { maxsize: lock().maxsize.unwrap_or(usize::MAX) as u64 }),
+            Err(e) => Err(e),
+        },
         Op::QueueGet { timeout_ms } => {
             return Ok(match wait_until(lock(), cond, timeout_ms, peer, |q| !q.items.is_empty()) {
                 Ok(mut q) => {

@@ -36,6 +36,11 @@ fn acquire(handle: &Handle, timeout: Option<Duration>) -> Result<bool> {
     }
 }
 
+/// Takes a lock (plain or reentrant) for this thread: its guard, or `None` if the wait ran out.
+fn lock_guard(handle: &Handle, timeout: Option<Duration>) -> Result<Option<LockProxyGuard<'_>>> {
+    Ok(acquire(handle, timeout)?.then(|| LockProxyGuard { handle, _not_send: PhantomData }))
+}
+
 fn release(handle: &Handle) {
     let _ = handle.call(Op::LockRelease { thread: thread_id() });
 }
@@ -54,17 +59,13 @@ impl LockProxy {
     /// reentrant: if this thread holds it already, this is an error rather than a deadlock
     /// ([`RLockProxy`] is reentrant).
     pub fn acquire(&self) -> Result<LockProxyGuard<'_>> {
-        self.acquire_within(None)?.ok_or_else(|| unexpected(Answer::Done))
+        lock_guard(&self.handle, None)?.ok_or_else(|| unexpected(Answer::Done))
     }
 
     /// Waits at most `timeout`: `Ok(None)` if the lock stayed held. If this thread holds it
     /// already, no wait can free it, so this is `Ok(None)` at once, for any timeout.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<Option<LockProxyGuard<'_>>> {
-        self.acquire_within(Some(timeout))
-    }
-
-    fn acquire_within(&self, timeout: Option<Duration>) -> Result<Option<LockProxyGuard<'_>>> {
-        Ok(acquire(&self.handle, timeout)?.then(|| LockProxyGuard { handle: &self.handle, _not_send: PhantomData }))
+        lock_guard(&self.handle, Some(timeout))
     }
 }
 
@@ -102,16 +103,12 @@ proxy_impls!(RLockProxy);
 impl RLockProxy {
     /// Waits for the lock and takes it (at once, if this thread holds it).
     pub fn acquire(&self) -> Result<LockProxyGuard<'_>> {
-        self.acquire_timeout_inner(None)?.ok_or_else(|| unexpected(Answer::Done))
+        lock_guard(&self.handle, None)?.ok_or_else(|| unexpected(Answer::Done))
     }
 
     /// Waits at most `timeout`: `Ok(None)` if another thread kept it.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<Option<LockProxyGuard<'_>>> {
-        self.acquire_timeout_inner(Some(timeout))
-    }
-
-    fn acquire_timeout_inner(&self, timeout: Option<Duration>) -> Result<Option<LockProxyGuard<'_>>> {
-        Ok(acquire(&self.handle, timeout)?.then(|| LockProxyGuard { handle: &self.handle, _not_send: PhantomData }))
+        lock_guard(&self.handle, Some(timeout))
     }
 }
 

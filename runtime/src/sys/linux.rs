@@ -304,6 +304,22 @@ pub(crate) fn recv_fds(sock: BorrowedFd<'_>) -> io::Result<Option<Vec<OwnedFd>>>
     }
 }
 
+/// A process's state letter and parent pid, from `/proc/<pid>/stat`; `None` if it cannot be
+/// read (no such process, or `/proc` hides it).
+pub(crate) fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the fields after the command's closing parenthesis: state, ppid, ...
+    let (_, after) = stat.rsplit_once(')')?;
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+/// Whether a state letter of [`proc_stat`] is a process that has ended (a zombie, or dead).
+pub(crate) fn ended(state: char) -> bool {
+    matches!(state, 'Z' | 'X')
+}
+
 /// Whether a process with this pid is alive: a zombie (dead, not yet waited for) is not; one
 /// in another pid namespace is not seen.
 pub(crate) fn process_exists(pid: u32) -> bool {
@@ -311,13 +327,7 @@ pub(crate) fn process_exists(pid: u32) -> bool {
     if matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)) {
         return false;
     }
-    // the state is the field after the command's closing parenthesis
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| matches!(rest.trim_start().as_bytes().first(), Some(b'Z' | b'X'))),
-        Err(_) => true,
-    }
+    proc_stat(pid).is_none_or(|(state, _)| !ended(state))
 }
 
 /// Whether the peer of a connected socket hung up (without waiting).
