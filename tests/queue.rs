@@ -626,3 +626,63 @@ fn a_child_iterating_over_a_queue_gets_every_item_and_stops_at_shutdown() {
     assert!(matches!(it.next(), Some(Err(Error::QueueClosed))));
     assert!(it.next().is_none());
 }
+
+/// The `i`th item of [`put_mixed_batches`]: strings of sizes that differ, some empty, some
+/// over 64 KiB (stored apart, between blocks).
+fn mixed_item(i: u64) -> String {
+    let len = match i % 97 {
+        0 => 70_000 + (i % 5) as usize,
+        k if k % 7 == 0 => 0,
+        k => (k * 3 % 41) as usize,
+    };
+    let mut s = format!("{i}:");
+    s.extend(std::iter::repeat_n('x', len));
+    s
+}
+
+/// Puts items `0..n` in `put_many` batches of sizes from 1 to 3,000.
+#[process_fn]
+fn put_mixed_batches(q: Queue<String>, n: u64) {
+    let mut at = 0;
+    while at < n {
+        let end = (at + 1 + at * 7919 % 3000).min(n);
+        q.put_many((at..end).map(mixed_item)).unwrap();
+        at = end;
+    }
+}
+
+/// Takes `n` items in single gets and `get_many`s of sizes from 1 to 5,000, in turn; returns
+/// the first item out of order, if one was.
+#[process_fn]
+fn take_in_runs(q: Queue<String>, n: u64) -> Option<(u64, String)> {
+    let mut next = 0u64;
+    let mut round = 0u64;
+    while next < n {
+        round += 1;
+        let got = match round % 3 {
+            0 => vec![q.get().unwrap()],
+            _ => q.get_many(1 + (round * 104_729 % 5000) as usize).unwrap(),
+        };
+        for item in got {
+            if item != mixed_item(next) {
+                return Some((next, item.chars().take(20).collect()));
+            }
+            next += 1;
+        }
+    }
+    None
+}
+
+/// `put_many`'s blocks hold items of different sizes and stop at a large one; a consumer
+/// process takes them one at a time and in runs that end inside blocks: every item once, in
+/// order, across many passes of the rings.
+#[test]
+fn batches_of_items_of_any_size_arrive_whole_and_in_order_however_they_are_taken() {
+    let q = Queue::<String>::new().unwrap();
+    let n = 300_000;
+    let consumer = take_in_runs.spawn(q.clone(), n).unwrap();
+    let producer = put_mixed_batches.spawn(q.clone(), n).unwrap();
+    join(producer).unwrap();
+    assert_eq!(join(consumer).unwrap(), None);
+    assert!(q.try_get().is_err());
+}

@@ -61,20 +61,50 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
 /// `Serialize` or `Deserialize` that panics is reported as the error of its call).
 #[inline]
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
+    capturing().catch(f)
+}
+
+/// Panics on this thread are recorded, not printed, while this lives: for many
+/// [`Capturing::catch`]es in a row (a `get_many` decoding each item), without setting and
+/// restoring the thread's state around each.
+#[derive(Debug)]
+pub(crate) struct Capturing {
+    outer: bool,
+}
+
+/// Starts recording this thread's panics (see [`Capturing`]).
+#[inline]
+pub(crate) fn capturing() -> Capturing {
     install_hook();
-    let outer = CAPTURING.with(|c| c.replace(true));
-    let result = panic::catch_unwind(AssertUnwindSafe(f));
-    CAPTURING.with(|c| c.set(outer));
-    result.map_err(|payload| {
-        let report = LAST.with(|l| l.borrow_mut().take()).unwrap_or_else(|| PanicReport {
-            message: payload_text(&*payload),
-            location: None,
-            backtrace: None,
-        });
-        // A payload whose destructor panics would abort here; drop it under catch_unwind.
-        let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-        report
-    })
+    Capturing { outer: CAPTURING.with(|c| c.replace(true)) }
+}
+
+impl Capturing {
+    /// Runs `f`, turning a panic into its report.
+    #[inline(always)]
+    pub(crate) fn catch<R>(&self, f: impl FnOnce() -> R) -> Result<R, PanicReport> {
+        panic::catch_unwind(AssertUnwindSafe(f)).map_err(report_of)
+    }
+}
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        let outer = self.outer;
+        CAPTURING.with(|c| c.set(outer));
+    }
+}
+
+/// The report the hook recorded for the panic whose payload this is.
+#[cold]
+fn report_of(payload: Box<dyn Any + Send>) -> PanicReport {
+    let report = LAST.with(|l| l.borrow_mut().take()).unwrap_or_else(|| PanicReport {
+        message: payload_text(&*payload),
+        location: None,
+        backtrace: None,
+    });
+    // A payload whose destructor panics would abort here; drop it under catch_unwind.
+    let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    report
 }
 
 #[cfg(test)]

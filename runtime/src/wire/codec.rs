@@ -117,9 +117,23 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
 
 /// Decodes a whole buffer of plain bincode (no large values out of line: a queue's item) as a
 /// `T`; the error is bincode's, for [`decode_failed`] to name.
-#[inline]
+/// Inlined whole (with bincode's reader), since a `get_many` decodes each of thousands of small
+/// items with it (measured, W6 batched: a call and a reader's setup per item were a third of
+/// the consumer's time).
+#[inline(always)]
 pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    options().deserialize(bytes)
+    let rest = Cell::new(bytes);
+    let mut de = bincode::Deserializer::with_bincode_read(Tail::<false> { rest: &rest }, options());
+    let value = T::deserialize(&mut de)?;
+    match rest.get().len() {
+        0 => Ok(value),
+        n => Err(left_over(n)),
+    }
+}
+
+#[cold]
+fn left_over(n: usize) -> bincode::Error {
+    Box::new(bincode::ErrorKind::Custom(format!("{n} bytes left over after the value")))
 }
 
 /// The error of a [`decode_plain`] that failed.
@@ -146,7 +160,7 @@ impl<'a> ValueReader<'a> {
     /// Decodes the next value as a `T`.
     #[inline]
     pub fn read<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
-        let mut de = bincode::Deserializer::with_bincode_read(Tail { rest: &self.rest }, options());
+        let mut de = bincode::Deserializer::with_bincode_read(Tail::<true> { rest: &self.rest }, options());
         T::deserialize(&mut de).map_err(|e| Error::Decode {
             what: self.what,
             type_name: std::any::type_name::<T>().to_string(),
@@ -164,7 +178,7 @@ impl<'a> ValueReader<'a> {
     /// [`encode_numbers`](crate::private::encode_numbers): its bytes as one block.
     #[cfg(target_endian = "little")]
     pub fn read_numbers<T: bytemuck::Pod>(&mut self) -> Result<Vec<T>, Error> {
-        let mut tail = Tail { rest: &self.rest };
+        let mut tail = Tail::<true> { rest: &self.rest };
         let fail = |message: String| Error::Decode {
             what: self.what,
             type_name: std::any::type_name::<Vec<T>>().to_string(),
@@ -213,8 +227,9 @@ impl<'a> ValueReader<'a> {
     }
 }
 
-/// The unread part of a `ValueReader`, as bincode reads it.
-struct Tail<'r, 'a> {
+/// The unread part of a `ValueReader`, as bincode reads it; with `LARGE`, byte runs may be out
+/// of line (see `large.rs`), else all are here (plain bincode: a queue's item).
+struct Tail<'r, 'a, const LARGE: bool = true> {
     rest: &'r Cell<&'a [u8]>,
 }
 
@@ -224,11 +239,11 @@ enum Run<'a> {
     OutOfLine(Vec<u8>),
 }
 
-impl<'a> Tail<'_, 'a> {
+impl<'a, const LARGE: bool> Tail<'_, 'a, LARGE> {
     /// A byte run of the length bincode just read: here, or out of line (see `large.rs`).
     #[inline]
     fn run(&mut self, len: usize) -> bincode::Result<Run<'a>> {
-        if len as u64 & large::OUT_OF_LINE == 0 {
+        if !LARGE || len as u64 & large::OUT_OF_LINE == 0 {
             return self.take(len).map(Run::Here);
         }
         self.run_out_of_line(len)
@@ -255,7 +270,7 @@ impl<'a> Tail<'_, 'a> {
     }
 }
 
-impl io::Read for Tail<'_, '_> {
+impl<const LARGE: bool> io::Read for Tail<'_, '_, LARGE> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = buf.len().min(self.rest.get().len());
         self.read_exact(&mut buf[..n])?;
@@ -270,7 +285,7 @@ impl io::Read for Tail<'_, '_> {
     }
 }
 
-impl<'a> bincode::BincodeRead<'a> for Tail<'_, 'a> {
+impl<'a, const LARGE: bool> bincode::BincodeRead<'a> for Tail<'_, 'a, LARGE> {
     fn forward_read_str<V: Visitor<'a>>(&mut self, length: usize, visitor: V) -> bincode::Result<V::Value> {
         let utf8 = |e| Box::new(bincode::ErrorKind::InvalidUtf8Encoding(e));
         match self.run(length)? {

@@ -48,6 +48,8 @@ pub(crate) const RECORD_HEADER: u64 = 8;
 pub(crate) const INLINE: u32 = 1;
 /// A record's kind: where the item is stored apart follows (offset, length).
 pub(crate) const BLOB: u32 = 2;
+/// A record's kind: a block of small items follows (see `block.rs`).
+pub(crate) const BLOCK: u32 = 3;
 
 pub(crate) const HEADER_SIZE: u64 = (std::mem::size_of::<Header>() as u64).next_multiple_of(4096);
 pub(crate) const RINGS_AT: u64 = HEADER_SIZE;

@@ -7,6 +7,7 @@
 //! at any instant neither corrupts the queue nor leaves it locked.
 
 mod attach;
+mod block;
 mod iter;
 pub use iter::QueueIter;
 mod joinable;
@@ -219,17 +220,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         I::Item: Borrow<T>,
     {
         let items = items.into_iter();
-        // the block as records, laid out as they will lie in a ring (see `put_records`)
-        let mut records = put::Records::with_capacity(items.size_hint().0);
+        // the items encoded one after another, to go into the ring as blocks (see `put_batch`)
+        let mut batch = block::Batch::with_capacity(items.size_hint().0);
         // one catch for the block: a `Serialize` that panics puts nothing of it
         crate::panic::catch(|| {
             for item in items {
-                records.push(item.borrow())?;
+                batch.push(item.borrow())?;
             }
             Ok(())
         })
         .unwrap_or_else(|r| Err(codec::serialize_panicked("item", std::any::type_name::<T>(), r.message)))?;
-        self.shared.put_records(&records, Wait::Forever)
+        self.shared.put_batch(&batch, Wait::Forever)
     }
 
     /// Takes up to `max` items: waits for the first as [`get`](Queue::get) does, then takes
@@ -261,8 +262,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             return Ok(out);
         }
         let failed = std::cell::RefCell::new(None);
+        let capturing = crate::panic::capturing();
         let mut read = |bytes: &[u8]| {
-            let e = match crate::panic::catch(|| codec::decode_plain::<T>(bytes)) {
+            let e = match capturing.catch(|| codec::decode_plain::<T>(bytes)) {
                 Ok(Ok(item)) => {
                     out.push(item);
                     return true;

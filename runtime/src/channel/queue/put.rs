@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::channel::pipe::Wait;
 use crate::channel::queue::attach::{self, Shared};
+use crate::channel::queue::block::{block_record_len, Batch};
 use crate::channel::queue::layout::*;
 use crate::error::{Error, Result};
 use crate::sys::shm;
@@ -48,60 +49,58 @@ impl Shared {
         }
     }
 
-    /// Puts the items of `records` (made by [`push_record`]), in order. In a lane of its own,
-    /// with room in its ring, as many as fit are copied there at once and published with one
+    /// Puts the items of `batch`, in order. In a lane of its own, with room in its ring, as
+    /// many as fit go there at once, as block records (see `block.rs`) published with one
     /// store of the tail (a producer killed before it published none, after it all); an item
     /// for the blob area, one waiting for room, and every item of a bounded or joinable queue,
-    /// go one at a time, and the block resumes after it.
-    pub(crate) fn put_records(self: &Arc<Self>, records: &Records, wait: Wait) -> Result<()> {
+    /// go one at a time, and the blocks resume after it.
+    pub(crate) fn put_batch(self: &Arc<Self>, batch: &Batch, wait: Wait) -> Result<()> {
         self.check_open(true)?;
-        let block = !self.header().takes_turns();
-        let (bytes, mut items) = (&records.bytes[..], records.items);
-        let mut at = 0;
-        while at < bytes.len() {
-            if block {
+        let blocks = !self.header().takes_turns();
+        let mut k = 0;
+        while k < batch.len() {
+            if blocks {
                 let (lane, exclusive) = self.my_lane()?;
                 if exclusive && !self.producer_spilling(lane) {
-                    let (end, n) = self.put_block(lane, &bytes[at..], items, records.any_large);
-                    (at, items) = (at + end, items - n);
-                    if at == bytes.len() {
+                    k += self.put_blocks(lane, batch, k);
+                    if k == batch.len() {
                         break;
                     }
                 }
             }
-            let len = record_body_len(&bytes[at..]);
-            self.put_bytes(&bytes[at + RECORD_HEADER as usize..][..len], wait)?;
-            (at, items) = (at + record_len(len) as usize, items - 1);
+            self.put_bytes(batch.item(k), wait)?;
+            k += 1;
         }
         Ok(())
     }
 
-    /// Copies the leading records of `records` that the ring has room for now (up to one for
-    /// the blob area) into `lane` in one piece, publishes them at once, and returns how many
-    /// bytes of `records` and how many items that was (`items` in all, one over
-    /// [`INLINE_MAX`] among them if `any_large`).
-    fn put_block(&self, lane: usize, records: &[u8], items: u64, any_large: bool) -> (usize, u64) {
+    /// Writes the items of `batch` from `from` that the ring of `lane` has room for now, as
+    /// blocks (up to a large item), and publishes them at once. Returns how many.
+    fn put_blocks(&self, lane: usize, batch: &Batch, from: usize) -> usize {
         let meta = &self.header().lanes[lane];
         let before = meta.producer.0.tail.load(Relaxed);
-        let room = LANE_CAP - bytes_between(self.released_seen[lane].load(Relaxed), pos(before));
-        let (mut end, mut n) = (records.len(), items);
-        if any_large || end as u64 > room {
-            // the part that fits, up to a large item
-            (end, n) = (0, 0);
-            while end < records.len() {
-                let len = record_body_len(&records[end..]);
-                let next = end + record_len(len) as usize;
-                if len > INLINE_MAX || next as u64 > room {
-                    break;
-                }
-                (end, n) = (next, n + 1);
+        let mut room = LANE_CAP - bytes_between(self.released_seen[lane].load(Relaxed), pos(before));
+        let (mut k, mut written) = (from, 0u64);
+        while k < batch.len() && room > RECORD_HEADER {
+            let (n, body) = batch.fit(k, (room - RECORD_HEADER) as usize);
+            if n == 0 {
+                break;
             }
+            let at = pos(before) + written;
+            let len = block_record_len(body);
+            let header = (body as u64) | ((BLOCK as u64) << 32);
+            self.write_ring(lane, at, &header.to_le_bytes());
+            let mut piece_at = at + RECORD_HEADER;
+            batch.write_block(k, n, count(before) + (k - from) as u64, |piece| {
+                self.write_ring(lane, piece_at, piece);
+                piece_at += piece.len() as u64;
+            });
+            (k, written, room) = (k + n, written + len, room - len);
         }
-        if n > 0 {
-            self.write_ring(lane, pos(before), &records[..end]);
-            self.publish(lane, &meta.producer.0.tail, before, advance_by(before, end as u64, n), false);
+        if k > from {
+            self.publish(lane, &meta.producer.0.tail, before, advance_by(before, written, (k - from) as u64), false);
         }
-        (end, n)
+        k - from
     }
 
     /// The lane this thread puts into: its own (`true`), or the shared one.
@@ -374,45 +373,4 @@ fn acquire(shared: &Shared, lock: &std::sync::atomic::AtomicU64, me: u64) {
             }
         }
     }
-}
-
-/// A block of items for [`Shared::put_records`], each encoded as the record a ring holds for it
-/// (header, encoding, zeros to the next multiple of 8). An item over [`INLINE_MAX`] keeps its
-/// bytes here; `put_records` stores them apart.
-#[derive(Debug, Default)]
-pub(crate) struct Records {
-    bytes: Vec<u8>,
-    items: u64,
-    any_large: bool,
-}
-
-impl Records {
-    /// Room for about `items` small items.
-    pub(crate) fn with_capacity(items: usize) -> Self {
-        Records { bytes: Vec::with_capacity(items.saturating_mul(16).min(1 << 20)), ..Records::default() }
-    }
-
-    /// Appends `item`'s record.
-    #[inline]
-    pub(crate) fn push<T: serde::Serialize + ?Sized>(&mut self, item: &T) -> Result<()> {
-        let records = &mut self.bytes;
-        let at = records.len();
-        records.extend_from_slice(&[0; RECORD_HEADER as usize]);
-        crate::wire::codec::encode_to("item", item, &mut *records)?;
-        let len = records.len() - at - RECORD_HEADER as usize;
-        crate::wire::frame::check_len(len, crate::wire::frame::MAX_FRAME_LEN)?;
-        let header = (len as u64) | ((INLINE as u64) << 32);
-        records[at..at + RECORD_HEADER as usize].copy_from_slice(&header.to_le_bytes());
-        records.resize(at + record_len(len) as usize, 0);
-        self.items += 1;
-        self.any_large |= len > INLINE_MAX;
-        Ok(())
-    }
-}
-
-/// The body length in the header of the record `records` begins with.
-#[inline]
-fn record_body_len(records: &[u8]) -> usize {
-    let header = u64::from_le_bytes(records[..RECORD_HEADER as usize].try_into().expect("a record's header"));
-    (header & 0xffff_ffff) as usize
 }
