@@ -196,9 +196,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.shared.put_bytes(bytes, wait)
     }
 
-    /// Puts every item of `items`, in order, as a block where it can: in this thread's lane
-    /// with room, they are written one after another and appear together, so that a stream of
-    /// small items costs a fraction of one `put` each (`W6 batched`). Each is an item of its
+    /// Puts every item of `items`, in order, as blocks where it can: in this thread's lane
+    /// with room, small items are written one after another as block records (one header for
+    /// up to 64 KiB of items) and appear together, so that a stream of small items costs a
+    /// fraction of one `put` each (`W6 batched`). Each is an item of its
     /// own (a consumer may `get` them one by one). Waits for room as [`put`](Queue::put) does.
     ///
     /// Every item is encoded before any is put: an item that cannot be is [`Error::Encode`],
