@@ -96,6 +96,44 @@ pub(crate) fn encode_to<T: Serialize + ?Sized, W: io::Write>(
     })
 }
 
+/// Appends the encoding of `value` to `out`, plain (no byte run out of line: a queue's item),
+/// inlined whole: `put_many` encodes thousands of small items with it (measured, W6 batched:
+/// bincode's own entry point, called per item, was a third of the producer's time).
+#[inline(always)]
+pub(crate) fn encode_plain<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let mut ser = bincode::Serializer::new(PlainAppend(out), options());
+    value.serialize(&mut ser).map_err(|e| Error::Encode {
+        what,
+        type_name: std::any::type_name::<T>().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// A `Vec` to append to, whose writes are inlined, with no byte run out of line.
+struct PlainAppend<'a>(&'a mut Vec<u8>);
+
+impl io::Write for PlainAppend<'_> {
+    #[inline(always)]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    #[inline(always)]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The error for a value whose `Serialize` panicked (while the frame it was going into was
 /// encoded).
 pub(crate) fn serialize_panicked(what: &'static str, type_name: &str, message: String) -> Error {

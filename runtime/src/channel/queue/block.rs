@@ -43,7 +43,7 @@ impl Batch {
     #[inline]
     pub(crate) fn push<T: serde::Serialize + ?Sized>(&mut self, item: &T) -> Result<()> {
         let at = self.data.len();
-        crate::wire::codec::encode_to("item", item, &mut self.data)?;
+        crate::wire::codec::encode_plain("item", item, &mut self.data)?;
         let len = self.data.len() - at;
         if let Err(e) = crate::wire::frame::check_len(len, crate::wire::frame::MAX_FRAME_LEN) {
             self.data.truncate(at);
