@@ -264,17 +264,27 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
         let failed = std::cell::RefCell::new(None);
         let capturing = crate::panic::capturing();
-        let mut read = |bytes: &[u8]| {
-            let e = match capturing.catch(|| codec::decode_plain::<T>(bytes)) {
-                Ok(Ok(item)) => {
-                    out.push(item);
-                    return true;
-                }
-                Ok(Err(e)) => codec::decode_failed::<T>("item", e),
+        // (the failures out of line, so that this is inlined into the loop over a block's items)
+        #[cold]
+        #[inline(never)]
+        fn fail<T>(
+            failed: &std::cell::RefCell<Option<Error>>,
+            e: std::result::Result<bincode::Error, crate::wire::message::PanicReport>,
+        ) -> bool {
+            let e = match e {
+                Ok(e) => codec::decode_failed::<T>("item", e),
                 Err(r) => codec::deserialize_panicked("item", std::any::type_name::<T>(), r.message),
             };
             *failed.borrow_mut() = Some(e);
             false
+        }
+        let mut read = |bytes: &[u8]| match capturing.catch(|| codec::decode_plain::<T>(bytes)) {
+            Ok(Ok(item)) => {
+                out.push(item);
+                true
+            }
+            Ok(Err(e)) => fail::<T>(&failed, Ok(e)),
+            Err(r) => fail::<T>(&failed, Err(r)),
         };
         self.shared.take(wait, |bytes| {
             read(bytes);
