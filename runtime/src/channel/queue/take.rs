@@ -753,7 +753,7 @@ mod tests {
             let i = shared.active_lanes().next().unwrap();
             let c = &shared.header().lanes[i].consumer.0;
             let at = pos(c.head.load(Relaxed)) + RECORD_HEADER;
-            let ring = shared.ring(i) as *mut u8;
+            let ring = shared.ring(i);
             // SAFETY (test): the block's header, inside the ring; nothing reads it meanwhile.
             let header = unsafe { std::slice::from_raw_parts_mut(ring.add(at as usize), 16) };
             match lie {
