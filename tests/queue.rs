@@ -686,3 +686,32 @@ fn batches_of_items_of_any_size_arrive_whole_and_in_order_however_they_are_taken
     assert_eq!(join(consumer).unwrap(), None);
     assert!(q.try_get().is_err());
 }
+
+/// A `u64` whose `Deserialize` panics on 13.
+#[derive(Debug, PartialEq, Serialize)]
+struct Unlucky(u64);
+
+impl<'de> Deserialize<'de> for Unlucky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        assert!(n != 13, "thirteen is unlucky");
+        Ok(Unlucky(n))
+    }
+}
+
+/// A `Deserialize` that panics in the middle of a `get_many`'s block: the items before it come
+/// back, the panic is the next take's error (with its message), the item after it is there.
+#[test]
+fn a_deserialize_that_panics_inside_get_many_is_an_error_and_loses_nothing_else() {
+    let q = Queue::<Unlucky>::new().unwrap();
+    q.put_many((10..16).map(Unlucky)).unwrap();
+    let got = q.get_many(100).unwrap();
+    assert_eq!(got, [Unlucky(10), Unlucky(11), Unlucky(12)]);
+    let err = q.get().unwrap_err();
+    assert!(err.to_string().contains("thirteen is unlucky"), "{err}");
+    assert_eq!(q.get_many(100).unwrap(), [Unlucky(14), Unlucky(15)]);
+    // and as the first item of a get_many, at once
+    q.put_many([13, 16].map(Unlucky)).unwrap();
+    assert!(q.get_many(100).unwrap_err().to_string().contains("thirteen is unlucky"));
+    assert_eq!(q.get_many(100).unwrap(), [Unlucky(16)]);
+}

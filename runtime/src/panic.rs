@@ -83,8 +83,15 @@ impl Capturing {
     /// Runs `f`, turning a panic into its report.
     #[inline(always)]
     pub(crate) fn catch<R>(&self, f: impl FnOnce() -> R) -> Result<R, PanicReport> {
-        panic::catch_unwind(AssertUnwindSafe(f)).map_err(report_of)
+        catch_captured(f)
     }
+}
+
+/// Runs `f`, turning a panic into its report; for a thread where a [`Capturing`] lives (else
+/// the panic is printed too, and its report has no location).
+#[inline(always)]
+pub(crate) fn catch_captured<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(report_of)
 }
 
 impl Drop for Capturing {

@@ -263,7 +263,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             return Ok(out);
         }
         let failed = std::cell::RefCell::new(None);
-        let capturing = crate::panic::capturing();
         // (the failures out of line, so that this is inlined into the loop over a block's items)
         #[cold]
         #[inline(never)]
@@ -278,7 +277,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             *failed.borrow_mut() = Some(e);
             false
         }
-        let mut read = |bytes: &[u8]| match capturing.catch(|| codec::decode_plain::<T>(bytes)) {
+        // Panics are captured (reported as the take's error, not printed) while items are
+        // decoded, not while this thread waits for the first.
+        let mut read = |bytes: &[u8]| match crate::panic::catch_captured(|| codec::decode_plain::<T>(bytes)) {
             Ok(Ok(item)) => {
                 out.push(item);
                 true
@@ -287,9 +288,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Err(r) => fail::<T>(&failed, Err(r)),
         };
         self.shared.take(wait, |bytes| {
+            let _capturing = crate::panic::capturing();
             read(bytes);
         })?;
         if max > 1 && failed.borrow().is_none() {
+            let _capturing = crate::panic::capturing();
             self.shared.take_many_now(max - 1, &mut read)?;
         }
         match failed.into_inner() {
