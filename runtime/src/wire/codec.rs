@@ -25,19 +25,16 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
-    options().serialize_into(Append(out), value).map_err(|e| Error::Encode {
-        what,
-        type_name: std::any::type_name::<T>().to_string(),
-        message: e.to_string(),
-    })
+    options().serialize_into(Append::<true>(out), value).map_err(|e| encode_failed::<T>(what, e))
 }
 
 /// A `Vec` to append to, whose writes are inlined into the encoder whatever the size of the
 /// function around it: a `map` encodes millions of small values, a few bytes each (measured, W3:
-/// 2 ns per item when the `Vec`'s own writes were left out of line).
-struct Append<'a>(&'a mut Vec<u8>);
+/// 2 ns per item when the `Vec`'s own writes were left out of line). With `LARGE`, a large byte
+/// run may go out of line (see `large.rs`); without, all stay here (plain bincode).
+struct Append<'a, const LARGE: bool>(&'a mut Vec<u8>);
 
-impl io::Write for Append<'_> {
+impl<const LARGE: bool> io::Write for Append<'_, LARGE> {
     #[inline(always)]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.extend_from_slice(buf);
@@ -46,7 +43,7 @@ impl io::Write for Append<'_> {
 
     #[inline(always)]
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        if large::is_large(buf.len()) && self.out_of_line(buf) {
+        if LARGE && large::is_large(buf.len()) && self.out_of_line(buf) {
             return Ok(());
         }
         self.0.reserve(buf.len());
@@ -65,7 +62,7 @@ impl io::Write for Append<'_> {
     }
 }
 
-impl Append<'_> {
+impl<const LARGE: bool> Append<'_, LARGE> {
     /// Puts a large byte run out of line (see `large.rs`), if it is one (bincode wrote its
     /// length just before) and a frame's descriptors can carry it. `false`: it goes inline.
     #[cold]
@@ -89,11 +86,7 @@ pub(crate) fn encode_to<T: Serialize + ?Sized, W: io::Write>(
     value: &T,
     out: W,
 ) -> Result<(), Error> {
-    options().serialize_into(out, value).map_err(|e| Error::Encode {
-        what,
-        type_name: std::any::type_name::<T>().to_string(),
-        message: e.to_string(),
-    })
+    options().serialize_into(out, value).map_err(|e| encode_failed::<T>(what, e))
 }
 
 /// Appends the encoding of `value` to `out`, plain (no byte run out of line: a queue's item),
@@ -105,33 +98,13 @@ pub(crate) fn encode_plain<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
-    let mut ser = bincode::Serializer::new(PlainAppend(out), options());
-    value.serialize(&mut ser).map_err(|e| Error::Encode {
-        what,
-        type_name: std::any::type_name::<T>().to_string(),
-        message: e.to_string(),
-    })
+    let mut ser = bincode::Serializer::new(Append::<false>(out), options());
+    value.serialize(&mut ser).map_err(|e| encode_failed::<T>(what, e))
 }
 
-/// A `Vec` to append to, whose writes are inlined, with no byte run out of line.
-struct PlainAppend<'a>(&'a mut Vec<u8>);
-
-impl io::Write for PlainAppend<'_> {
-    #[inline(always)]
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    #[inline(always)]
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.0.extend_from_slice(buf);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+#[cold]
+fn encode_failed<T: ?Sized>(what: &'static str, e: bincode::Error) -> Error {
+    Error::Encode { what, type_name: std::any::type_name::<T>().to_string(), message: e.to_string() }
 }
 
 /// The error for a value whose `Serialize` panicked (while the frame it was going into was

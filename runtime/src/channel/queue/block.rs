@@ -14,7 +14,7 @@
 //! count minus `first`. The head moves past the block with its last item. So one store of the
 //! head still takes one item or several, and a consumer killed before it took none of them.
 
-use crate::channel::queue::layout::{INLINE_MAX, RECORD_HEADER};
+use crate::channel::queue::layout::INLINE_MAX;
 use crate::error::{Error, Result};
 
 /// The bytes before a block's ends (or data).
@@ -208,11 +208,6 @@ impl BlockInfo {
     }
 }
 
-/// The record length of a block of `body` bytes (as `layout::record_len`).
-pub(crate) fn block_record_len(body: usize) -> u64 {
-    (RECORD_HEADER + body as u64).next_multiple_of(8)
-}
-
 /// Reads the block whose whole body is `body`: calls `read` with items `from..` (at most `max`,
 /// until it returns `false`). Returns how many it was given, and why it stopped early if an
 /// item's place does not read (the items before it were given).
@@ -243,7 +238,7 @@ pub(crate) fn read_items(
     (given, Ok(()))
 }
 
-/// The error for a block that does not read.
+/// The error for a lane whose records do not read (a block's, or any other).
 pub(crate) fn corrupt(lane: usize, why: String) -> Error {
     Error::BadFrame { reason: format!("a queue's lane {lane} is corrupt: {why}") }
 }

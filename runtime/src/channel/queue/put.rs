@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::channel::pipe::Wait;
 use crate::channel::queue::attach::{self, Shared};
-use crate::channel::queue::block::{block_record_len, Batch};
+use crate::channel::queue::block::Batch;
 use crate::channel::queue::layout::*;
 use crate::error::{Error, Result};
 use crate::sys::shm;
@@ -87,7 +87,7 @@ impl Shared {
                 break;
             }
             let at = pos(before) + written;
-            let len = block_record_len(body);
+            let len = record_len(body);
             let header = (body as u64) | ((BLOCK as u64) << 32);
             self.write_ring(lane, at, &header.to_le_bytes());
             let mut piece_at = at + RECORD_HEADER;

@@ -356,7 +356,7 @@ impl Shared {
         // (before the tail was stored) and not rewritten while this thread holds the lane.
         let word = u64::from_le(unsafe { (self.ring(i) as *const u64).add((at % LANE_CAP) as usize / 8).read() });
         let (len, kind) = ((word & 0xffff_ffff) as usize, (word >> 32) as u32);
-        let corrupt = |why: &str| Error::BadFrame { reason: format!("a queue's lane {i} is corrupt: {why}") };
+        let corrupt = |why: &str| block::corrupt(i, why.to_string());
         let mut new_head = advance(head, record_len(len));
         // a large item's place and length, freed once the head has moved past it
         let blob = match kind {
@@ -799,6 +799,39 @@ mod tests {
                 _ => vec![0, 100, 101, 102, 103, 104, 7],
             };
             assert_eq!(got, want, "step {step}");
+        }
+    }
+
+    /// A producer dies at each step of putting blocks: a block written past the tail and not
+    /// published is never seen, and the lane's next put writes over it; published, all of it is.
+    #[test]
+    fn a_producer_killed_while_it_writes_a_block_record_shows_none_of_it_or_all() {
+        for step in 0..2 {
+            let shared = Shared::create(0, 0).unwrap();
+            shared.put_bytes(&0u64.to_le_bytes(), Wait::Now).unwrap();
+            let i = shared.active_lanes().next().unwrap();
+            let tail = &shared.header().lanes[i].producer.0.tail;
+            let before = tail.load(Relaxed);
+            // the block record, as `put_blocks` writes it
+            let batch = batch_of(100..105);
+            let (n, body) = batch.fit(0, 1 << 16);
+            shared.write_ring(i, pos(before), &((body as u64) | ((BLOCK as u64) << 32)).to_le_bytes());
+            let mut at = pos(before) + RECORD_HEADER;
+            batch.write_block(0, n, count(before), |piece| {
+                shared.write_ring(i, at, piece);
+                at += piece.len() as u64;
+            });
+            if step == 1 {
+                tail.store(advance_by(before, record_len(body), n as u64), Release);
+                // published, then died
+            }
+            assert_eq!(shared.len(), if step == 1 { 6 } else { 1 }, "step {step}");
+            shared.put_bytes(&7u64.to_le_bytes(), Wait::Now).unwrap();
+            let want: Vec<u64> = match step {
+                0 => vec![0, 7],
+                _ => vec![0, 100, 101, 102, 103, 104, 7],
+            };
+            assert_eq!(take_all(&shared), want, "step {step}");
         }
     }
 
