@@ -17,15 +17,31 @@
 //! `mpi_map die` makes a task end its rank, to show what happens then: the launcher ends the
 //! whole job, and rank 0 says why. `mpi_map handles` shows that a local queue cannot go to a
 //! rank; `mpi_map queue` passes one brokered by rank 0 (a manager's, reached by address);
-//! `mpi_map large` maps over values of 2 MiB (inline to ranks, as descriptors do not cross).
+//! `mpi_map large` maps over values of 2 MiB (inline to ranks, as descriptors do not cross);
+//! `mpi_map kill-on HOST` kills (`kill -9`) whichever rank runs a task on host `HOST`.
 
 use std::collections::BTreeSet;
 
 use multiproc::{process_fn, Error, Manager, Pool, Queue, QueueProxy};
 
 #[process_fn]
-fn square(x: u64) -> (u64, u32) {
-    (x * x, std::process::id())
+fn square(x: u64) -> (u64, u32, String) {
+    (x * x, std::process::id(), host())
+}
+
+/// This machine's name (under a launcher, the host a rank runs on).
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// Ends this rank as `kill -9` would, on host `on` only: a rank killed on a far host.
+#[process_fn]
+fn killed_on(on: String, x: u64) -> u64 {
+    if host() == on {
+        let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+    x
 }
 
 #[process_fn]
@@ -73,6 +89,12 @@ fn main() -> multiproc::Result<()> {
             println!("{out:?} (the job should have ended)");
             return Ok(());
         }
+        Some("kill-on") => {
+            let on = std::env::args().nth(2).unwrap_or_else(host);
+            let out = pool.starmap(killed_on, (0..10).map(|x| (on.clone(), x)))?;
+            println!("{out:?} (the job should have ended)");
+            return Ok(());
+        }
         Some("handles") => {
             match pool.apply(put, (Queue::new()?,)) {
                 Err(e) => println!("refused: {e}"),
@@ -83,7 +105,7 @@ fn main() -> multiproc::Result<()> {
         Some("more") => {
             // the rest of the pool's calls, over ranks
             let lazy: Vec<u64> =
-                pool.imap(square, 0..5u64).map(|r| r.map(|(s, _)| s)).collect::<multiproc::Result<_>>()?;
+                pool.imap(square, 0..5u64).map(|r| r.map(|(s, ..)| s)).collect::<multiproc::Result<_>>()?;
             let later = pool.apply_async(square, (12,));
             let results = pool.map_results(check, 0..8u64);
             let failed: Vec<String> = results.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
@@ -105,8 +127,9 @@ fn main() -> multiproc::Result<()> {
         Some("queue") => {
             // A queue held by a manager on rank 0's host, reached over TCP by address and key:
             // its proxies cross to the ranks as values. (Across hosts, serve on an address the
-            // other hosts reach, not 127.0.0.1.)
-            let server = Manager::serve("127.0.0.1:0", b"example key")?;
+            // other hosts reach, not 127.0.0.1: `mpi_map queue 10.0.0.1`.)
+            let at = std::env::args().nth(2).unwrap_or_else(|| "127.0.0.1".to_string());
+            let server = Manager::serve((at.as_str(), 0), b"example key")?;
             let manager = Manager::connect(server.local_addr().expect("served"), b"example key")?;
             let q = manager.queue::<String>()?;
             pool.starmap(report, (0..4).map(|x| (q.clone(), x)))?;
@@ -118,9 +141,11 @@ fn main() -> multiproc::Result<()> {
         _ => {}
     }
     let out = pool.map(square, 0..10)?;
-    let squares: Vec<u64> = out.iter().map(|(s, _)| *s).collect();
-    let workers: BTreeSet<u32> = out.iter().map(|(_, pid)| *pid).collect();
+    let squares: Vec<u64> = out.iter().map(|(s, ..)| *s).collect();
+    let workers: BTreeSet<u32> = out.iter().map(|(_, pid, _)| *pid).collect();
+    let hosts: BTreeSet<&str> = out.iter().map(|(.., host)| host.as_str()).collect();
     println!("{squares:?}");
     println!("computed by {} of the {} workers", workers.len(), pool.workers());
+    println!("on hosts: {}", hosts.into_iter().collect::<Vec<_>>().join(", "));
     Ok(())
 }

@@ -1,20 +1,47 @@
-//! A pool over MPI ranks, run as a user runs it: the example under `mpirun -n 3`. Needs Open
-//! MPI (`mpirun` on the PATH); built with `--features mpi` only. Every run has a hard deadline.
+//! A pool over MPI ranks, run as a user runs it: the example under `mpirun -n 3`, on this host,
+//! and across two hosts (network namespaces joined by a veth pair, made by the test; needs
+//! root). Needs Open MPI (`mpirun` on the PATH); built with `--features mpi` only. Every run has
+//! a hard deadline.
 #![cfg(feature = "mpi")]
 
 mod common;
+mod hosts;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn mpirun(args: &[&str]) -> common::Finished {
+/// The example, built by `cargo test --features mpi` beside this test.
+fn example() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let example: PathBuf = exe.parent().unwrap().parent().unwrap().join("examples").join("mpi_map");
     assert!(example.exists(), "{} is not built; run `cargo test --features mpi`", example.display());
+    example
+}
+
+fn mpirun(args: &[&str]) -> common::Finished {
     let mut cmd = Command::new("mpirun");
-    cmd.args(["--allow-run-as-root", "--oversubscribe", "-n", "3"]).arg(&example).args(args);
+    cmd.args(["--allow-run-as-root", "--oversubscribe", "-n", "3"]).arg(example()).args(args);
     common::run_for(&mut cmd, Duration::from_secs(60))
+}
+
+/// The example under `mpirun -n 3` started on host A of the two, ranks placed round the hosts
+/// (rank 0 and 2 on A, rank 1 on B), over TCP between them; one job at a time. Every job, one
+/// that failed too, leaves no process behind on either host.
+fn mpirun_two_hosts(args: &[&str]) -> common::Finished {
+    let hosts = hosts::two();
+    let _alone = hosts.exclusive();
+    let mut cmd = hosts.mpirun(3);
+    cmd.arg(example()).args(args);
+    let out = common::run_for(&mut cmd, Duration::from_secs(60));
+    assert!(
+        hosts.idle_within(Duration::from_secs(10)),
+        "the job left processes on the hosts: {:?} {:?}\n{}",
+        hosts.a.pids(),
+        hosts.b.pids(),
+        out.stderr
+    );
+    out
 }
 
 #[test]
@@ -24,6 +51,7 @@ fn a_map_runs_on_the_other_ranks() {
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines[0], "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "{}", out.stdout);
     assert!(lines[1].ends_with("of the 2 workers"), "{}", out.stdout);
+    assert!(lines[2].starts_with("on hosts: "), "{}", out.stdout);
 }
 
 #[test]
@@ -64,4 +92,56 @@ fn imap_apply_async_and_a_panic_on_a_rank_that_fails_only_its_item() {
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines[0], "imap [0, 1, 4, 9, 16], apply_async 144, 7 ok", "{}", out.stdout);
     assert!(lines[1].starts_with("failed: ") && lines[1].contains("five is not allowed"), "{}", out.stdout);
+}
+
+#[test]
+fn a_map_runs_on_ranks_of_two_hosts() {
+    let out = mpirun_two_hosts(&[]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "{}", out.stdout);
+    assert!(lines[1].ends_with("of the 2 workers"), "{}", out.stdout);
+    let hosts = hosts::two();
+    assert_eq!(lines[2], format!("on hosts: {}, {}", hosts.a.name, hosts.b.name), "{}", out.stdout);
+}
+
+#[test]
+fn a_rank_killed_on_the_far_host_ends_the_job_and_the_launcher_names_it() {
+    let hosts = hosts::two();
+    let start = Instant::now();
+    let out = mpirun_two_hosts(&["kill-on", &hosts.b.name]);
+    assert!(!out.status.success());
+    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+    assert!(!out.stdout.contains("the job should have ended"), "{}", out.stdout);
+    assert!(out.stderr.contains("multiproc: rank 0 was told to terminate"), "{}", out.stderr);
+    // Open MPI's own words: "process rank 1 with PID .. on node 10.89.0.2 exited on signal 9"
+    let node = format!("on node {} exited on signal 9", hosts.b.address);
+    assert!(out.stderr.contains("process rank 1 with PID") && out.stderr.contains(&node), "{}", out.stderr);
+}
+
+#[test]
+fn a_queue_brokered_by_rank_0_serves_ranks_on_the_far_host() {
+    let hosts = hosts::two();
+    let out = mpirun_two_hosts(&["queue", &hosts.a.address]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.trim(), "4 items through the brokered queue");
+}
+
+#[test]
+fn large_values_imap_and_a_panic_across_two_hosts() {
+    let out = mpirun_two_hosts(&["large"]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.trim(), "4 large values there and back: all correct", "{}", out.stderr);
+    let out = mpirun_two_hosts(&["more"]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "imap [0, 1, 4, 9, 16], apply_async 144, 7 ok", "{}", out.stdout);
+    assert!(lines[1].contains("five is not allowed"), "{}", out.stdout);
+}
+
+#[test]
+fn handles_are_refused_for_ranks_of_two_hosts() {
+    let out = mpirun_two_hosts(&["handles"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("cannot cross to another MPI rank"), "{}", out.stdout);
 }
