@@ -18,7 +18,9 @@
 //! whole job, and rank 0 says why. `mpi_map handles` shows that a local queue cannot go to a
 //! rank; `mpi_map queue` passes one brokered by rank 0 (a manager's, reached by address);
 //! `mpi_map large` maps over values of 2 MiB (inline to ranks, as descriptors do not cross);
-//! `mpi_map kill-on HOST` kills (`kill -9`) whichever rank runs a task on host `HOST`.
+//! `mpi_map kill-on HOST` kills (`kill -9`) whichever rank runs a task on host `HOST`;
+//! `mpi_map pools` runs two pools at once, each on ranks of its own; `mpi_map slow` runs 40
+//! tasks of 250 ms, for a job cancelled while they run.
 
 use std::collections::BTreeSet;
 
@@ -49,6 +51,12 @@ fn crash(x: u64) -> u64 {
     if x == 3 {
         std::process::abort(); // a crash on a worker rank
     }
+    x
+}
+
+#[process_fn]
+fn nap(x: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(250));
     x
 }
 
@@ -93,6 +101,34 @@ fn main() -> multiproc::Result<()> {
             let on = std::env::args().nth(2).unwrap_or_else(host);
             let out = pool.starmap(killed_on, (0..10).map(|x| (on.clone(), x)))?;
             println!("{out:?} (the job should have ended)");
+            return Ok(());
+        }
+        Some("slow") => {
+            // work in flight when the job is cancelled: 40 tasks of 250 ms
+            println!("started");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let out = pool.map(nap, 0..40u64)?;
+            println!("done: {} results", out.len());
+            return Ok(());
+        }
+        Some("pools") => {
+            // several pools in one job: each takes ranks no other pool serves
+            drop(pool);
+            let first = Pool::builder().mpi_ranks().workers(1).build()?;
+            let second = Pool::builder().mpi_ranks().workers(1).build()?;
+            let (a, b) = (first.apply(square, (2,))?.1, second.apply(square, (3,))?.1);
+            println!("two pools at once, on {}", if a != b { "different ranks" } else { "THE SAME RANK" });
+            match Pool::builder().mpi_ranks().build() {
+                Err(e) => println!("a third: {e}"),
+                Ok(_) => println!("a third pool got a rank that serves another"),
+            }
+            drop(first);
+            let third = Pool::builder().mpi_ranks().build()?;
+            println!(
+                "once one is dropped, a third has {} worker, result {}",
+                third.workers(),
+                third.apply(square, (4,))?.0
+            );
             return Ok(());
         }
         Some("handles") => {

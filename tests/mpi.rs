@@ -145,3 +145,47 @@ fn handles_are_refused_for_ranks_of_two_hosts() {
     assert!(out.status.success(), "{}", out.stderr);
     assert!(out.stdout.contains("cannot cross to another MPI rank"), "{}", out.stdout);
 }
+
+#[test]
+fn several_pools_of_one_job_share_the_ranks_out() {
+    let out = mpirun(&["pools"]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "two pools at once, on different ranks", "{}", out.stdout);
+    assert!(lines[1].starts_with("a third: ") && lines[1].contains("serves another pool"), "{}", out.stdout);
+    assert_eq!(lines[2], "once one is dropped, a third has 1 worker, result 16", "{}", out.stdout);
+}
+
+/// A job cancelled with Ctrl-C (SIGINT to `mpirun`'s process group) while tasks run on both
+/// hosts: it ends within seconds, rank 0 says what happened to the work in flight, and no
+/// rank or daemon is left on either host.
+#[test]
+fn a_job_cancelled_while_it_works_on_two_hosts_leaves_nothing_running() {
+    let hosts = hosts::two();
+    let _alone = hosts.exclusive();
+    let mut cmd = hosts.mpirun(3);
+    cmd.arg(example()).arg("slow");
+    let mut job = common::spawn_in_own_group(&mut cmd);
+    let mut stdout = std::io::BufReader::new(job.stdout.take().unwrap());
+    let stderr = common::reader(job.stderr.take().unwrap());
+    let mut first = String::new();
+    let started = common::within(Duration::from_secs(60), move || {
+        std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+        (first, stdout)
+    });
+    assert_eq!(started.0.trim(), "started");
+    std::thread::sleep(Duration::from_millis(500)); // tasks in flight on both hosts
+    common::signal(job.id(), libc::SIGINT);
+    let start = Instant::now();
+    let status = common::wait_deadline(&mut job);
+    assert!(!status.success());
+    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    let stderr = stderr.join().unwrap();
+    assert!(stderr.contains("multiproc: rank 0 was told to terminate"), "{stderr}");
+    assert!(
+        hosts.idle_within(Duration::from_secs(10)),
+        "the cancelled job left processes: {:?} {:?}\n{stderr}",
+        hosts.a.pids(),
+        hosts.b.pids()
+    );
+}

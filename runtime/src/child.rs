@@ -143,16 +143,16 @@ impl ChildProc {
         proc.greet(how, first, Some(live_read))
     }
 
-    /// Uses MPI rank `rank` as a pool worker: opens a session with it, and greets it as a
-    /// child (the same handshake and build check, without a liveness pipe: a rank ends with the
-    /// job).
+    /// Uses a free MPI rank (the lowest that serves no pool) as a pool worker: opens a session
+    /// with it, and greets it as a child (the same handshake and build check, without a
+    /// liveness pipe: a rank ends with the job).
     #[cfg(feature = "mpi")]
-    pub(crate) fn attach_rank(rank: i32, how: &Spawn<'_>, first: Option<OutFrame>) -> Result<ChildProc> {
+    pub(crate) fn attach_rank(how: &Spawn<'_>, first: Option<OutFrame>) -> Result<ChildProc> {
         if let Some(first) = &first {
             first.check_len(how.max_frame_len)?;
         }
         let io = |e| Error::io("could not open a session with an MPI rank", e);
-        let mut session = crate::mpi::open(rank).map_err(io)?;
+        let (rank, mut session) = crate::mpi::open_free().map_err(io)?;
         let local = session.local.take().expect("a new session has its local end");
         let pidfd = session.ended.try_clone().map_err(io)?;
         let mut reader = FrameReader::new(local.into());

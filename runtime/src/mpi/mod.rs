@@ -96,22 +96,32 @@ pub(crate) fn worker_ranks() -> Option<usize> {
     WORLD.get().filter(|w| w.rank == 0).map(|w| w.size as usize - 1)
 }
 
-/// Opens a session with worker rank `rank` (1-based): the rank starts serving, and the
-/// returned socket carries the pool's frames to it.
-pub(crate) fn open(rank: i32) -> std::io::Result<Session> {
+/// How many worker ranks serve no pool now, or `None` when not launched by MPI.
+pub(crate) fn free_ranks() -> Option<usize> {
+    let world = WORLD.get().filter(|w| w.rank == 0)?;
+    Some(world.busy.lock().unwrap_or_else(|p| p.into_inner()).iter().skip(1).filter(|b| !**b).count())
+}
+
+/// Opens a session with the lowest worker rank that serves no pool (so that several pools of
+/// one job share the ranks out): the rank starts serving, and the returned socket carries the
+/// pool's frames to it. Returns the rank too.
+pub(crate) fn open_free() -> std::io::Result<(i32, Session)> {
     let world = WORLD.get().ok_or_else(|| std::io::Error::other("not started by an MPI launcher"))?;
-    {
+    let rank = {
         let mut busy = world.busy.lock().unwrap_or_else(|p| p.into_inner());
-        match busy.get_mut(rank as usize) {
-            Some(b) if !*b => *b = true,
-            Some(_) => return Err(std::io::Error::other(format!("MPI rank {rank} serves another pool already"))),
-            None => return Err(std::io::Error::other(format!("there is no MPI rank {rank}"))),
-        }
-    }
+        let Some(free) = busy.iter().skip(1).position(|b| !*b) else {
+            return Err(std::io::Error::other(format!(
+                "every worker rank of this job ({}) serves another pool already",
+                world.size - 1
+            )));
+        };
+        busy[free + 1] = true;
+        (free + 1) as i32
+    };
     mpi::topology::SimpleCommunicator::world()
         .process_at_rank(rank)
         .send_with_tag(&[Control::Open as u8][..], TAG_CONTROL);
-    Session::start(rank, Box::new(move || release(rank)))
+    Ok((rank, Session::start(rank, Box::new(move || release(rank)))?))
 }
 
 fn release(rank: i32) {
@@ -132,11 +142,13 @@ extern "C" fn finish() {
     drop(UNIVERSE.lock().unwrap_or_else(|p| p.into_inner()).take());
 }
 
-/// Rank 0 is being terminated: `mpirun` does that to every rank when one died.
+/// Rank 0 is being terminated: `mpirun` and Slurm do that to every rank when one died, and
+/// when the job is cancelled.
 extern "C" fn announce_abort() {
     crate::sys::write_stderr(
         b"multiproc: rank 0 was told to terminate: the MPI launcher ends the whole job when a rank dies \
-          (MPI_ERRORS_ARE_FATAL); the pool's unfinished tasks are lost; see the launcher's message for which rank\n",
+          (MPI_ERRORS_ARE_FATAL) or the job is cancelled (Ctrl-C, scancel); the pool's unfinished tasks are \
+          lost; see the launcher's message for which rank, or why\n",
     );
 }
 

@@ -201,7 +201,10 @@ impl PoolBuilder {
     }
 
     /// Makes the workers the other ranks of an MPI job (`mpirun -n N ./app`, Slurm `srun`):
-    /// one worker per rank but 0, on whatever hosts the launcher put them. Everything else is
+    /// one worker per rank but 0 that serves no other pool (at most [`workers`](Self::workers),
+    /// when set), on whatever hosts the launcher put them. Several pools of one job share the
+    /// ranks out this way, each rank serving one pool at a time; a rank goes back when its pool
+    /// is dropped. Everything else is
     /// the same pool: `map`, `imap`, `starmap`, `apply_async`, chunking, progress. Results come
     /// from whichever rank finishes first, so faster hosts take more work.
     ///
@@ -216,7 +219,7 @@ impl PoolBuilder {
     /// # Errors
     ///
     /// `build` fails with [`Error::PoolConfig`] when the program was not started by an MPI
-    /// launcher with at least two ranks.
+    /// launcher with at least two ranks, or when every worker rank serves another pool.
     #[cfg(feature = "mpi")]
     pub fn mpi_ranks(&mut self) -> &mut Self {
         self.mpi = true;
@@ -250,19 +253,25 @@ impl PoolBuilder {
     fn ranks(&self) -> Result<usize> {
         let refuse = |reason: &str| Err(Error::PoolConfig { reason: reason.into() });
         #[cfg(feature = "mpi")]
-        let ranks = crate::mpi::worker_ranks();
+        let (ranks, free) = (crate::mpi::worker_ranks(), crate::mpi::free_ranks().unwrap_or(0));
         #[cfg(not(feature = "mpi"))]
-        let ranks: Option<usize> = None;
+        let (ranks, free): (Option<usize>, usize) = (None, 0);
         match ranks {
             None => refuse("a pool over MPI ranks needs the program started by an MPI launcher (mpirun, srun)"),
             Some(0) => refuse("a pool over MPI ranks needs at least two ranks (mpirun -n 2 or more)"),
+            Some(n) if free == 0 => Err(Error::PoolConfig {
+                reason: format!(
+                    "every worker rank of this job ({n}) serves another pool: drop one, or give each pool \
+                     fewer with .workers(k)"
+                ),
+            }),
             Some(_) if self.task_timeout.is_some() => {
                 refuse("task_timeout cannot work over MPI ranks: a rank cannot be killed and replaced")
             }
             Some(_) if self.max_tasks_per_child.is_some() || self.max_memory_per_child.is_some() => refuse(
                 "max_tasks_per_child and max_memory_per_child cannot work over MPI ranks: a rank cannot be replaced",
             ),
-            Some(n) => Ok(self.workers.map_or(n, |w| w.min(n))),
+            Some(_) => Ok(self.workers.map_or(free, |w| w.min(free))),
         }
     }
 

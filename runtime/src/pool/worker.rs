@@ -109,7 +109,7 @@ impl Worker {
         // Over MPI, a worker is a rank: a death there ends the job, so nothing is retried.
         #[cfg(feature = "mpi")]
         if config.mpi {
-            let rank = ChildProc::attach_rank(index as i32 + 1, &how, first).map_err(Setback::Fatal)?;
+            let rank = ChildProc::attach_rank(&how, first).map_err(Setback::Fatal)?;
             return Self::spawned(inner, Ok(rank));
         }
         Self::spawned(inner, ChildProc::spawn(&how, first))
