@@ -13,7 +13,7 @@ use multiproc::{process_fn, Pool};
 
 #[process_fn]
 fn slow_square(x: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(200));
     x * x
 }
 
