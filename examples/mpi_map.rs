@@ -17,7 +17,7 @@
 //! `mpi_map die` makes a task end its rank, to show what happens then: the launcher ends the
 //! whole job, and rank 0 says why. `mpi_map handles` shows that a local queue cannot go to a
 //! rank; `mpi_map queue` passes one brokered by rank 0 (a manager's, reached by address);
-//! `mpi_map large` maps over values of 2 MiB (inline to ranks, as descriptors do not cross);
+//! `mpi_map large` maps over 12 values of 2 MiB (inline to ranks, as descriptors do not cross);
 //! `mpi_map kill-on HOST` kills (`kill -9`) whichever rank runs a task on host `HOST`;
 //! `mpi_map pools` runs two pools at once, each on ranks of its own; `mpi_map slow` runs 40
 //! tasks of 250 ms, for a job cancelled while they run.
@@ -154,10 +154,11 @@ fn main() -> multiproc::Result<()> {
             return Ok(());
         }
         Some("large") => {
-            let inputs: Vec<Vec<f64>> = (0..4).map(|k| vec![k as f64; 1 << 18]).collect(); // 2 MiB each
+            // 2 MiB each, 12 of them: a worker has a second one sent while it sends a result
+            let inputs: Vec<Vec<f64>> = (0..12).map(|k| vec![k as f64; 1 << 18]).collect();
             let out = pool.map(halve, inputs)?;
             let ok = out.iter().enumerate().all(|(k, v)| v.len() == 1 << 18 && v.iter().all(|x| *x == k as f64 / 2.0));
-            println!("4 large values there and back: {}", if ok { "all correct" } else { "WRONG" });
+            println!("12 large values there and back: {}", if ok { "all correct" } else { "WRONG" });
             return Ok(());
         }
         Some("queue") => {

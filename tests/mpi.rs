@@ -82,7 +82,7 @@ fn handles_do_not_cross_ranks_and_a_brokered_queue_does() {
 fn large_values_cross_to_ranks_inline_as_descriptors_cannot() {
     let out = mpirun(&["large"]);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(out.stdout.trim(), "4 large values there and back: all correct", "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "12 large values there and back: all correct", "{}", out.stderr);
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn a_queue_brokered_by_rank_0_serves_ranks_on_the_far_host() {
 fn large_values_imap_and_a_panic_across_two_hosts() {
     let out = mpirun_two_hosts(&["large"]);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(out.stdout.trim(), "4 large values there and back: all correct", "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "12 large values there and back: all correct", "{}", out.stderr);
     let out = mpirun_two_hosts(&["more"]);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -181,7 +181,9 @@ fn a_job_cancelled_while_it_works_on_two_hosts_leaves_nothing_running() {
     assert!(!status.success());
     assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
     let stderr = stderr.join().unwrap();
-    assert!(stderr.contains("multiproc: rank 0 was told to terminate"), "{stderr}");
+    // Rank 0's last words ("multiproc: rank 0 was told to terminate") are not checked here:
+    // mpirun, cancelled, may exit before it forwards them (seen once in a loaded run). Under
+    // Slurm they are checked (tests/slurm.rs): slurmstepd writes them before the job ends.
     assert!(
         hosts.idle_within(Duration::from_secs(10)),
         "the cancelled job left processes: {:?} {:?}\n{stderr}",

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::output::{Forwarder, Output};
 use crate::sys::{self, Sig};
 use crate::wire::doorbell::Doorbell;
-use crate::wire::frame::{FrameReader, OutFrame};
+use crate::wire::frame::{Frame, FrameReader, OutFrame, RecvError};
 use crate::wire::handshake::build_id;
 use crate::wire::message::{self, Hello, PROTOCOL};
 
@@ -56,10 +56,10 @@ pub(crate) struct ChildProc {
     /// When the child must have answered the handshake by.
     pub(crate) handshake_deadline: Instant,
     pub(crate) handshake_timeout: Duration,
-    /// The stream to an MPI rank serving as this worker (last: it is joined after the socket
-    /// above is closed).
+    /// The session with an MPI rank serving as this worker: its frames go there, not through
+    /// `reader` (last: it ends after the rest is dropped).
     #[cfg(feature = "mpi")]
-    _session: Option<crate::mpi::Session>,
+    link: Option<crate::mpi::Link>,
 }
 
 impl ChildProc {
@@ -138,7 +138,7 @@ impl ChildProc {
             handshake_deadline,
             handshake_timeout: how.handshake_timeout,
             #[cfg(feature = "mpi")]
-            _session: None,
+            link: None,
         };
         proc.greet(how, first, Some(live_read))
     }
@@ -152,13 +152,12 @@ impl ChildProc {
             first.check_len(how.max_frame_len)?;
         }
         let io = |e| Error::io("could not open a session with an MPI rank", e);
-        let (rank, mut session) = crate::mpi::open_free().map_err(io)?;
-        let local = session.local.take().expect("a new session has its local end");
-        let pidfd = session.ended.try_clone().map_err(io)?;
-        let mut reader = FrameReader::new(local.into());
-        reader.set_max_len(how.max_frame_len);
-        let proc = ChildProc {
-            pid: rank as u32,
+        let mut link = crate::mpi::open_free().map_err(io)?;
+        link.set_max_len(how.max_frame_len);
+        let pidfd = link.quiet_clone().map_err(io)?;
+        let reader = FrameReader::new(link.quiet_clone().map_err(io)?);
+        let mut proc = ChildProc {
+            pid: link.peer() as u32,
             executable: std::env::current_exe().unwrap_or_default(),
             child: None,
             pidfd,
@@ -170,9 +169,79 @@ impl ChildProc {
             sent: None,
             handshake_deadline: Instant::now() + how.handshake_timeout,
             handshake_timeout: how.handshake_timeout,
-            _session: Some(session),
+            link: Some(link),
         };
-        proc.greet(how, first, None)
+        let hello = Hello {
+            protocol: PROTOCOL,
+            build_id: build_id().to_vec(),
+            name: how.name.map(str::to_owned),
+            one_shot: how.one_shot,
+            max_frame_len: how.max_frame_len as u64,
+            doorbell: false,
+        };
+        proc.send_to_rank(message::hello_frame(&hello)?, how.max_frame_len)?;
+        if let Some(first) = first {
+            proc.send_to_rank(first, how.max_frame_len)?;
+        }
+        Ok(proc)
+    }
+
+    /// Sends a whole frame to the rank serving as this worker.
+    #[cfg(feature = "mpi")]
+    fn send_to_rank(&mut self, frame: OutFrame, max: usize) -> Result<()> {
+        let link = self.link.as_mut().expect("only for a rank");
+        link.send(&frame.finish(max)?.bytes)
+    }
+
+    /// The session with the MPI rank serving as this worker, if it is one.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn link(&mut self) -> Option<&mut crate::mpi::Link> {
+        self.link.as_mut()
+    }
+
+    /// The next frame from the child, waiting at most until `deadline`.
+    pub(crate) fn read(&mut self, deadline: Option<Instant>) -> std::result::Result<Frame, RecvError> {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = &mut self.link {
+            return link.read(deadline);
+        }
+        self.reader.read(deadline)
+    }
+
+    /// The next frame from the child if one is whole, without waiting.
+    pub(crate) fn try_read(&mut self) -> std::result::Result<Option<Frame>, RecvError> {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = &mut self.link {
+            return link.try_read();
+        }
+        self.reader.try_read()
+    }
+
+    /// Whether a reply may be waiting that a poll of [`socket`](Self::socket) would not show
+    /// (an MPI rank's: it comes as a message, with no descriptor to poll).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn has_message(&self) -> bool {
+        self.link.as_ref().is_some_and(|link| link.has_message())
+    }
+
+    /// Whether this worker is an MPI rank (whose replies are looked for, not polled).
+    pub(crate) fn is_rank(&self) -> bool {
+        #[cfg(feature = "mpi")]
+        if self.link.is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// Tells the child no more calls come: it exits (a rank: ends the session) once its
+    /// current call is done.
+    pub(crate) fn hang_up(&mut self) {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = &mut self.link {
+            link.hang_up();
+            return;
+        }
+        let _ = rustix::net::shutdown(self.reader.socket(), rustix::net::Shutdown::Write);
     }
 
     /// Sends the handshake (with the liveness pipe's read end, for a local child), then
@@ -239,8 +308,13 @@ impl ChildProc {
         Some(pages * rustix::param::page_size() as u64)
     }
 
-    /// Whether the child has ended (without reaping it).
+    /// Whether the child has ended (without reaping it). A rank: whether its session's end
+    /// has been read.
     pub(crate) fn has_exited(&self) -> bool {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = &self.link {
+            return self.status.is_some() || link.peer_ended();
+        }
         self.status.is_some() || sys::wait_readable(self.pidfd.as_fd(), Some(Instant::now())).unwrap_or(false)
     }
 
@@ -249,10 +323,24 @@ impl ChildProc {
         if self.status.is_none() {
             self.status = match &mut self.child {
                 Some(child) => child.try_wait().ok().flatten(),
-                None => self.has_exited().then(|| ExitStatus::from_raw(0)),
+                None => self.rank_ended(None).then(|| ExitStatus::from_raw(0)),
             };
         }
         self.status
+    }
+
+    /// Whether the rank serving as this worker has ended its session (taking what it sent
+    /// before that), looking until `deadline` (`None`: now only).
+    fn rank_ended(&mut self, deadline: Option<Instant>) -> bool {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = &mut self.link {
+            return match deadline {
+                None => link.drain_now(),
+                Some(d) => link.finish(Some(d)),
+            };
+        }
+        let _ = deadline;
+        self.has_exited()
     }
 
     /// Sends `sig`; nothing happens once the child has been reaped.
@@ -273,8 +361,11 @@ impl ChildProc {
         if let Some(status) = self.status {
             return Ok(Some(status));
         }
-        let exited = sys::wait_readable(self.pidfd.as_fd(), deadline)
-            .map_err(|e| Error::io("could not wait for the child", e))?;
+        let exited = match self.child {
+            Some(_) => sys::wait_readable(self.pidfd.as_fd(), deadline)
+                .map_err(|e| Error::io("could not wait for the child", e))?,
+            None => self.rank_ended(Some(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)))),
+        };
         if !exited {
             return Ok(None);
         }
@@ -311,10 +402,10 @@ impl ChildProc {
         self.finish_output();
     }
 
-    /// Ends an MPI rank's session: it sees its stream end once its task (if any) is done. A
+    /// Ends an MPI rank's session: it sees the session end once its task (if any) is done. A
     /// rank cannot be killed from here.
-    fn end_session(&self) {
-        let _ = rustix::net::shutdown(self.reader.socket(), rustix::net::Shutdown::Both);
+    fn end_session(&mut self) {
+        self.hang_up();
     }
 
     /// Why a child that gave no reply ended. `greeted`: it had passed the handshake.

@@ -15,7 +15,7 @@ use crate::sys;
 use crate::wire::codec::{self, ValueReader};
 use crate::wire::doorbell::Doorbell;
 use crate::wire::fds;
-use crate::wire::frame::{self, FrameReader, Kind, OutFrame, RecvError, HEADER_LEN, MAX_FRAME_LEN};
+use crate::wire::frame::{self, Frame, FrameReader, Kind, OutFrame, RecvError, HEADER_LEN, MAX_FRAME_LEN};
 use crate::wire::handshake::build_id;
 use crate::wire::items::{ItemsReader, ItemsWriter, ITEM_FAIL, ITEM_PANIC};
 use crate::wire::message::{self, FailReport, Hello, PanicReport, PROTOCOL};
@@ -166,19 +166,71 @@ pub(crate) fn run_child() -> ! {
     std::process::exit(code)
 }
 
-/// Serves a pool's session on an MPI rank, on a stream whose far end is bridged to rank 0:
-/// as a child does, but with no liveness pipe (a rank ends with its job). Returns when the
-/// pool hangs up.
+/// Serves a pool's session on an MPI rank, in messages to and from rank 0: as a child does,
+/// but with no liveness pipe (a rank ends with its job). Returns when the pool hangs up.
 #[cfg(feature = "mpi")]
-pub(crate) fn serve_stream(sock: OwnedFd) {
-    let mut reader = FrameReader::new(sock);
-    let _ = serve(&mut reader, false);
+pub(crate) fn serve_link(link: &mut crate::mpi::Link) {
+    let _ = serve(link, false);
+}
+
+/// How a worker talks to its pool: a socket (a local child) or MPI messages (a rank).
+trait Conn {
+    /// The next frame, waiting as long as it takes.
+    fn next(&mut self) -> Result<Frame, RecvError>;
+    /// Whether a whole frame is here already.
+    fn has_frame(&self) -> bool;
+    fn set_max_len(&mut self, max: usize);
+    fn send(&mut self, frame: OutFrame, limit: usize) -> Result<(), Error>;
+}
+
+impl Conn for FrameReader {
+    fn next(&mut self) -> Result<Frame, RecvError> {
+        self.read(None)
+    }
+
+    fn has_frame(&self) -> bool {
+        FrameReader::has_frame(self)
+    }
+
+    fn set_max_len(&mut self, max: usize) {
+        FrameReader::set_max_len(self, max);
+    }
+
+    fn send(&mut self, frame: OutFrame, limit: usize) -> Result<(), Error> {
+        frame.send(self.socket(), limit)
+    }
+}
+
+#[cfg(feature = "mpi")]
+impl Conn for crate::mpi::Link {
+    fn next(&mut self) -> Result<Frame, RecvError> {
+        self.read(None)
+    }
+
+    fn has_frame(&self) -> bool {
+        self.has_message()
+    }
+
+    fn set_max_len(&mut self, max: usize) {
+        crate::mpi::Link::set_max_len(self, max);
+    }
+
+    fn send(&mut self, frame: OutFrame, limit: usize) -> Result<(), Error> {
+        let encoded = frame.finish(limit)?;
+        if !encoded.fds.is_empty() {
+            let reason = "a reply to rank 0 holds handles (file descriptors of this host), which cannot cross to \
+                          another MPI rank"
+                .to_string();
+            return Err(Error::BadFrame { reason });
+        }
+        crate::mpi::Link::send(self, &encoded.bytes)
+    }
 }
 
 /// Serves calls until the parent hangs up (or after one call, for a one-shot child). A local
 /// child must get a liveness pipe in the handshake (`tied`), to end with its parent.
-fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
-    let (hello, liveness, bell) = match reader.read(None) {
+fn serve(reader: &mut impl Conn, tied: bool) -> i32 {
+    let (hello, liveness, bell) = match reader.next() {
         Ok(mut f) if f.kind == Kind::Hello => match codec::decode::<Hello>("message", &f.payload) {
             Ok(h) => {
                 let liveness = f.fds.pop();
@@ -231,7 +283,7 @@ fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
         Some(Ok(b)) => Some(b),
         None => None,
     };
-    if OutFrame::new(Kind::Ready).send(reader.socket(), limit).is_err() {
+    if reader.send(OutFrame::new(Kind::Ready), limit).is_err() {
         return EXIT_PARENT_GONE;
     }
     let mut calls = 0; // frames received since the handshake
@@ -243,7 +295,7 @@ fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
                 bell.wait_past(1, calls, WATCH_FOR_CALLS);
             }
         }
-        let frame = match reader.read(None) {
+        let frame = match reader.next() {
             Ok(f) => f,
             Err(RecvError::Closed | RecvError::Truncated | RecvError::TimedOut) => return 0,
             Err(RecvError::Failed(_)) => return EXIT_PROTOCOL,
@@ -260,7 +312,7 @@ fn serve(reader: &mut FrameReader, tied: bool) -> i32 {
             },
             _ => return EXIT_PROTOCOL,
         };
-        if reply.send(reader.socket(), limit).is_err() {
+        if reader.send(reply, limit).is_err() {
             return EXIT_PARENT_GONE;
         }
         if let Some(bell) = &bell {
@@ -418,7 +470,7 @@ fn fail_frame(id: u64, report: FailReport) -> OutFrame {
     message::reply_frame(Kind::Fail, id, "message", &report).expect("a FailReport is plain strings and always encodes")
 }
 
-fn refuse(reader: &FrameReader, report: FailReport, code: i32) -> i32 {
-    let _ = fail_frame(0, report).send(reader.socket(), MAX_FRAME_LEN);
+fn refuse(reader: &mut impl Conn, report: FailReport, code: i32) -> i32 {
+    let _ = reader.send(fail_frame(0, report), MAX_FRAME_LEN);
     code
 }

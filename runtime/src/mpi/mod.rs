@@ -1,12 +1,13 @@
 //! More than one machine: the same program started as N MPI ranks (`mpirun`, Slurm `srun`).
 //! Rank 0 runs `main`; every other rank serves as a pool worker, before `main`, exactly as a
-//! local child does, on a byte stream carried by MPI messages instead of a socketpair.
+//! local child does, on frames carried by MPI messages instead of a socketpair.
 //!
 //! **One pool, two transports.** A pool over ranks is the local pool: the same driver, frames,
-//! chunking and supervision. Each worker rank's "connection" is a local socketpair whose far
-//! end a pair of bridge threads pumps to and from that rank as MPI messages (`bridge.rs`); on
-//! the rank, the same bridge feeds the worker loop. So nothing of the pool knows about MPI but
-//! how a worker is started.
+//! chunking and supervision. A worker rank's connection is a [`Link`]: each frame one MPI
+//! message, sent by the thread that has it (the driver, or a caller with a leased worker) and
+//! looked for by the thread that waits for it (`link.rs`); on the rank, the worker loop reads
+//! and writes the link itself. No socket and no thread in between, so a call costs an MPI
+//! round trip plus what a local call costs.
 //!
 //! **What cannot cross.** Descriptors: a frame carrying handles (queues, shared memory, locks,
 //! a local manager's proxies) is refused before it is sent.
@@ -15,14 +16,14 @@
 //! MPI 4.1) ends the whole job: `mpirun` kills every rank. Rank 0 then says so on stderr before
 //! it goes, so the job never hangs and the cause is named.
 
-mod bridge;
+mod link;
 mod rank;
 
 use std::sync::{Mutex, OnceLock};
 
 use mpi::traits::*;
 
-pub(crate) use bridge::Session;
+pub(crate) use link::{backoff, Link};
 
 /// What a message is, by its MPI tag: control from rank 0, a session's bytes, or a
 /// benchmark's echo.
@@ -62,8 +63,8 @@ pub(crate) fn init() {
     if !launched() {
         return;
     }
-    // The bridge's threads wait in blocking receives, several per process; Open MPI spins in
-    // them by default, which on a busy host takes the CPU from the thread that would answer
+    // Several threads may wait in MPI at once (a driver, callers); Open MPI spins in its waits
+    // by default, which on a busy host takes the CPU from the thread that would answer
     // (measured: 1 ms per call instead of tens of microseconds). Yielding while idle lets it
     // run. A value set by the user wins.
     if std::env::var_os("OMPI_MCA_mpi_yield_when_idle").is_none() {
@@ -103,9 +104,9 @@ pub(crate) fn free_ranks() -> Option<usize> {
 }
 
 /// Opens a session with the lowest worker rank that serves no pool (so that several pools of
-/// one job share the ranks out): the rank starts serving, and the returned socket carries the
-/// pool's frames to it. Returns the rank too.
-pub(crate) fn open_free() -> std::io::Result<(i32, Session)> {
+/// one job share the ranks out): the rank starts serving, and the returned link carries the
+/// pool's frames to it.
+pub(crate) fn open_free() -> std::io::Result<Link> {
     let world = WORLD.get().ok_or_else(|| std::io::Error::other("not started by an MPI launcher"))?;
     let rank = {
         let mut busy = world.busy.lock().unwrap_or_else(|p| p.into_inner());
@@ -118,10 +119,11 @@ pub(crate) fn open_free() -> std::io::Result<(i32, Session)> {
         busy[free + 1] = true;
         (free + 1) as i32
     };
+    let link = Link::new(rank, Some(Box::new(move || release(rank)))).inspect_err(|_| release(rank))?;
     mpi::topology::SimpleCommunicator::world()
         .process_at_rank(rank)
         .send_with_tag(&[Control::Open as u8][..], TAG_CONTROL);
-    Ok((rank, Session::start(rank, Box::new(move || release(rank)))?))
+    Ok(link)
 }
 
 fn release(rank: i32) {

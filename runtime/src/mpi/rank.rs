@@ -3,7 +3,7 @@
 
 use mpi::traits::*;
 
-use super::{bridge::Session, Control, TAG_CONTROL, TAG_ECHO};
+use super::{Control, Link, TAG_CONTROL, TAG_ECHO};
 
 const OPEN: u8 = Control::Open as u8;
 const STOP: u8 = Control::Stop as u8;
@@ -18,11 +18,10 @@ pub(super) fn serve(rank: i32) -> ! {
     loop {
         let (message, _) = comm.process_at_rank(0).receive_vec_with_tag::<u8>(TAG_CONTROL);
         match message.first() {
-            Some(&OPEN) => match Session::start(0, Box::new(|| {})) {
-                Ok(mut session) => {
-                    let local = session.local.take().expect("a new session has its local end");
-                    crate::worker::serve_stream(local.into());
-                    drop(session);
+            Some(&OPEN) => match Link::new(0, None) {
+                Ok(mut link) => {
+                    crate::worker::serve_link(&mut link);
+                    link.end();
                 }
                 Err(e) => {
                     eprintln!("multiproc: MPI rank {rank} could not open a session: {e}");

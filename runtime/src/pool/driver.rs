@@ -173,13 +173,45 @@ fn wait(inner: &Inner, busy: &[Worker], idle: &[(u32, Arc<OwnedFd>)], leaving: &
         let left = d.saturating_duration_since(Instant::now());
         Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ }
     });
-    let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+    if inner.config.mpi && !(busy.is_empty() && leaving.is_empty()) {
+        look_for_messages(&mut fds, deadline, busy, leaving);
+    } else {
+        let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+    }
     fds[idle_at..idle_at + idle.len()]
         .iter()
         .zip(idle)
         .filter(|(fd, _)| !fd.revents().is_empty())
         .map(|(_, (pid, _))| *pid)
         .collect()
+}
+
+/// [`wait`] over MPI ranks, whose replies come as messages, not on a descriptor: looks for a
+/// message from a busy or leaving rank and polls the descriptors (the wake-up among them)
+/// without waiting, yielding and then sleeping longer between looks, until one shows or the
+/// deadline passes.
+fn look_for_messages(fds: &mut [PollFd<'_>], deadline: Option<Instant>, busy: &[Worker], leaving: &[Leaving]) {
+    #[cfg(feature = "mpi")]
+    {
+        let since = Instant::now();
+        let mut pause = Duration::from_micros(20);
+        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        loop {
+            let ready = rustix::event::poll(fds, Some(&zero)).unwrap_or(0) > 0;
+            let replied = busy.iter().any(|w| w.child.has_message() || w.wants_write())
+                || leaving.iter().any(|l| l.worker.child.has_message());
+            let now = Instant::now();
+            if ready || replied || deadline.is_some_and(|d| now >= d) {
+                return;
+            }
+            crate::mpi::backoff(since, now, deadline, &mut pause);
+        }
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = (deadline, busy, leaving);
+        let _ = rustix::event::poll(fds, None);
+    }
 }
 
 /// A worker died while idle: it never got the work it would have failed; replace it.
@@ -199,7 +231,7 @@ fn died_while_idle(inner: &Arc<Inner>, pid: u32) {
 fn reap(leaving: &mut Vec<Leaving>) {
     let now = Instant::now();
     leaving.retain_mut(|l| {
-        if l.worker.child.has_exited() || now >= l.kill_at {
+        if l.worker.child.try_status().is_some() || now >= l.kill_at {
             l.worker.child.kill_and_reap();
             return false;
         }

@@ -115,6 +115,14 @@ fn drive(w: &mut Worker) -> std::result::Result<Frame, bool> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(true);
         }
+        if w.child.is_rank() {
+            // a rank's reply is a message: look for it (no deadline: no task limit over ranks)
+            #[cfg(feature = "mpi")]
+            if let Some(link) = w.child.link() {
+                link.wait_message(deadline);
+            }
+            continue;
+        }
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
             Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ }

@@ -487,9 +487,9 @@ fn take_back(st: &mut State, tasks: usize, starts: usize) -> bool {
 
 /// Sends a worker on its way out: it is told to exit (its socket closes for writing), and the
 /// driver reaps it. A dead one is simply reaped.
-pub(crate) fn retire(st: &mut State, worker: Worker) {
+pub(crate) fn retire(st: &mut State, mut worker: Worker) {
     st.members.remove(&worker.pid());
-    let _ = rustix::net::shutdown(worker.child.socket(), rustix::net::Shutdown::Write);
+    worker.child.hang_up();
     st.exiting.push(worker);
 }
 
@@ -497,8 +497,8 @@ pub(crate) fn retire(st: &mut State, worker: Worker) {
 /// that takes more than a second).
 pub(crate) fn shut_down(workers: Vec<Worker>) {
     let mut workers = workers;
-    for w in &workers {
-        let _ = rustix::net::shutdown(w.child.socket(), rustix::net::Shutdown::Write);
+    for w in &mut workers {
+        w.child.hang_up();
     }
     let deadline = Instant::now() + Duration::from_secs(1);
     for w in &mut workers {

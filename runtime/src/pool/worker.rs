@@ -155,7 +155,7 @@ impl Worker {
         let mut init_deadline = None;
         loop {
             let deadline = if greeted { init_deadline } else { Some(child.handshake_deadline) };
-            match child.reader.read(deadline) {
+            match child.read(deadline) {
                 Ok(f) if f.kind == Kind::Ready => {
                     greeted = true;
                     let Some(_) = &config.initializer else { return Ok(()) };
@@ -224,6 +224,14 @@ impl Worker {
 
     /// Writes what it can without blocking. An error means the worker is gone.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = self.child.link() {
+            // a frame to a rank is one message, sent whole
+            while let Some(front) = self.outq.pop_front() {
+                link.send(&front.bytes).map_err(|e| io::Error::other(e.to_string()))?;
+            }
+            return Ok(());
+        }
         while let Some(front) = self.outq.front() {
             let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
             match frame::send_part(self.child.socket(), &front.bytes, &front.fds, self.sent, flags) {
@@ -264,7 +272,7 @@ impl Worker {
     /// yet. An error means the worker is gone or broke the protocol.
     pub(crate) fn next_reply(&mut self) -> std::result::Result<Option<(Task, Frame)>, RecvError> {
         loop {
-            let Some(frame) = self.child.reader.try_read()? else { return Ok(None) };
+            let Some(frame) = self.child.try_read()? else { return Ok(None) };
             if frame.kind == Kind::Ready {
                 continue;
             }

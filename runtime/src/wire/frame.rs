@@ -355,19 +355,7 @@ impl FrameReader {
         if self.end - self.start < HEADER_LEN {
             return Ok(None);
         }
-        let h = &self.buf[self.start..self.start + HEADER_LEN];
-        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        let (kind, magic, nfds) = (h[4], h[5], u16::from_le_bytes([h[6], h[7]]) as usize);
-        if magic != MAGIC {
-            return Err(bad(format!("bad magic {magic:#04x}")));
-        }
-        let kind = Kind::from_u8(kind).ok_or_else(|| bad(format!("unknown frame kind {kind}")))?;
-        if len > self.max_len {
-            return Err(RecvError::Failed(Error::FrameTooLarge { len: len as u64, max: self.max_len as u64 }));
-        }
-        if nfds > MAX_FDS_PER_FRAME {
-            return Err(bad(format!("{nfds} file descriptors announced (at most {MAX_FDS_PER_FRAME})")));
-        }
+        let (kind, len, nfds) = parse_header(&self.buf[self.start..self.start + HEADER_LEN], self.max_len)?;
         let body = self.start + HEADER_LEN;
         if self.end - body >= len {
             let payload = self.buf[body..body + len].to_vec();
@@ -460,6 +448,41 @@ impl FrameReader {
         let flags = if on { flags | rustix::fs::OFlags::NONBLOCK } else { flags - rustix::fs::OFlags::NONBLOCK };
         rustix::fs::fcntl_setfl(&self.sock, flags).map_err(fail)
     }
+}
+
+/// A frame's header: its kind, payload length and descriptor count, checked against `max_len`.
+fn parse_header(h: &[u8], max_len: usize) -> Result<(Kind, usize, usize), RecvError> {
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let (kind, magic, nfds) = (h[4], h[5], u16::from_le_bytes([h[6], h[7]]) as usize);
+    if magic != MAGIC {
+        return Err(bad(format!("bad magic {magic:#04x}")));
+    }
+    let kind = Kind::from_u8(kind).ok_or_else(|| bad(format!("unknown frame kind {kind}")))?;
+    if len > max_len {
+        return Err(RecvError::Failed(Error::FrameTooLarge { len: len as u64, max: max_len as u64 }));
+    }
+    if nfds > MAX_FDS_PER_FRAME {
+        return Err(bad(format!("{nfds} file descriptors announced (at most {MAX_FDS_PER_FRAME})")));
+    }
+    Ok((kind, len, nfds))
+}
+
+/// A frame that came whole in one message (from an MPI rank): header and payload, exactly,
+/// and no descriptors (none cross hosts).
+#[cfg(feature = "mpi")]
+pub(crate) fn from_message(mut bytes: Vec<u8>, max_len: usize) -> Result<Frame, RecvError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(bad(format!("a message of {} bytes is shorter than a frame's header", bytes.len())));
+    }
+    let (kind, len, nfds) = parse_header(&bytes[..HEADER_LEN], max_len.min(MAX_FRAME_LEN))?;
+    if len != bytes.len() - HEADER_LEN {
+        return Err(bad(format!("a frame of {len} bytes came in a message of {} bytes", bytes.len() - HEADER_LEN)));
+    }
+    if nfds != 0 {
+        return Err(bad(format!("a frame from another rank announces {nfds} file descriptors")));
+    }
+    bytes.drain(..HEADER_LEN);
+    Ok(Frame { kind, payload: bytes, fds: Vec::new() })
 }
 
 fn bad(reason: String) -> RecvError {
