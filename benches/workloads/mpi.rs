@@ -10,6 +10,8 @@ use crate::{median, report, square, REPETITIONS};
 
 /// Set for the run under mpirun: which workloads rank 0 runs.
 const MPI_ENV: &str = "MULTIPROC_BENCH_MPI";
+/// Set for the run under mpirun: the local pool's W3 in this run (ns/item), to compare with.
+const W3_LOCAL_ENV: &str = "MULTIPROC_BENCH_W3_LOCAL_NS";
 
 /// Under mpirun, on rank 0: runs what was asked and returns `true` (the other ranks never get
 /// here: they serve the pool).
@@ -27,11 +29,12 @@ pub(crate) fn run_if_launched() -> bool {
 /// Runs `which` under `mpirun -n 3`, printing what rank 0 prints.
 pub(crate) fn launch(which: &str) {
     let exe = std::env::current_exe().expect("the path of this benchmark");
-    let out = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-n", "3"])
-        .arg(exe)
-        .env(MPI_ENV, which)
-        .output();
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--allow-run-as-root", "--oversubscribe", "-n", "3"]).arg(exe).env(MPI_ENV, which);
+    if let Some(ns) = crate::W3_LOCAL_NS.get() {
+        cmd.env(W3_LOCAL_ENV, ns.to_string());
+    }
+    let out = cmd.output();
     match out {
         Ok(out) if out.status.success() => print!("{}", String::from_utf8_lossy(&out.stdout)),
         Ok(out) => println!("{which} over MPI failed: {}", String::from_utf8_lossy(&out.stderr)),
@@ -82,4 +85,12 @@ fn w3() {
     let ours = median(o);
     report("W3", "map-throughput(mpi, auto chunks)", ours, median(f), "ns/item");
     println!("W3 map-throughput(mpi, auto chunks) ours={:.1} M items/s", 1e3 / ours);
+    if let Some(local) = std::env::var(W3_LOCAL_ENV).ok().and_then(|v| v.parse::<f64>().ok()) {
+        println!(
+            "W3 map-throughput(mpi vs the local pool, same run) mpi={:.1} local={:.1} M items/s ratio={:.2}",
+            1e3 / ours,
+            1e3 / local,
+            local / ours
+        );
+    }
 }
