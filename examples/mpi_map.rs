@@ -71,6 +71,12 @@ fn put(q: Queue<u64>) {
     q.put(1).unwrap();
 }
 
+/// A handle as a result: it holds this rank's descriptors, so it cannot come back.
+#[process_fn]
+fn new_queue() -> Queue<u64> {
+    Queue::new().unwrap()
+}
+
 #[process_fn]
 fn report(q: QueueProxy<String>, x: u64) {
     q.put(format!("item {x} from process {}", std::process::id())).unwrap();
@@ -136,6 +142,11 @@ fn main() -> multiproc::Result<()> {
                 Err(e) => println!("refused: {e}"),
                 Ok(()) => println!("a queue went to a rank"),
             }
+            match pool.apply(new_queue, ()) {
+                Err(e) => println!("a queue from a rank: {e}"),
+                Ok(_) => println!("a queue came from a rank"),
+            }
+            println!("the pool goes on: {}", pool.apply(square, (7,))?.0);
             return Ok(());
         }
         Some("more") => {

@@ -144,6 +144,10 @@ fn handles_are_refused_for_ranks_of_two_hosts() {
     let out = mpirun_two_hosts(&["handles"]);
     assert!(out.status.success(), "{}", out.stderr);
     assert!(out.stdout.contains("cannot cross to another MPI rank"), "{}", out.stdout);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[1].starts_with("a queue from a rank: could not serialize the result"), "{}", out.stdout);
+    assert!(lines[1].contains("cannot cross from an MPI rank to rank 0"), "{}", out.stdout);
+    assert_eq!(lines[2], "the pool goes on: 49", "{}", out.stdout);
 }
 
 #[test]

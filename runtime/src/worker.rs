@@ -218,10 +218,18 @@ impl Conn for crate::mpi::Link {
     fn send(&mut self, frame: OutFrame, limit: usize) -> Result<(), Error> {
         let encoded = frame.finish(limit)?;
         if !encoded.fds.is_empty() {
-            let reason = "a reply to rank 0 holds handles (file descriptors of this host), which cannot cross to \
-                          another MPI rank"
-                .to_string();
-            return Err(Error::BadFrame { reason });
+            // a result holding handles: that call's error, and the session goes on
+            let at = HEADER_LEN..HEADER_LEN + 8;
+            let id = encoded.bytes.get(at).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+            let e = Error::Encode {
+                what: "result",
+                type_name: "a value holding handles".into(),
+                message: "a handle (Queue, Pipe end, Value, Array, SharedMemory, a lock, a local Manager's proxy) \
+                          holds file descriptors of its host, and cannot cross from an MPI rank to rank 0"
+                    .into(),
+            };
+            let fail = fail_frame(id, FailReport::from_error(e)).finish(limit)?;
+            return crate::mpi::Link::send(self, &fail.bytes);
         }
         crate::mpi::Link::send(self, &encoded.bytes)
     }
