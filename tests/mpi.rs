@@ -113,8 +113,9 @@ fn a_rank_killed_on_the_far_host_ends_the_job_and_the_launcher_names_it() {
     assert!(!out.status.success());
     assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
     assert!(!out.stdout.contains("the job should have ended"), "{}", out.stdout);
-    assert!(out.stderr.contains("multiproc: rank 0 was told to terminate"), "{}", out.stderr);
-    // Open MPI's own words: "process rank 1 with PID .. on node 10.89.0.2 exited on signal 9"
+    // Rank 0's own last words are not required here: mpirun may end before it forwards them
+    // from its daemon (seen in loaded runs). Open MPI's own words are what names the rank:
+    // "process rank 1 with PID .. on node 10.89.0.2 exited on signal 9"
     let node = format!("on node {} exited on signal 9", hosts.b.address);
     assert!(out.stderr.contains("process rank 1 with PID") && out.stderr.contains(&node), "{}", out.stderr);
 }

@@ -238,11 +238,23 @@ impl Drop for Link {
 /// One pause of a waiter that started looking at `since`: a yield while the session is hot,
 /// then sleeps that double up to [`COLDEST`], never past `deadline`.
 pub(crate) fn backoff(since: Instant, now: Instant, deadline: Option<Instant>, pause: &mut Duration) {
-    if now - since < HOT {
+    backoff_within(since, now, deadline, pause, HOT, COLDEST);
+}
+
+/// [`backoff`] with its own hot time and longest sleep.
+pub(crate) fn backoff_within(
+    since: Instant,
+    now: Instant,
+    deadline: Option<Instant>,
+    pause: &mut Duration,
+    hot: Duration,
+    coldest: Duration,
+) {
+    if now - since < hot {
         std::thread::yield_now();
     } else {
         let left = deadline.map_or(*pause, |d| d.saturating_duration_since(now));
         std::thread::sleep((*pause).min(left));
-        *pause = (*pause * 2).min(COLDEST);
+        *pause = (*pause * 2).min(coldest);
     }
 }

@@ -186,6 +186,16 @@ fn wait(inner: &Inner, busy: &[Worker], idle: &[(u32, Arc<OwnedFd>)], leaving: &
         .collect()
 }
 
+/// How long the driver looks for a rank's reply, yielding, before it sleeps between looks, and
+/// its longest sleep. Shorter than a blocking caller's (200 us and 1 ms): the driver waits for
+/// calls that run while it waits, and on a host with fewer cores than ranks its looking takes
+/// a core from them. Measured (W3 over MPI against the local pool, `mpirun -n 3` on 2 cores,
+/// 2 runs each): 0.45-0.51 with 200 us and 1 ms, 0.64-0.74 with 20 us and 100 us.
+#[cfg(feature = "mpi")]
+const DRIVER_HOT: Duration = Duration::from_micros(20);
+#[cfg(feature = "mpi")]
+const DRIVER_COLDEST: Duration = Duration::from_micros(100);
+
 /// [`wait`] over MPI ranks, whose replies come as messages, not on a descriptor: looks for a
 /// message from a busy or leaving rank and polls the descriptors (the wake-up among them)
 /// without waiting, yielding and then sleeping longer between looks, until one shows or the
@@ -194,7 +204,7 @@ fn look_for_messages(fds: &mut [PollFd<'_>], deadline: Option<Instant>, busy: &[
     #[cfg(feature = "mpi")]
     {
         let since = Instant::now();
-        let mut pause = Duration::from_micros(20);
+        let mut pause = Duration::from_micros(10);
         let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
         loop {
             let ready = rustix::event::poll(fds, Some(&zero)).unwrap_or(0) > 0;
@@ -204,7 +214,7 @@ fn look_for_messages(fds: &mut [PollFd<'_>], deadline: Option<Instant>, busy: &[
             if ready || replied || deadline.is_some_and(|d| now >= d) {
                 return;
             }
-            crate::mpi::backoff(since, now, deadline, &mut pause);
+            crate::mpi::backoff_within(since, now, deadline, &mut pause, DRIVER_HOT, DRIVER_COLDEST);
         }
     }
     #[cfg(not(feature = "mpi"))]
