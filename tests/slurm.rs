@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 
 /// The example, built by `cargo test --features mpi` beside this test.
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let example: PathBuf = exe.parent().unwrap().parent().unwrap().join("examples").join("mpi_map");
-    assert!(example.exists(), "{} is not built; run `cargo test --features mpi`", example.display());
-    example
+    common::example("mpi_map")
 }
 
 /// `srun -n 3 --mpi=pmix` of the example (3 tasks on however many CPUs the node has).

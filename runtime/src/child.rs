@@ -171,15 +171,7 @@ impl ChildProc {
             handshake_timeout: how.handshake_timeout,
             link: Some(link),
         };
-        let hello = Hello {
-            protocol: PROTOCOL,
-            build_id: build_id().to_vec(),
-            name: how.name.map(str::to_owned),
-            one_shot: how.one_shot,
-            max_frame_len: how.max_frame_len as u64,
-            doorbell: false,
-        };
-        proc.send_to_rank(message::hello_frame(&hello)?, how.max_frame_len)?;
+        proc.send_to_rank(message::hello_frame(&hello(how, false))?, how.max_frame_len)?;
         if let Some(first) = first {
             proc.send_to_rank(first, how.max_frame_len)?;
         }
@@ -251,14 +243,7 @@ impl ChildProc {
         if !how.one_shot && liveness.is_some() {
             self.doorbell = Doorbell::new().ok();
         }
-        let hello = Hello {
-            protocol: PROTOCOL,
-            build_id: build_id().to_vec(),
-            name: how.name.map(str::to_owned),
-            one_shot: how.one_shot,
-            max_frame_len: how.max_frame_len as u64,
-            doorbell: self.doorbell.is_some(),
-        };
+        let hello = hello(how, self.doorbell.is_some());
         // A child that reads nothing (not a multiproc binary) makes a send wait: no send may
         // wait longer than the handshake's time without progress.
         let sock = self.reader.socket();
@@ -433,6 +418,18 @@ impl ChildProc {
 
     pub(crate) fn take_stderr(&mut self) -> Option<ChildStderr> {
         self.child.as_mut()?.stderr.take()
+    }
+}
+
+/// The handshake a child (or a rank) is greeted with.
+fn hello(how: &Spawn<'_>, doorbell: bool) -> Hello {
+    Hello {
+        protocol: PROTOCOL,
+        build_id: build_id().to_vec(),
+        name: how.name.map(str::to_owned),
+        one_shot: how.one_shot,
+        max_frame_len: how.max_frame_len as u64,
+        doorbell,
     }
 }
 

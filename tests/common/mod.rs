@@ -199,3 +199,12 @@ impl Rng {
         Rng(self.next())
     }
 }
+
+/// The path of example `name`, built beside this test (`cargo test` builds the examples; a
+/// single `--test` does not, so say so).
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
+    assert!(path.exists(), "{} is not built; run `cargo build --examples` (with its features)", path.display());
+    path
+}
