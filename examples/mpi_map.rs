@@ -170,6 +170,16 @@ fn main() -> multiproc::Result<()> {
             let out = pool.map(halve, inputs)?;
             let ok = out.iter().enumerate().all(|(k, v)| v.len() == 1 << 18 && v.iter().all(|x| *x == k as f64 / 2.0));
             println!("12 large values there and back: {}", if ok { "all correct" } else { "WRONG" });
+            // sizes from nothing to 96 KiB (MPI sends them eagerly, or by rendezvous), many in
+            // flight at once each way: each must come back whole and in its place
+            let len = |k: usize| (k * 7919) % (12 * 1024);
+            let inputs = (0..300).map(|k| vec![k as f64; len(k)]);
+            let mut ok = true;
+            for (k, v) in pool.imap(halve, inputs).enumerate() {
+                let v = v?;
+                ok &= v.len() == len(k) && v.iter().all(|x| *x == k as f64 / 2.0);
+            }
+            println!("300 values of mixed sizes in order: {}", if ok { "all correct" } else { "WRONG" });
             return Ok(());
         }
         Some("queue") => {

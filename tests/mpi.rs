@@ -82,7 +82,12 @@ fn handles_do_not_cross_ranks_and_a_brokered_queue_does() {
 fn large_values_cross_to_ranks_inline_as_descriptors_cannot() {
     let out = mpirun(&["large"]);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(out.stdout.trim(), "12 large values there and back: all correct", "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "12 large values there and back: all correct\n300 values of mixed sizes in order: all correct",
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -132,7 +137,12 @@ fn a_queue_brokered_by_rank_0_serves_ranks_on_the_far_host() {
 fn large_values_imap_and_a_panic_across_two_hosts() {
     let out = mpirun_two_hosts(&["large"]);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(out.stdout.trim(), "12 large values there and back: all correct", "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "12 large values there and back: all correct\n300 values of mixed sizes in order: all correct",
+        "{}",
+        out.stderr
+    );
     let out = mpirun_two_hosts(&["more"]);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();

@@ -52,7 +52,10 @@ fn under_srun_the_rest_of_the_pool_and_a_brokered_queue() {
     assert_eq!(out.stdout.trim(), "4 items through the brokered queue");
     let out = srun(&["large"]);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(out.stdout.trim(), "12 large values there and back: all correct");
+    assert_eq!(
+        out.stdout.trim(),
+        "12 large values there and back: all correct\n300 values of mixed sizes in order: all correct"
+    );
 }
 
 /// The README's batch script, as a user submits it: `sbatch --wait`, the output in a file.

@@ -229,9 +229,10 @@ impl Conn for crate::mpi::Link {
                     .into(),
             };
             let fail = fail_frame(id, FailReport::from_error(e)).finish(limit)?;
-            return crate::mpi::Link::send(self, &fail.bytes);
+            return self.post(crate::mpi::Outgoing::Owned(fail.bytes));
         }
-        crate::mpi::Link::send(self, &encoded.bytes)
+        // posted: the rank goes on to its next call (usually here already) while rank 0 takes it
+        self.post(crate::mpi::Outgoing::Owned(encoded.bytes))
     }
 }
 

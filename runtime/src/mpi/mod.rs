@@ -23,7 +23,7 @@ use std::sync::{Mutex, OnceLock};
 
 use mpi::traits::*;
 
-pub(crate) use link::{backoff_within, Link};
+pub(crate) use link::{backoff_within, Link, Outgoing};
 
 /// What a message is, by its MPI tag: control from rank 0, a session's bytes, or a
 /// benchmark's echo.

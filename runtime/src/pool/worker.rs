@@ -226,9 +226,10 @@ impl Worker {
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         #[cfg(feature = "mpi")]
         if let Some(link) = self.child.link() {
-            // a frame to a rank is one message, sent whole
+            // a frame to a rank is one message, posted whole: the driver goes on to its other
+            // ranks while MPI moves it
             while let Some(front) = self.outq.pop_front() {
-                link.send(&front.bytes).map_err(|e| io::Error::other(e.to_string()))?;
+                link.post(crate::mpi::Outgoing::Shared(front)).map_err(|e| io::Error::other(e.to_string()))?;
             }
             return Ok(());
         }
