@@ -715,3 +715,54 @@ fn a_deserialize_that_panics_inside_get_many_is_an_error_and_loses_nothing_else(
     assert!(q.get_many(100).unwrap_err().to_string().contains("thirteen is unlucky"));
     assert_eq!(q.get_many(100).unwrap(), [Unlucky(16)]);
 }
+
+/// Puts `0..n` as `u64`s: in `put_many` batches of sizes from 1 to 3,000, with single puts
+/// between them.
+#[process_fn]
+fn put_numbers_in_runs(q: Queue<u64>, n: u64) {
+    let mut at = 0;
+    while at < n {
+        let end = (at + 1 + at * 7919 % 3000).min(n);
+        q.put_many(at..end).unwrap();
+        at = end;
+        if at < n {
+            q.put(at).unwrap();
+            at += 1;
+        }
+    }
+}
+
+/// Takes `n` `u64`s in single gets and `get_many`s of sizes from 1 to 5,000; returns the first
+/// out of order, if one was, as (expected, got).
+#[process_fn]
+fn take_numbers_in_runs(q: Queue<u64>, n: u64) -> Option<(u64, u64)> {
+    let (mut next, mut round) = (0u64, 0u64);
+    while next < n {
+        round += 1;
+        let got = match round % 3 {
+            0 => vec![q.get().unwrap()],
+            _ => q.get_many(1 + (round * 104_729 % 5000) as usize).unwrap(),
+        };
+        for item in got {
+            if item != next {
+                return Some((next, item));
+            }
+            next += 1;
+        }
+    }
+    None
+}
+
+/// Plain numbers (read by copying their bytes, not through `Deserialize`) between two
+/// processes, in runs that end inside blocks and across many passes of the ring: every one
+/// once, in order.
+#[test]
+fn plain_numbers_between_processes_arrive_once_and_in_order_however_they_are_taken() {
+    let q = Queue::<u64>::new().unwrap();
+    let n = 1_000_000;
+    let consumer = take_numbers_in_runs.spawn(q.clone(), n).unwrap();
+    let producer = put_numbers_in_runs.spawn(q.clone(), n).unwrap();
+    join(producer).unwrap();
+    assert_eq!(join(consumer).unwrap(), None);
+    assert!(q.try_get().is_err());
+}

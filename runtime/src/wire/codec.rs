@@ -320,6 +320,34 @@ impl<'a, const LARGE: bool> bincode::BincodeRead<'a> for Tail<'_, 'a, LARGE> {
     }
 }
 
+/// Whether `T` is a number whose encoding is its own bytes (fixed-size integers and floats:
+/// little-endian, as this codec writes them), so that an item can be read by copying its bytes
+/// instead of through its `Deserialize`. `typeid::of` works for types that are not `'static`;
+/// a number type has no lifetimes, so equal ids mean `T` is that type.
+#[inline]
+pub(crate) fn is_plain_number<T: ?Sized>() -> bool {
+    use std::any::TypeId;
+    if cfg!(target_endian = "big") {
+        return false;
+    }
+    let t = typeid::of::<T>();
+    [
+        TypeId::of::<u8>(),
+        TypeId::of::<u16>(),
+        TypeId::of::<u32>(),
+        TypeId::of::<u64>(),
+        TypeId::of::<u128>(),
+        TypeId::of::<i8>(),
+        TypeId::of::<i16>(),
+        TypeId::of::<i32>(),
+        TypeId::of::<i64>(),
+        TypeId::of::<i128>(),
+        TypeId::of::<f32>(),
+        TypeId::of::<f64>(),
+    ]
+    .contains(&t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

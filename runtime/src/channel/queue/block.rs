@@ -65,6 +65,18 @@ impl Batch {
         Ok(())
     }
 
+    /// Appends an item whose encoding is `bytes`, all of one size (a plain number's: see
+    /// `codec::is_plain_number`), without going through `Serialize`.
+    #[inline]
+    pub(crate) fn push_plain(&mut self, bytes: &[u8]) {
+        debug_assert!(!bytes.is_empty() && self.size.is_none_or(|s| s == bytes.len()));
+        self.data.extend_from_slice(bytes);
+        if self.items == 0 {
+            self.size = Some(bytes.len());
+        }
+        self.items += 1;
+    }
+
     /// How many items.
     pub(crate) fn len(&self) -> usize {
         self.items

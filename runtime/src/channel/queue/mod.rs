@@ -223,6 +223,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let items = items.into_iter();
         // the items encoded one after another, to go into the ring as blocks (see `put_batch`)
         let mut batch = block::Batch::with_capacity(items.size_hint().0);
+        if codec::is_plain_number::<T>() {
+            for item in items {
+                let item: &T = item.borrow();
+                // SAFETY: `T` is a fixed-size number type (`is_plain_number`): its
+                // `size_of::<T>()` bytes are initialized, and on this little-endian target they
+                // are its encoding.
+                let bytes = unsafe { std::slice::from_raw_parts((item as *const T).cast::<u8>(), size_of_val(item)) };
+                batch.push_plain(bytes);
+            }
+            return self.shared.put_batch(&batch, Wait::Forever);
+        }
         // one catch for the block: a `Serialize` that panics puts nothing of it
         crate::panic::catch(|| {
             for item in items {
@@ -236,7 +247,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes up to `max` items: waits for the first as [`get`](Queue::get) does, then takes
     /// the ones there now, up to `max`, holding each lane once for all it gives (`W6
-    /// batched`). Never waits for more than the first.
+    /// batched`). Never waits for more than the first. Plain numbers (`u8`-`u128`,
+    /// `i8`-`i128`, `f32`, `f64`) are copied out as bytes, not decoded one by one.
     ///
     /// # Errors
     ///
@@ -287,6 +299,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Ok(Err(e)) => fail::<T>(&failed, Ok(e)),
             Err(r) => fail::<T>(&failed, Err(r)),
         };
+        if codec::is_plain_number::<T>() {
+            return self.get_many_plain(max, wait, out);
+        }
         self.shared.take(wait, |bytes| {
             let _capturing = crate::panic::capturing();
             read(bytes);
@@ -303,6 +318,47 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(out)
             }
             None => Ok(out),
+        }
+    }
+
+    /// [`get_many`](Queue::get_many) of a plain number (see [`codec::is_plain_number`]): each
+    /// item's bytes are the number, copied out; an item of another size is a decode error, as
+    /// its `Deserialize` would give.
+    fn get_many_plain(&self, max: usize, wait: Wait, mut out: Vec<T>) -> Result<Vec<T>> {
+        let size = std::mem::size_of::<T>();
+        let bad = std::cell::Cell::new(None);
+        let mut read = |bytes: &[u8]| {
+            if bytes.len() != size {
+                bad.set(Some(bytes.len()));
+                return false;
+            }
+            // SAFETY: `T` is one of the fixed-size number types (`is_plain_number`), for which
+            // every bit pattern of `size` bytes is a value; `bytes` holds `size` bytes, read
+            // unaligned.
+            out.push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) });
+            true
+        };
+        self.shared.take(wait, |bytes| {
+            read(bytes);
+        })?;
+        if max > 1 && bad.get().is_none() {
+            self.shared.take_many_now(max - 1, &mut read)?;
+        }
+        match bad.get() {
+            None => Ok(out),
+            Some(len) => {
+                let e = Error::Decode {
+                    what: "item",
+                    type_name: std::any::type_name::<T>().to_string(),
+                    message: format!("an item of {len} bytes, where a {} has {size}", std::any::type_name::<T>()),
+                };
+                if out.is_empty() {
+                    return Err(e);
+                }
+                *self.shared.deferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                self.shared.has_deferred.store(true, std::sync::atomic::Ordering::Release);
+                Ok(out)
+            }
         }
     }
 
@@ -804,6 +860,59 @@ mod tests {
         }
         producer.join().unwrap().unwrap();
         assert_eq!(got, (0..1000).collect::<Vec<_>>());
+    }
+
+    /// Plain numbers are read by copying their bytes: every type of them comes back bit for
+    /// bit (negative zero, a NaN's payload, the extremes), put one by one or in blocks.
+    #[test]
+    fn plain_numbers_of_every_width_come_back_bit_for_bit() {
+        fn round_trip<T: Serialize + DeserializeOwned + Copy + fmt::Debug>(
+            values: &[T],
+            same: impl Fn(&T, &T) -> bool,
+        ) {
+            let q = Queue::<T>::new().unwrap();
+            q.put(values[0]).unwrap();
+            q.put_many(values.iter()).unwrap();
+            q.put_many(values[1..].iter().copied()).unwrap();
+            let mut got = q.get_many(1).unwrap();
+            while got.len() < 2 * values.len() {
+                got.extend(q.get_many(3).unwrap());
+            }
+            let want: Vec<T> = [&values[..1], values, &values[1..]].concat();
+            assert_eq!(got.len(), want.len());
+            assert!(got.iter().zip(&want).all(|(a, b)| same(a, b)), "{got:?} against {want:?}");
+            assert!(q.try_get().is_err());
+        }
+        round_trip(&[0u8, 1, 255], |a, b| a == b);
+        round_trip(&[i16::MIN, -1, 0, i16::MAX], |a, b| a == b);
+        round_trip(&[u32::MAX, 7, 0], |a, b| a == b);
+        round_trip(&[i64::MIN, -2, i64::MAX], |a, b| a == b);
+        round_trip(&[u128::MAX, 1 << 100, 3], |a, b| a == b);
+        round_trip(&[i128::MIN, -5], |a, b| a == b);
+        round_trip(&[-0.0f32, f32::NAN, f32::INFINITY, 1.5], |a, b| a.to_bits() == b.to_bits());
+        let nan_with_payload = f64::from_bits(0x7ff8_0000_dead_beef);
+        round_trip(&[-0.0f64, nan_with_payload, f64::MIN_POSITIVE, 2.5], |a, b| a.to_bits() == b.to_bits());
+    }
+
+    /// An item of another size than the number a `get_many` reads (put through a handle of
+    /// another type) is that take's decode error, as its `Deserialize` would give: the items
+    /// before it come back, and the ones after it stay.
+    #[test]
+    fn a_plain_number_of_the_wrong_size_ends_the_batch_with_a_decode_error() {
+        let q = Queue::<u64>::new().unwrap();
+        let narrow = Queue::<u32> { shared: Arc::clone(&q.shared), _items: PhantomData };
+        q.put_many([1u64, 2]).unwrap();
+        narrow.put(3u32).unwrap();
+        q.put(4u64).unwrap();
+        assert_eq!(q.get_many(10).unwrap(), [1, 2]);
+        match q.get_many(10) {
+            Err(Error::Decode { message, .. }) => assert!(message.contains("an item of 4 bytes"), "{message}"),
+            other => panic!("expected the deferred decode error, got {other:?}"),
+        }
+        assert_eq!(q.get_many(10).unwrap(), [4]);
+        narrow.put(5u32).unwrap();
+        assert!(matches!(q.get_many(10), Err(Error::Decode { .. })), "first in the batch: at once");
+        assert!(q.try_get().is_err());
     }
 
     /// An item that does not decode ends a batch: the ones before it come back, its error
