@@ -65,16 +65,12 @@ impl Batch {
         Ok(())
     }
 
-    /// Appends an item whose encoding is `bytes`, all of one size (a plain number's: see
+    /// The items whose encodings are `bytes`, `size` bytes each (plain numbers: see
     /// `codec::is_plain_number`), without going through `Serialize`.
-    #[inline]
-    pub(crate) fn push_plain(&mut self, bytes: &[u8]) {
-        debug_assert!(!bytes.is_empty() && self.size.is_none_or(|s| s == bytes.len()));
-        self.data.extend_from_slice(bytes);
-        if self.items == 0 {
-            self.size = Some(bytes.len());
-        }
-        self.items += 1;
+    pub(crate) fn plain(bytes: &[u8], size: usize) -> Self {
+        debug_assert!(size > 0 && bytes.len().is_multiple_of(size));
+        let items = bytes.len() / size;
+        Batch { data: bytes.to_vec(), ends: Vec::new(), size: (items > 0).then_some(size), items }
     }
 
     /// How many items.

@@ -222,18 +222,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     {
         let items = items.into_iter();
         // the items encoded one after another, to go into the ring as blocks (see `put_batch`)
-        let mut batch = block::Batch::with_capacity(items.size_hint().0);
         if codec::is_plain_number::<T>() {
-            for item in items {
-                let item: &T = item.borrow();
-                // SAFETY: `T` is a fixed-size number type (`is_plain_number`): its
-                // `size_of::<T>()` bytes are initialized, and on this little-endian target they
-                // are its encoding.
-                let bytes = unsafe { std::slice::from_raw_parts((item as *const T).cast::<u8>(), size_of_val(item)) };
-                batch.push_plain(bytes);
-            }
+            // SAFETY: `T` is a fixed-size number type (`is_plain_number`), `Copy` in fact:
+            // reading one out of a borrow duplicates nothing that owns resources.
+            let values: Vec<T> = items.map(|item| unsafe { std::ptr::read(item.borrow()) }).collect();
+            // SAFETY: the numbers' bytes are initialized, `size_of_val` of them, and on this
+            // little-endian target they are their encodings, one after another.
+            let bytes = unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), size_of_val(&values[..])) };
+            let batch = block::Batch::plain(bytes, std::mem::size_of::<T>());
             return self.shared.put_batch(&batch, Wait::Forever);
         }
+        let mut batch = block::Batch::with_capacity(items.size_hint().0);
         // one catch for the block: a `Serialize` that panics puts nothing of it
         crate::panic::catch(|| {
             for item in items {
