@@ -167,6 +167,11 @@ pub(crate) struct BlockInfo {
 }
 
 impl BlockInfo {
+    /// The size of each of its items, when they all have one (0: they differ).
+    pub(crate) fn fixed_size(&self) -> usize {
+        self.size
+    }
+
     /// Reads a block's header; `len` is the body's length (the record header's).
     pub(crate) fn parse(header: &[u8; BLOCK_HEADER], len: usize) -> Result<Self, String> {
         let word = |k: usize| u32::from_le_bytes(header[k..k + 4].try_into().expect("4 bytes"));

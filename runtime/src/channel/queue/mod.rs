@@ -323,9 +323,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// [`get_many`](Queue::get_many) of a plain number (see [`codec::is_plain_number`]): each
     /// item's bytes are the number, copied out; an item of another size is a decode error, as
     /// its `Deserialize` would give.
-    fn get_many_plain(&self, max: usize, wait: Wait, mut out: Vec<T>) -> Result<Vec<T>> {
+    fn get_many_plain(&self, max: usize, wait: Wait, out: Vec<T>) -> Result<Vec<T>> {
         let size = std::mem::size_of::<T>();
         let bad = std::cell::Cell::new(None);
+        let out = std::cell::RefCell::new(out);
         let mut read = |bytes: &[u8]| {
             if bytes.len() != size {
                 bad.set(Some(bytes.len()));
@@ -334,15 +335,32 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             // SAFETY: `T` is one of the fixed-size number types (`is_plain_number`), for which
             // every bit pattern of `size` bytes is a value; `bytes` holds `size` bytes, read
             // unaligned.
-            out.push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) });
+            out.borrow_mut().push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) });
             true
+        };
+        // a block of them: copied out at once
+        let mut run = |bytes: &[u8]| {
+            let mut out = out.borrow_mut();
+            let n = bytes.len() / size;
+            out.reserve(n);
+            // SAFETY: as in `read`, for each of the `n` numbers of `bytes` (the queue gives a run
+            // of whole items of `size` bytes); `reserve` made room for them after `len`, and
+            // they are initialized before `set_len` counts them.
+            unsafe {
+                let len = out.len();
+                let end = out.as_mut_ptr().add(len).cast::<u8>();
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), end, n * size);
+                out.set_len(len + n);
+            }
         };
         self.shared.take(wait, |bytes| {
             read(bytes);
         })?;
         if max > 1 && bad.get().is_none() {
-            self.shared.take_many_now(max - 1, &mut read)?;
+            let mut bulk = take::Bulk { size, take: &mut run };
+            self.shared.take_many_now_bulk(max - 1, &mut read, Some(&mut bulk))?;
         }
+        let out = out.into_inner();
         match bad.get() {
             None => Ok(out),
             Some(len) => {
@@ -911,6 +929,13 @@ mod tests {
         assert_eq!(q.get_many(10).unwrap(), [4]);
         narrow.put(5u32).unwrap();
         assert!(matches!(q.get_many(10), Err(Error::Decode { .. })), "first in the batch: at once");
+        // a block of numbers of another size, behind a block of the right one: not copied out
+        // as a run of these
+        q.put_many([8u64, 9]).unwrap();
+        narrow.put_many([6u32, 7]).unwrap();
+        assert_eq!(q.get_many(10).unwrap(), [8, 9]);
+        assert!(matches!(q.get_many(10), Err(Error::Decode { .. })));
+        assert!(matches!(q.get_many(10), Err(Error::Decode { .. })), "each of the block's items is one");
         assert!(q.try_get().is_err());
     }
 

@@ -15,6 +15,13 @@ use crate::sys::shm;
 use crate::channel::queue::lane::{SPIN, SUSPECT_AFTER};
 use crate::channel::queue::sleep::Sleeper;
 
+/// Where the items of a block that are all `size` bytes go, as one run (a plain number's
+/// `get_many` copies them out at once), instead of one call each.
+pub(crate) struct Bulk<'a> {
+    pub(crate) size: usize,
+    pub(crate) take: &'a mut dyn FnMut(&[u8]),
+}
+
 impl Shared {
     /// Takes one item, handing its bytes to `read` while the lane is held, waiting as `wait`
     /// allows.
@@ -99,6 +106,18 @@ impl Shared {
     /// Takes up to `max` items that are there now, without waiting: from each lane found with
     /// items, as many as it has under one hold of its lock. Returns how many.
     pub(crate) fn take_many_now(&self, max: usize, read: &mut impl FnMut(&[u8]) -> bool) -> Result<usize> {
+        self.take_many_now_bulk(max, read, None)
+    }
+
+    /// [`take_many_now`](Self::take_many_now), giving the items of a block whose items are all
+    /// `bulk.size` bytes to `bulk` as one run (each `size` bytes, one after another), and the
+    /// others to `read` one by one.
+    pub(crate) fn take_many_now_bulk(
+        &self,
+        max: usize,
+        read: &mut impl FnMut(&[u8]) -> bool,
+        mut bulk: Option<&mut Bulk<'_>>,
+    ) -> Result<usize> {
         let here = self as *const Shared as usize;
         let me = ConsumerState::get(here, self);
         let h = self.header();
@@ -116,7 +135,15 @@ impl Shared {
             let lanes = first.then_some(me.last).into_iter().chain(self.active_lanes());
             for i in lanes {
                 let mut held_elsewhere = false;
-                found = self.try_lane_many(i, me.owner, max - taken, &mut read, &stopped, &mut held_elsewhere)?;
+                found = self.try_lane_many(
+                    i,
+                    me.owner,
+                    max - taken,
+                    &mut read,
+                    &stopped,
+                    &mut held_elsewhere,
+                    bulk.as_deref_mut(),
+                )?;
                 if found > 0 {
                     ConsumerState::set_last(here, i);
                     break;
@@ -139,6 +166,7 @@ impl Shared {
 
     /// Takes up to `max` items from lane `i` under one hold of its lock (each taken as one
     /// alone is: a consumer killed meanwhile has taken those before, whole), until `stopped`.
+    #[allow(clippy::too_many_arguments)]
     fn try_lane_many(
         &self,
         i: usize,
@@ -147,6 +175,7 @@ impl Shared {
         read: &mut impl FnMut(&[u8]),
         stopped: &std::cell::Cell<bool>,
         held_elsewhere: &mut bool,
+        mut bulk: Option<&mut Bulk<'_>>,
     ) -> Result<usize> {
         let lane = &self.header().lanes[i];
         if items_between(lane.consumer.0.head.load(Acquire), self.tail(i, lane)) == 0 && !self.spilling(i) {
@@ -161,7 +190,7 @@ impl Shared {
         let counting = self.header().flags & JOINABLE != 0;
         while n < max && !stopped.get() {
             if !counting {
-                n += self.take_run(i, max - n, read, stopped);
+                n += self.take_run(i, max - n, read, stopped, bulk.as_deref_mut());
                 if n == max || stopped.get() {
                     break;
                 }
@@ -184,7 +213,14 @@ impl Shared {
     /// thread holds, and moves the head past them once: a consumer killed before that has
     /// taken none of them (they stay for the next), after it all. Stops at a large item, which
     /// is taken as one alone is. Not for a joinable queue, whose takes are counted one by one.
-    fn take_run(&self, i: usize, max: usize, read: &mut impl FnMut(&[u8]), stopped: &std::cell::Cell<bool>) -> usize {
+    fn take_run(
+        &self,
+        i: usize,
+        max: usize,
+        read: &mut impl FnMut(&[u8]),
+        stopped: &std::cell::Cell<bool>,
+        mut bulk: Option<&mut Bulk<'_>>,
+    ) -> usize {
         let lane = &self.header().lanes[i];
         let c = &lane.consumer.0;
         let start_head = c.head.load(Relaxed);
@@ -198,7 +234,8 @@ impl Shared {
             let word = u64::from_le(unsafe { (self.ring(i) as *const u64).add((at % LANE_CAP) as usize / 8).read() });
             let (len, kind) = ((word & 0xffff_ffff) as usize, (word >> 32) as u32);
             if kind == BLOCK {
-                match self.take_run_of_block(i, head, len, (max - n) as u64, read, stopped, &mut scratch) {
+                let left = (max - n) as u64;
+                match self.take_run_of_block(i, head, len, left, read, stopped, &mut scratch, bulk.as_deref_mut()) {
                     Some((next, given)) => (head, n) = (next, n + given as usize),
                     None => break, // a corrupt block: `take_from` says so
                 }
@@ -243,6 +280,7 @@ impl Shared {
         read: &mut impl FnMut(&[u8]),
         stopped: &std::cell::Cell<bool>,
         scratch: &mut Vec<u8>,
+        bulk: Option<&mut Bulk<'_>>,
     ) -> Option<(u64, u64)> {
         if !(BLOCK_HEADER..=BLOCK_MAX).contains(&len) {
             return None;
@@ -258,10 +296,23 @@ impl Shared {
         };
         let info = BlockInfo::parse(body[..BLOCK_HEADER].try_into().expect("a block's header"), len).ok()?;
         let from = info.taken(count(head)).ok()?;
-        let (given, _) = block::read_items(&info, body, from, max, |item| {
-            read(item);
-            !stopped.get()
-        });
+        let given = match bulk {
+            Some(bulk) if bulk.size > 0 && info.fixed_size() == bulk.size && !stopped.get() => {
+                let last = from.saturating_add(max).min(info.n);
+                let at = |k: u64| (k as usize).checked_mul(bulk.size).and_then(|b| b.checked_add(BLOCK_HEADER));
+                // out of the body: a corrupt block, which `take_from` names
+                let run = body.get(at(from)?..at(last)?)?;
+                (bulk.take)(run);
+                last - from
+            }
+            _ => {
+                block::read_items(&info, body, from, max, |item| {
+                    read(item);
+                    !stopped.get()
+                })
+                .0
+            }
+        };
         if given == 0 {
             return None;
         }
@@ -735,7 +786,7 @@ mod tests {
                     let i = shared.active_lanes().next().unwrap();
                     let c = &shared.header().lanes[i].consumer.0;
                     c.lock.store(shared.owner(attach::thread_tag()), Release);
-                    shared.take_run(i, 1 + rand(5000) as usize, &mut check, &stopped);
+                    shared.take_run(i, 1 + rand(5000) as usize, &mut check, &stopped, None);
                     c.lock.store(0, Release);
                 }
             }
