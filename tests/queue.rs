@@ -652,11 +652,9 @@ fn put_mixed_batches(q: Queue<String>, n: u64) {
 }
 
 /// Takes `n` items in single gets and `get_many`s of sizes from 1 to 5,000, in turn; returns
-/// the first item that is not `expected(its number)`, with its number, if one was.
-fn take_in_runs_checking<T: PartialEq>(q: &Queue<T>, n: u64, expected: impl Fn(u64) -> T) -> Option<(u64, T)>
-where
-    T: serde::Serialize + serde::de::DeserializeOwned,
-{
+/// the first item out of order, if one was.
+#[process_fn]
+fn take_in_runs(q: Queue<String>, n: u64) -> Option<(u64, String)> {
     let mut next = 0u64;
     let mut round = 0u64;
     while next < n {
@@ -666,19 +664,13 @@ where
             _ => q.get_many(1 + (round * 104_729 % 5000) as usize).unwrap(),
         };
         for item in got {
-            if item != expected(next) {
-                return Some((next, item));
+            if item != mixed_item(next) {
+                return Some((next, item.chars().take(20).collect()));
             }
             next += 1;
         }
     }
     None
-}
-
-/// [`take_in_runs_checking`] of [`mixed_item`]s; the wrong item's first 20 characters.
-#[process_fn]
-fn take_in_runs(q: Queue<String>, n: u64) -> Option<(u64, String)> {
-    take_in_runs_checking(&q, n, mixed_item).map(|(at, item)| (at, item.chars().take(20).collect()))
 }
 
 /// `put_many`'s blocks hold items of different sizes and stop at a large one; a consumer
@@ -740,10 +732,25 @@ fn put_numbers_in_runs(q: Queue<u64>, n: u64) {
     }
 }
 
-/// [`take_in_runs_checking`] of `0..n` as `u64`s: the first out of order, as (expected, got).
+/// Takes `n` `u64`s in single gets and `get_many`s of sizes from 1 to 5,000; returns the first
+/// out of order, if one was, as (expected, got).
 #[process_fn]
 fn take_numbers_in_runs(q: Queue<u64>, n: u64) -> Option<(u64, u64)> {
-    take_in_runs_checking(&q, n, |k| k)
+    let (mut next, mut round) = (0u64, 0u64);
+    while next < n {
+        round += 1;
+        let got = match round % 3 {
+            0 => vec![q.get().unwrap()],
+            _ => q.get_many(1 + (round * 104_729 % 5000) as usize).unwrap(),
+        };
+        for item in got {
+            if item != next {
+                return Some((next, item));
+            }
+            next += 1;
+        }
+    }
+    None
 }
 
 /// Plain numbers (read by copying their bytes, not through `Deserialize`) between two

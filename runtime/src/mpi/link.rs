@@ -155,6 +155,8 @@ impl Link {
         // Not a blocking send: a large frame waits until the peer takes it, and the peer may
         // be sending a large reply itself, waiting for this side to take it (a pool keeps two
         // calls in flight per worker). While the send waits, take what the peer sends.
+        let stash = &mut self.stash;
+        let peer_ended = &mut self.peer_ended;
         mpi::request::scope(|scope| {
             let mut request = process.immediate_send_with_tag(scope, bytes, TAG_DATA);
             loop {
@@ -162,8 +164,13 @@ impl Link {
                     Ok(_) => return,
                     Err(pending) => request = pending,
                 }
-                if !self.peer_ended && self.take_one() {
-                    continue;
+                if !*peer_ended {
+                    if let Some(probed) = process.immediate_matched_probe_with_tag(TAG_DATA) {
+                        let (message, _) = probed.matched_receive_vec::<u8>();
+                        *peer_ended = message.is_empty();
+                        stash.push_back(message);
+                        continue;
+                    }
                 }
                 std::thread::yield_now();
             }
